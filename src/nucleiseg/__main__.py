@@ -1,0 +1,3 @@
+from nucleiseg.cli import main
+
+raise SystemExit(main())

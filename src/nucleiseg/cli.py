@@ -1,0 +1,170 @@
+"""The `nucleiseg` command: one parser, a few lines per subcommand over library functions.
+
+TensorFlow is imported only after the arguments are parsed, so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from nucleiseg import __version__
+from nucleiseg.config import ENCODER_WEIGHTS, MONITORS, TrainConfig
+from nucleiseg.errors import NucleisegError, UsageError
+
+DEFAULTS = TrainConfig()
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nucleiseg", description="Find cell nuclei in microscopy images.")
+    parser.add_argument("--version", action="version", version=f"nucleiseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    eda = commands.add_parser("eda", help="statistics and a grid of sample images with masks")
+    eda.add_argument("--data", type=Path, required=True, help="labelled data folder")
+    eda.add_argument("--out", type=Path, required=True, help="PNG file for the grid")
+    eda.add_argument("--count", type=int, default=8, help="images in the grid (default 8)")
+    eda.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
+
+    train = commands.add_parser("train", help="train a model; writes a run directory")
+    train.add_argument("--data", type=Path, help="labelled data folder (default: bundled sample)")
+    train.add_argument("--out", type=Path, help="new run directory (default: runs/<time>)")
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    train.add_argument("--image-size", type=int, default=DEFAULTS.image_size,
+                       help="training size, a multiple of 32 (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    train.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    train.add_argument("--encoder-weights", choices=ENCODER_WEIGHTS,
+                       default=DEFAULTS.encoder_weights,
+                       help="imagenet downloads through Keras (needs internet once)")
+    train.add_argument("--freeze-encoder", action="store_true",
+                       help="keep the encoder fixed (only with --encoder-weights imagenet)")
+    train.add_argument("--encoder-alpha", type=float, default=DEFAULTS.encoder_alpha,
+                       help="MobileNetV2 width multiplier (default %(default)s)")
+    train.add_argument("--decoder-filters", type=_int_list,
+                       default=DEFAULTS.decoder_filters, help="default 512,256,128,64")
+    train.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    train.add_argument("--bn-momentum", type=float, default=DEFAULTS.bn_momentum,
+                       help="encoder BatchNorm momentum (Keras default 0.999 fails from scratch)")
+    train.add_argument("--no-augment", action="store_true", help="no random flips/rotations")
+    train.add_argument("--monitor", choices=MONITORS, default=DEFAULTS.early_stopping_monitor,
+                       help="early stopping and best-checkpoint metric (default %(default)s)")
+    train.add_argument("--patience", type=int, default=DEFAULTS.early_stopping_patience)
+    train.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
+    evaluate.add_argument("--model", type=Path, required=True, help="a model.keras file")
+    evaluate.add_argument("--data", type=Path, required=True, help="labelled data folder")
+    evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
+    evaluate.add_argument("--figure", type=Path,
+                          help="PNG of input / true / predicted for a few images")
+    evaluate.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
+
+    predict = commands.add_parser("predict", help="nucleus masks and overlays for images")
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                         help="image files or folders")
+    predict.add_argument("--model", type=Path, required=True, help="a model.keras file")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return parser
+
+
+def run_eda(args) -> int:
+    from nucleiseg.eda import describe, format_description, sample_figure
+
+    stats, loaded = describe(args.data, skip_bad=args.skip_bad)
+    print(format_description(stats))
+    sample_figure(loaded, args.out, args.count)
+    print(f"grid written to {args.out}")
+    return 0
+
+
+def run_train(args) -> int:
+    config = TrainConfig(
+        image_size=args.image_size, encoder_weights=args.encoder_weights,
+        freeze_encoder=args.freeze_encoder, encoder_alpha=args.encoder_alpha,
+        decoder_filters=args.decoder_filters, dropout=args.dropout,
+        bn_momentum=args.bn_momentum, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
+        augment=not args.no_augment, early_stopping_monitor=args.monitor,
+        early_stopping_patience=args.patience,
+    )
+    from nucleiseg.model import check_image_size
+
+    check_image_size(config.image_size)
+    from nucleiseg.train import train
+
+    run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad)
+    native = record["metrics"]["validation_native"]
+    print(f"validation (native resolution): pixel accuracy {native['pixel_accuracy']:.4f}, "
+          f"foreground IoU {native['foreground_iou']:.4f}, Dice {native['dice']:.4f}")
+    print(f"model: {run_dir / 'model.keras'}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from nucleiseg.evaluate import evaluate_model, format_report
+
+    report = evaluate_model(args.model, args.data, args.figure, skip_bad=args.skip_bad)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        for line in report["skipped"]:
+            print(f"skipped {line}")
+        if args.figure:
+            print(f"figure written to {args.figure}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from nucleiseg.infer import predict_files
+    from nucleiseg.saving import load_model
+
+    model, record = load_model(args.model)
+    results = predict_files(model, record, args.inputs, args.out, overwrite=args.overwrite)
+    failed = [r for r in results if r.error]
+    print(f"{len(results) - len(failed)} images predicted into {args.out}")
+    if failed:
+        print(f"{len(failed)} failed:", file=sys.stderr)
+        for result in failed:
+            print(f"  {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ log quiet
+    try:
+        return COMMANDS[args.command](args)
+    except NucleisegError as error:
+        if args.debug:
+            raise
+        print(f"nucleiseg {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"nucleiseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print(f"nucleiseg {args.command}: error: out of memory", file=sys.stderr)
+        return 1

@@ -1,0 +1,79 @@
+"""Run configuration: a frozen dataclass that round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from nucleiseg.errors import UsageError
+
+ENCODER_WEIGHTS = ("imagenet", "none")
+MONITORS = ("val_loss", "val_foreground_iou", "val_accuracy")
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise a UsageError listing the valid choices (MONAI's look_up_option, in small)."""
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run does; saved as the run's config.json."""
+
+    image_size: int = 128
+    num_classes: int = 2
+    encoder_weights: str = "none"
+    freeze_encoder: bool = False
+    encoder_alpha: float = 1.0
+    decoder_filters: tuple[int, ...] = (512, 256, 128, 64)
+    dropout: float = 0.0
+    bn_momentum: float = 0.9
+    epochs: int = 15
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.3
+    seed: int = 123
+    augment: bool = True
+    early_stopping_monitor: str = "val_loss"
+    early_stopping_patience: int = 5
+
+    def __post_init__(self):
+        check_choice("encoder_weights", self.encoder_weights, ENCODER_WEIGHTS)
+        check_choice("early_stopping_monitor", self.early_stopping_monitor, MONITORS)
+        if self.freeze_encoder and self.encoder_weights == "none":
+            raise UsageError(
+                "--freeze-encoder needs pretrained encoder weights (--encoder-weights imagenet): "
+                "a frozen, randomly initialised encoder cannot learn"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UsageError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
+        for name in ("epochs", "batch_size", "num_classes", "early_stopping_patience"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
+        object.__setattr__(self, "decoder_filters", tuple(int(f) for f in self.decoder_filters))
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["decoder_filters"] = list(self.decoder_filters)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically: a temporary file renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

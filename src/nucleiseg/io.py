@@ -1,0 +1,324 @@
+"""Reading images and masks in every supported layout; writing outputs atomically.
+
+Layouts (detected by `find_samples`):
+
+* Data Science Bowl: ``<root>/<id>/images/<id>.png`` + ``<root>/<id>/masks/*.png``
+  (one binary mask per nucleus, merged into one label image);
+* paired: ``<root>/images/`` (or ``inputs/``) + ``<root>/masks/`` (or ``labels/``),
+  paired by file stem; a mask is binary (0/255 or 0/1) or an 8/16-bit label image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from nucleiseg.errors import DataError, file_error
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+IMAGE_DIRS = ("images", "inputs")
+MASK_DIRS = ("masks", "labels")
+MASK_STEM_SUFFIXES = ("_mask", "_masks", "_label", "_labels")
+LAYOUT_HELP = (
+    "expected either the Data Science Bowl layout <root>/<id>/images/<id>.png + "
+    "<root>/<id>/masks/*.png, or the paired layout <root>/images/ (or inputs/) + "
+    "<root>/masks/ (or labels/) with files paired by name"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One labelled image: where its pixels and its nucleus masks live."""
+
+    name: str
+    image_path: Path
+    mask_paths: tuple[Path, ...]  # DSB: one file per nucleus; paired: one label/binary file
+    layout: str  # "dsb" or "paired"
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+# ---------------------------------------------------------------- reading pixels
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Read an image file as stored (any dtype); DataError naming the file if it can't be read."""
+    path = Path(path)
+    if not path.exists():
+        raise file_error(path, "no such file")
+    if not path.is_file():
+        raise file_error(path, "not a file")
+    if path.stat().st_size == 0:
+        raise file_error(path, "empty file (0 bytes)")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
+
+            array = iio.imread(path)
+    except Exception as exc:  # every decoder has its own exception types
+        raise file_error(path, f"cannot read as an image ({type(exc).__name__}: {exc})") from None
+    return np.asarray(array)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as H x W x C (C = 1, 3 or 4), any of uint8/uint16/float."""
+    array = read_array(path)
+    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first TIFF
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise file_error(
+            path, f"unsupported image shape {array.shape}: expected a 2-D grey, RGB or RGBA image"
+        )
+    if array.shape[0] < 2 or array.shape[1] < 2:
+        raise file_error(path, f"image is too small ({array.shape[0]}x{array.shape[1]} pixels)")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise file_error(path, f"unsupported pixel type {array.dtype}")
+    return array
+
+
+def read_label_mask(path: Path) -> np.ndarray:
+    """Read a paired-layout mask as an instance label image (0 = background).
+
+    A binary mask (values {0, v}) is split into connected components; anything else is taken
+    as a label image whose values number the nuclei.
+    """
+    array = read_array(path)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        if not all(np.array_equal(array[..., 0], array[..., c]) for c in (1, 2)):
+            raise file_error(path, "colour mask: expected a grey binary or label image")
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise file_error(path, f"unsupported mask shape {array.shape}: expected a 2-D image")
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise file_error(path, "mask values must be whole numbers (a binary or label image)")
+    if array.min() < 0:
+        raise file_error(path, "mask has negative values")
+    values = np.unique(array)
+    if len(values) <= 2:
+        from skimage.measure import label
+
+        return label(array > 0, connectivity=1).astype(np.int32)
+    return array.astype(np.int32)
+
+
+def merge_instance_masks(paths: tuple[Path, ...], shape: tuple[int, int]) -> np.ndarray:
+    """Merge one-binary-mask-per-nucleus files (DSB) into one label image."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, path in enumerate(paths, start=1):
+        mask = read_array(path)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if mask.shape != shape:
+            raise file_error(
+                path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from the image's "
+                f"{shape[1]}x{shape[0]}"
+            )
+        labels[mask > 0] = index
+    return labels
+
+
+def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Return (image H x W x C as stored, instance labels H x W int32)."""
+    image = read_image(sample.image_path)
+    shape = image.shape[:2]
+    if sample.layout == "dsb":
+        labels = merge_instance_masks(sample.mask_paths, shape)
+    else:
+        (mask_path,) = sample.mask_paths
+        labels = read_label_mask(mask_path)
+        if labels.shape != shape:
+            raise file_error(
+                mask_path, f"mask size {labels.shape[1]}x{labels.shape[0]} differs from the "
+                f"image's {shape[1]}x{shape[0]} ({sample.image_path.name})"
+            )
+    return image, labels
+
+
+def load_samples(samples, skip_bad: bool = False, workers: int = 4):
+    """Load samples in parallel. Returns (loaded [(sample, image, labels)], skipped [(name, why)]).
+
+    Without `skip_bad` the first unusable sample stops the run with its DataError.
+    """
+
+    def load(sample):
+        try:
+            return sample, *load_sample(sample)
+        except DataError as error:
+            if not skip_bad:
+                raise
+            return sample, error
+
+    loaded, skipped = [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(load, samples):
+            if isinstance(result[1], DataError):
+                skipped.append((result[0].name, str(result[1])))
+            else:
+                loaded.append(result)
+    return loaded, skipped
+
+
+# ---------------------------------------------------------------- finding samples
+
+
+def _find_subdir(root: Path, names) -> Path | None:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def detect_layout(root: Path) -> str:
+    """'paired' or 'dsb'; DataError saying what was expected otherwise."""
+    root = Path(root)
+    if not root.exists():
+        raise file_error(root, "no such folder")
+    if not root.is_dir():
+        raise file_error(root, f"not a folder; {LAYOUT_HELP}")
+    if _find_subdir(root, IMAGE_DIRS) and _find_subdir(root, MASK_DIRS):
+        return "paired"
+    if any((child / "images").is_dir() for child in root.iterdir() if child.is_dir()):
+        return "dsb"
+    if not any(root.iterdir()):
+        raise file_error(root, f"empty folder; {LAYOUT_HELP}")
+    raise file_error(root, f"no labelled data found; {LAYOUT_HELP}")
+
+
+def _mask_key(stem: str) -> str:
+    for suffix in MASK_STEM_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _by_stem(paths, key=lambda stem: stem) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in paths:
+        stem = key(path.stem)
+        if stem in found:
+            raise file_error(path, f"two files share the name {stem!r} ({found[stem].name}); "
+                             "cannot tell which to use")
+        found[stem] = path
+    return found
+
+
+def find_samples(root: Path, skip_bad: bool = False):
+    """Find labelled samples under `root` in either layout.
+
+    Returns (samples sorted by name, skipped [(name, why)]). Without `skip_bad` a sample that
+    lacks its mask raises a DataError naming it.
+    """
+    root = Path(root)
+    layout = detect_layout(root)
+    samples, problems = [], []
+    if layout == "paired":
+        image_dir, mask_dir = _find_subdir(root, IMAGE_DIRS), _find_subdir(root, MASK_DIRS)
+        images = _by_stem(_image_files(image_dir))
+        masks = _by_stem(_image_files(mask_dir), key=_mask_key)
+        for stem, image_path in images.items():
+            if stem in masks:
+                samples.append(Sample(stem, image_path, (masks[stem],), "paired"))
+            else:
+                problems.append((image_path, f"no mask named {stem}.* in {mask_dir}"))
+        for stem in sorted(set(masks) - set(images)):
+            problems.append((masks[stem], f"mask without an image in {image_dir}"))
+    else:
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            image_dir = folder / "images"
+            candidates = _image_files(image_dir) if image_dir.is_dir() else []
+            if len(candidates) != 1:
+                problems.append((folder, f"expected exactly one image in {image_dir}, "
+                                 f"found {len(candidates)}"))
+                continue
+            mask_dir = folder / "masks"
+            masks = tuple(_image_files(mask_dir)) if mask_dir.is_dir() else ()
+            if not masks:
+                problems.append((candidates[0], f"no masks in {mask_dir}"))
+                continue
+            samples.append(Sample(folder.name, candidates[0], masks, "dsb"))
+    if problems and not skip_bad:
+        path, why = problems[0]
+        more = f" (and {len(problems) - 1} more; --skip-bad skips them)" if len(problems) > 1 else ""
+        raise file_error(path, why + more)
+    if not samples:
+        raise file_error(root, f"no usable labelled images found; {LAYOUT_HELP}")
+    skipped = [(Path(p).name, why) for p, why in problems]
+    return sorted(samples, key=lambda s: s.name), skipped
+
+
+def find_images(inputs) -> list[Path]:
+    """Expand prediction inputs (files, folders, paired or DSB folders) into image files."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                raise file_error(item, f"not a supported image type ({', '.join(IMAGE_SUFFIXES)})")
+            found.append(item)
+        elif item.is_dir():
+            image_dir = _find_subdir(item, IMAGE_DIRS)
+            if image_dir is not None:
+                found.extend(_image_files(image_dir))
+                continue
+            direct = _image_files(item)
+            nested = [
+                path
+                for child in sorted(p for p in item.iterdir() if p.is_dir())
+                if (child / "images").is_dir()
+                for path in _image_files(child / "images")
+            ]
+            if not direct and not nested:
+                raise file_error(item, f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
+            found.extend(direct + nested)
+        else:
+            raise file_error(item, "no such file or folder")
+    return found
+
+
+# ---------------------------------------------------------------- writing outputs
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` then rename into place, so a crash leaves no half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, array, extension=".png"))
+
+
+def write_tiff(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib"))

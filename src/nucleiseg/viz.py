@@ -1,0 +1,106 @@
+"""Figures, written straight to PNG files (matplotlib's Agg canvas: no windows, ever).
+
+matplotlib is imported here only, inside the functions that draw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TITLES = ("Input image", "True mask", "Predicted mask")
+
+
+def _figure(rows: int, cols: int, size: float = 2.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(cols * size, rows * size))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return figure, axes
+
+
+def _save(figure, path: Path) -> None:
+    from nucleiseg.io import atomic_write
+
+    figure.tight_layout()
+    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=80, format="png"))
+
+
+def _show(ax, array, title=None):
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        ax.imshow(array, cmap="gray", interpolation="nearest")
+    else:
+        ax.imshow(np.clip(array, 0, 1), interpolation="nearest")
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def display(display_list, path: Path, titles=DEFAULT_TITLES) -> None:
+    """One row: input image, true mask, predicted mask (the original's `display`), to a file."""
+    figure, axes = _figure(1, len(display_list))
+    for ax, array, title in zip(axes[0], display_list, titles):
+        _show(ax, array, title)
+    _save(figure, path)
+
+
+def prediction_grid(images, true_masks, pred_masks, path: Path, names=None) -> None:
+    """Rows of input / true mask / predicted mask (the original's `show_predictions`)."""
+    figure, axes = _figure(len(images), 3)
+    for row, (image, true, pred) in enumerate(zip(images, true_masks, pred_masks)):
+        titles = DEFAULT_TITLES if row == 0 else (None, None, None)
+        for ax, array, title in zip(axes[row], (image, true, pred), titles):
+            _show(ax, array, title)
+        if names is not None:
+            axes[row][0].set_title(str(names[row])[:24], fontsize=7, loc="left")
+    _save(figure, path)
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    """Loss, pixel accuracy and foreground IoU per epoch, training and validation."""
+    panels = [("loss", "Loss"), ("accuracy", "Pixel accuracy"), ("foreground_iou", "Foreground IoU")]
+    figure, axes = _figure(1, len(panels), size=3.4)
+    for ax, (key, title) in zip(axes[0], panels):
+        ax.axis("on")
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            values = history.get(prefix + key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    _save(figure, path)
+
+
+def sample_grid(images, labels, path: Path, names=None, kinds=None) -> None:
+    """EDA grid: each image above its labelled nuclei (random colours)."""
+    from skimage.color import label2rgb
+
+    cols = len(images)
+    figure, axes = _figure(2, cols)
+    for col, (image, label) in enumerate(zip(images, labels)):
+        title = None
+        if names is not None:
+            title = str(names[col])[:14] + (f"\n{kinds[col]}" if kinds is not None else "")
+        _show(axes[0][col], image, title)
+        _show(axes[1][col], label2rgb(label, bg_label=0), f"{label.max()} nuclei")
+    _save(figure, path)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour=(1.0, 0.2, 0.2)) -> np.ndarray:
+    """Outlines of the mask (or label image) drawn over a normalised image -> uint8 RGB."""
+    from skimage.segmentation import find_boundaries
+
+    rgb = np.array(image, dtype=np.float32, copy=True)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+    outline = find_boundaries(np.asarray(mask), mode="inner")
+    rgb[outline] = colour
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
