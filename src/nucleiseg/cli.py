@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
     evaluate.add_argument("--model", type=Path, required=True, help="a model.keras file")
-    evaluate.add_argument("--data", type=Path, required=True, help="labelled data folder")
+    evaluate.add_argument("--data", type=Path,
+                          help="labelled data folder (default: the bundled test sample)")
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.add_argument("--figure", type=Path,
                           help="PNG of input / true / predicted for a few images")
@@ -119,10 +120,14 @@ def run_train(args) -> int:
 def run_evaluate(args) -> int:
     from nucleiseg.evaluate import evaluate_model, format_report
 
-    report = evaluate_model(args.model, args.data, args.figure, skip_bad=args.skip_bad)
+    from nucleiseg.io import bundled_sample
+
+    data = args.data if args.data is not None else bundled_sample("test")
+    report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        print(f"{report['model']} on {report['data']}")
         print(format_report(report))
         for line in report["skipped"]:
             print(f"skipped {line}")

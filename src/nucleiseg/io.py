@@ -41,6 +41,14 @@ class Sample:
     layout: str  # "dsb" or "paired"
 
 
+def bundled_sample(part: str = "train") -> Path:
+    """A folder of the labelled sample shipped inside the package (paired layout):
+    'train' (31 images, the default training data) or 'test' (9 other images)."""
+    from importlib import resources
+
+    return Path(str(resources.files("nucleiseg") / "sample_data" / part))
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 

@@ -33,8 +33,8 @@ def normalize_image(image: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:
     values = rgb[finite] if not finite.all() else rgb
     if values.size == 0:
         return np.zeros(rgb.shape, np.float32)
-    low, high = np.percentile(values, percentiles)
-    scaled = (rgb - low) / max(float(high - low), 1e-6)
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    scaled = ((rgb - np.float32(low)) / np.float32(max(high - low, 1e-6))).astype(np.float32)
     scaled[~finite] = 0.0
     return np.clip(scaled, 0.0, 1.0, out=scaled)
 

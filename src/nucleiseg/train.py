@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from importlib import resources
 from pathlib import Path
 
 import keras
@@ -21,17 +20,12 @@ from nucleiseg.data import make_train_dataset, make_val_dataset, prepare_arrays,
 from nucleiseg.errors import DataError, UsageError
 from nucleiseg.evaluate import evaluate_images
 from nucleiseg.infer import create_mask, predict_logits
-from nucleiseg.io import find_samples, load_samples
+from nucleiseg.io import bundled_sample, find_samples, load_samples
 from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
 from nucleiseg.preprocess import image_kind
 from nucleiseg.saving import save_model
 from nucleiseg.viz import plot_curves, prediction_grid
-
-
-def bundled_sample_dir() -> Path:
-    """The small labelled sample shipped inside the package (paired layout)."""
-    return Path(str(resources.files("nucleiseg") / "sample_data"))
 
 
 def new_run_dir(run_dir: Path | None) -> Path:
@@ -82,7 +76,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
           skip_bad: bool = False, verbose="auto", log=print) -> tuple[Path, dict]:
     """Train a U-Net as configured; returns (run directory, the model's record)."""
     check_image_size(config.image_size)
-    data_dir = Path(data_dir) if data_dir is not None else bundled_sample_dir()
+    data_dir = Path(data_dir) if data_dir is not None else bundled_sample("train")
     loaded, skipped = load_training_data(data_dir, skip_bad, log)
     run_dir = new_run_dir(run_dir)
     write_json(run_dir / "config.json", config.to_dict())

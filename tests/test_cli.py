@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import disk_samples, make_disks, write_dsb, write_image, write_paired
+from nucleiseg.cli import main
+
+TINY = ["--encoder-alpha", "0.35", "--decoder-filters", "32,16,16,8"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_paired(root / "data", disk_samples(8))
+    assert main(["train", "--data", str(data), "--out", str(root / "run"), "--epochs", "2",
+                 "--image-size", "64", "--batch-size", "4", *TINY]) == 0
+    return root, data, root / "run" / "model.keras"
+
+
+@pytest.mark.slow
+def test_evaluate_json_and_figure(trained_run, capsys):
+    root, data, model = trained_run
+    capsys.readouterr()
+    figure = root / "test_predictions.png"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--json",
+                 "--figure", str(figure)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 8 and len(report["per_image"]) == 8
+    for key in ("loss", "pixel_accuracy", "foreground_iou", "dice"):
+        assert 0 <= report[key] and np.isfinite(report[key])
+    assert figure.stat().st_size > 0
+    assert main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
+    assert "| foreground IoU |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_predict_writes_masks_at_native_size(trained_run, tmp_path, capsys):
+    root, _, model = trained_run
+    big, _ = make_disks((100, 150), seed=9)
+    write_image(tmp_path / "in" / "big.png", big)
+    write_image(tmp_path / "in" / "deep.tif", (make_disks(seed=10)[0].astype(np.uint16) * 257))
+    write_dsb(tmp_path / "dsb", disk_samples(2, seed=20))
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), str(tmp_path / "in"), str(tmp_path / "dsb"),
+                 "--out", str(out)]) == 0
+    import imageio.v3 as iio
+
+    mask = iio.imread(out / "big_mask.png")
+    assert mask.shape == (100, 150) and set(np.unique(mask)) <= {0, 255}
+    assert iio.imread(out / "big_overlay.png").shape == (100, 150, 3)
+    assert iio.imread(out / "deep_mask.png").shape == (64, 64)
+    assert (out / "img00_mask.png").exists() and (out / "img01_overlay.png").exists()
+    # outputs are not overwritten without --overwrite
+    assert main(["predict", "--model", str(model), str(tmp_path / "in"), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_skips_an_unreadable_image_and_says_so(trained_run, tmp_path, capsys):
+    _, _, model = trained_run
+    write_image(tmp_path / "in" / "good.png", make_disks(seed=11)[0])
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", "--model", str(model), str(tmp_path / "in"),
+                 "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png: cannot read as an image" in err
+    assert (tmp_path / "out" / "good_mask.png").exists()
+
+
+def test_eda_prints_statistics_and_writes_grid(paired_dir, tmp_path, capsys):
+    assert main(["eda", "--data", str(paired_dir), "--out", str(tmp_path / "eda.png")]) == 0
+    out = capsys.readouterr().out
+    assert "images:       6" in out and "nuclei:" in out and "fluorescence (6)" in out
+    assert (tmp_path / "eda.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv,code,message", [
+    (["eda", "--data", "{tmp}/nowhere", "--out", "{tmp}/x.png"], 3, "nowhere: no such folder"),
+    (["train", "--data", "{tmp}", "--image-size", "100"], 2, "nearest sizes that work: 96 or 128"),
+    (["train", "--freeze-encoder"], 2, "--freeze-encoder needs pretrained encoder weights"),
+    (["evaluate", "--model", "{tmp}/none.keras", "--data", "{tmp}"], 3, "no such model file"),
+])
+def test_errors_are_one_line_with_exit_codes(tmp_path, capsys, argv, code, message):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_module_entry_point_and_fast_help():
+    result = subprocess.run([sys.executable, "-m", "nucleiseg", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "predict" in result.stdout
+    result = subprocess.run([sys.executable, "-c", "import nucleiseg.cli, sys; "
+                             "print('tensorflow' in sys.modules)"], capture_output=True, text=True)
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from conftest import make_disks
+from nucleiseg.preprocess import (image_kind, normalize_image, resize_image, resize_labels,
+                                  to_rgb)
+
+
+def test_16_bit_and_8_bit_give_the_same_input():
+    image, _ = make_disks(seed=3)
+    as16 = image.astype(np.uint16) * 257  # the same picture, stored in 16 bits
+    np.testing.assert_allclose(normalize_image(image), normalize_image(as16), atol=1e-6)
+    dim16 = image.astype(np.uint16) * 4  # 10-bit data in a 16-bit file: /255 would break it
+    np.testing.assert_allclose(normalize_image(image), normalize_image(dim16), atol=1e-6)
+
+
+def test_grey_rgb_and_rgba_agree():
+    grey, _ = make_disks(seed=4)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgba = np.concatenate([rgb, np.full(grey.shape + (1,), 255, np.uint8)], axis=-1)
+    expected = normalize_image(grey)
+    assert expected.shape == (64, 64, 3) and expected.dtype == np.float32
+    np.testing.assert_array_equal(normalize_image(rgb), expected)
+    np.testing.assert_array_equal(normalize_image(rgba), expected)
+    np.testing.assert_array_equal(normalize_image(grey[..., None]), expected)
+
+
+def test_normalised_range_and_degenerate_images():
+    image, _ = make_disks(seed=5)
+    out = normalize_image(image)
+    assert out.min() == 0.0 and out.max() == 1.0
+    flat = normalize_image(np.full((10, 10), 7, np.uint16))
+    assert np.all(flat == 0) and np.isfinite(flat).all()
+    with_nan = np.random.default_rng(0).random((10, 10)).astype(np.float32)
+    with_nan[0, 0], with_nan[1, 1] = np.nan, np.inf
+    got = normalize_image(with_nan)
+    assert np.isfinite(got).all() and got[0, 0, 0] == 0
+
+
+def test_resize_labels_is_nearest_neighbour():
+    _, labels = make_disks(count=6, seed=6)
+    for shape in [(32, 32), (100, 90)]:
+        resized = resize_labels(labels, shape)
+        assert resized.shape == shape and resized.dtype == labels.dtype
+        assert set(np.unique(resized)) <= set(np.unique(labels))
+
+
+def test_resize_image_is_smooth():
+    image = normalize_image(make_disks(seed=7)[0])
+    small = resize_image(image, (32, 32))
+    assert small.shape == (32, 32, 3)
+    assert len(np.unique(small)) > len(np.unique(image[:32, :32])) / 4  # interpolated values
+    assert 0 <= small.min() and small.max() <= 1
+
+
+@pytest.mark.parametrize("bright,colour,expected", [
+    (False, False, "fluorescence"), (True, False, "brightfield"), (True, True, "histology"),
+])
+def test_image_kind(bright, colour, expected):
+    image, _ = make_disks(seed=8, bright_background=bright)
+    image = to_rgb(image[..., None]).copy()
+    if colour:
+        image[..., 1] = image[..., 1] // 2
+    assert image_kind(image) == expected

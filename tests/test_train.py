@@ -1,0 +1,42 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, disk_samples, write_paired
+from nucleiseg.config import TrainConfig
+from nucleiseg.errors import UsageError
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_recipe_learns_and_works_in_inference_mode(tmp_path):
+    """From random weights, the default recipe (encoder BatchNorm momentum 0.9) gives a model
+    that finds the disks in inference mode, and the run directory holds everything."""
+    from nucleiseg.train import train
+
+    data = write_paired(tmp_path / "data", disk_samples(24, shape=(64, 64)))
+    config = TrainConfig(image_size=64, epochs=8, batch_size=4, val_fraction=0.25, **TINY_MODEL)
+    run_dir, record = train(config, data, tmp_path / "run", verbose=0, log=lambda *_: None)
+    native = record["metrics"]["validation_native"]
+    assert native["foreground_iou"] > 0.6, native
+
+    for name in ("config.json", "split.json", "model.keras", "history.csv", "curves.png",
+                 "metrics.json", "checkpoints/best.weights.h5", "epochs/epoch_001.png"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "logs").rglob("events.out.tfevents*"))
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["val"]) == 6 and not set(split["train"]) & set(split["val"])
+    assert TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())) == config
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    from nucleiseg.train import train
+
+    data = write_paired(tmp_path / "data", disk_samples(4))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_text("precious")
+    with pytest.raises(UsageError, match="already exists"):
+        train(TrainConfig(image_size=64, epochs=1, **TINY_MODEL), data, run, log=lambda *_: None)
+    assert (run / "model.keras").read_text() == "precious"
