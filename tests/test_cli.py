@@ -29,11 +29,13 @@ def test_evaluate_json_and_figure(trained_run, capsys):
                  "--figure", str(figure)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 8 and len(report["per_image"]) == 8
+    assert report["by_kind"]["fluorescence"]["images"] == 8
     for key in ("loss", "pixel_accuracy", "foreground_iou", "dice"):
         assert 0 <= report[key] and np.isfinite(report[key])
     assert figure.stat().st_size > 0
     assert main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
-    assert "| foreground IoU |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| foreground IoU |" in out and "| fluorescence | 8 |" in out
 
 
 @pytest.mark.slow

@@ -165,6 +165,12 @@ def main(argv=None) -> int:
             raise
         print(f"nucleiseg {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # e.g. an output folder that cannot be written
+        if args.debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"nucleiseg {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"nucleiseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -8,8 +8,8 @@ import numpy as np
 
 from nucleiseg.data import labels_to_classes
 from nucleiseg.infer import create_mask, model_inputs, predict_logits, probabilities_at
-from nucleiseg.metrics import pixel_counts
-from nucleiseg.preprocess import normalize_image, resize_labels
+from nucleiseg.metrics import PixelCounts, pixel_counts
+from nucleiseg.preprocess import image_kind, normalize_image, resize_labels
 
 
 def cross_entropy(logits: np.ndarray, classes: np.ndarray) -> float:
@@ -32,17 +32,21 @@ def evaluate_images(model, images, labels, input_size: int, names=None, batch_si
     logits = predict_logits(model, inputs, batch_size)
     small_classes = np.stack([labels_to_classes(resize_labels(label, inputs.shape[1:3]))
                               for label in labels])
-    total, per_image, predictions = None, [], []
-    for name, label, image_logits in zip(names, labels, logits):
+    total, by_kind, per_image, predictions = PixelCounts(), {}, [], []
+    for name, image, label, image_logits in zip(names, images, labels, logits):
         predicted = create_mask(probabilities_at(image_logits, label.shape)) > 0
         counts = pixel_counts(label, predicted)
-        total = counts if total is None else total + counts
-        per_image.append({"image": name, **counts.as_dict()})
+        kind = image_kind(image)
+        total = total + counts
+        by_kind[kind] = by_kind.get(kind, PixelCounts()) + counts
+        per_image.append({"image": name, "kind": kind, **counts.as_dict()})
         predictions.append(predicted)
     report = {
         "images": len(names),
         "loss": cross_entropy(logits, small_classes),
         **total.as_dict(),
+        "by_kind": {kind: {"images": sum(row["kind"] == kind for row in per_image),
+                           **by_kind[kind].as_dict()} for kind in sorted(by_kind)},
         "per_image": per_image,
     }
     return report, predictions
@@ -84,9 +88,14 @@ test_predictions.__test__ = False  # not a pytest test
 
 
 def format_report(report: dict) -> str:
-    """A short Markdown table of the overall figures."""
+    """Markdown tables: overall figures, then pixel metrics per image kind."""
     rows = [("images", report["images"]), ("loss (at model input size)", f"{report['loss']:.4f}"),
             ("pixel accuracy", f"{report['pixel_accuracy']:.4f}"),
             ("foreground IoU", f"{report['foreground_iou']:.4f}"), ("Dice", f"{report['dice']:.4f}")]
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "| image kind | images | pixel accuracy | foreground IoU | Dice |",
+              "|---|---|---|---|---|"]
+    for kind, row in report["by_kind"].items():
+        lines.append(f"| {kind} | {row['images']} | {row['pixel_accuracy']:.4f} | "
+                     f"{row['foreground_iou']:.4f} | {row['dice']:.4f} |")
     return "\n".join(lines)

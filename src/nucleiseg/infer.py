@@ -49,6 +49,14 @@ def predict_probabilities(model, image: np.ndarray, input_size: int) -> np.ndarr
     return probabilities_at(logits, image.shape[:2])
 
 
+def show_predictions(model, images: np.ndarray, masks: np.ndarray, path: Path) -> None:
+    """Predict model-ready images and draw input / true mask / predicted mask rows to `path`
+    (the original's `show_predictions`, to a file instead of a window)."""
+    from nucleiseg.viz import prediction_grid
+
+    prediction_grid(images, masks, create_mask(predict_logits(model, images)), path)
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictionResult:
     image: Path

@@ -19,13 +19,13 @@ from nucleiseg.config import TrainConfig, write_json
 from nucleiseg.data import make_train_dataset, make_val_dataset, prepare_arrays, split_names
 from nucleiseg.errors import DataError, UsageError
 from nucleiseg.evaluate import evaluate_images
-from nucleiseg.infer import create_mask, predict_logits
+from nucleiseg.infer import show_predictions
 from nucleiseg.io import bundled_sample, find_samples, load_samples
 from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
 from nucleiseg.preprocess import image_kind
 from nucleiseg.saving import save_model
-from nucleiseg.viz import plot_curves, prediction_grid
+from nucleiseg.viz import plot_curves
 
 
 def new_run_dir(run_dir: Path | None) -> Path:
@@ -53,9 +53,15 @@ class DisplayCallback(keras.callbacks.Callback):
         self.folder.mkdir(exist_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        predicted = create_mask(predict_logits(self.model, self.images))
-        prediction_grid(self.images, self.masks, predicted,
-                        self.folder / f"epoch_{epoch + 1:03d}.png")
+        show_predictions(self.model, self.images, self.masks,
+                         self.folder / f"epoch_{epoch + 1:03d}.png")
+
+
+def display_choice(kinds, count: int = 3) -> list[int]:
+    """Indices of up to `count` images to show after each epoch: one of each kind first."""
+    firsts = [kinds.index(kind) for kind in dict.fromkeys(kinds)]
+    rest = [index for index in range(len(kinds)) if index not in firsts]
+    return sorted((firsts + rest)[:count])
 
 
 def load_training_data(data_dir: Path, skip_bad: bool, log):
@@ -107,6 +113,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
         decoder_filters=config.decoder_filters, dropout=config.dropout,
         bn_momentum=config.bn_momentum,
     ), config.learning_rate)
+    shown = display_choice([kinds[name] for name in val_names])
     best_weights = run_dir / "checkpoints" / "best.weights.h5"
     best_weights.parent.mkdir()
     monitor = config.early_stopping_monitor
@@ -117,7 +124,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(run_dir / "history.csv"),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
-        DisplayCallback(x_val[:3], y_val[:3], run_dir / "epochs"),
+        DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs"),
     ]
     started = time.perf_counter()
     history = model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs,

@@ -43,24 +43,26 @@ def _show(ax, array, title=None):
         ax.set_title(title, fontsize=9)
 
 
+def image_grid(rows, path: Path, titles=DEFAULT_TITLES, names=None) -> None:
+    """Rows of images side by side (titles on the first row), written to `path`."""
+    rows = [list(row) for row in rows]
+    figure, axes = _figure(len(rows), max(len(row) for row in rows))
+    for index, row in enumerate(rows):
+        for col, array in enumerate(row):
+            _show(axes[index][col], array, titles[col] if index == 0 and titles else None)
+        if names is not None:
+            axes[index][0].set_title(str(names[index])[:24], fontsize=7, loc="left")
+    _save(figure, path)
+
+
 def display(display_list, path: Path, titles=DEFAULT_TITLES) -> None:
     """One row: input image, true mask, predicted mask (the original's `display`), to a file."""
-    figure, axes = _figure(1, len(display_list))
-    for ax, array, title in zip(axes[0], display_list, titles):
-        _show(ax, array, title)
-    _save(figure, path)
+    image_grid([display_list], path, titles)
 
 
 def prediction_grid(images, true_masks, pred_masks, path: Path, names=None) -> None:
-    """Rows of input / true mask / predicted mask (the original's `show_predictions`)."""
-    figure, axes = _figure(len(images), 3)
-    for row, (image, true, pred) in enumerate(zip(images, true_masks, pred_masks)):
-        titles = DEFAULT_TITLES if row == 0 else (None, None, None)
-        for ax, array, title in zip(axes[row], (image, true, pred), titles):
-            _show(ax, array, title)
-        if names is not None:
-            axes[row][0].set_title(str(names[row])[:24], fontsize=7, loc="left")
-    _save(figure, path)
+    """One row of input / true mask / predicted mask per image."""
+    image_grid(zip(images, true_masks, pred_masks), path, DEFAULT_TITLES, names)
 
 
 def plot_curves(history: dict, path: Path) -> None:
@@ -75,7 +77,8 @@ def plot_curves(history: dict, path: Path) -> None:
                 ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
     _save(figure, path)
 
 

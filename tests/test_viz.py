@@ -1,0 +1,26 @@
+import imageio.v3 as iio
+import numpy as np
+
+from conftest import make_disks
+from nucleiseg.preprocess import normalize_image
+from nucleiseg.viz import display, overlay, plot_curves, prediction_grid
+
+
+def test_figures_are_written_as_png_files(tmp_path):
+    image, labels = make_disks(seed=1)
+    display([normalize_image(image), labels > 0, labels > 0], tmp_path / "one.png")
+    prediction_grid([normalize_image(image)] * 2, [labels] * 2, [labels > 0] * 2,
+                    tmp_path / "grid.png", names=["a", "b"])
+    plot_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.8, 0.9]},
+                tmp_path / "curves.png")
+    for name in ("one.png", "grid.png", "curves.png"):
+        assert iio.imread(tmp_path / name).ndim == 3
+
+
+def test_overlay_draws_outlines_only():
+    image, labels = make_disks(seed=2)
+    out = overlay(normalize_image(image), labels)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    red = np.all(out == [255, 51, 51], axis=-1)
+    assert red.any() and not red[labels == 0].any()  # inner outlines, inside the nuclei
+    assert red.sum() < (labels > 0).sum()
