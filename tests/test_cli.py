@@ -36,6 +36,10 @@ def test_evaluate_json_and_figure(trained_run, capsys):
     assert main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "| foreground IoU |" in out and "| fluorescence | 8 |" in out
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "val",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 2 and report["split"] == "val"  # 30% of 8, rounded
 
 
 @pytest.mark.slow

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, required=True, help="a model.keras file")
     evaluate.add_argument("--data", type=Path,
                           help="labelled data folder (default: the bundled test sample)")
+    evaluate.add_argument("--split", choices=("all", "val", "train"), default="all",
+                          help="only the model's own validation (or training) images")
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.add_argument("--figure", type=Path,
                           help="PNG of input / true / predicted for a few images")
@@ -123,11 +125,12 @@ def run_evaluate(args) -> int:
     from nucleiseg.io import bundled_sample
 
     data = args.data if args.data is not None else bundled_sample("test")
-    report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad)
+    report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad,
+                            split=args.split)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{report['model']} on {report['data']}")
+        print(f"{report['model']} on {report['data']} ({args.split} images)")
         print(format_report(report))
         for line in report["skipped"]:
             print(f"skipped {line}")

@@ -53,20 +53,30 @@ def evaluate_images(model, images, labels, input_size: int, names=None, batch_si
 
 
 def evaluate_model(model_path: Path, data_dir: Path, figure_path: Path | None = None,
-                   skip_bad: bool = False, figure_images: int = 4) -> dict:
-    """Load a saved model, evaluate it on a labelled folder, optionally draw test_predictions."""
+                   skip_bad: bool = False, figure_images: int = 4, split: str = "all") -> dict:
+    """Load a saved model, evaluate it on a labelled folder, optionally draw test_predictions.
+
+    `split` 'val' or 'train' keeps only the images the model's record lists on that side of
+    its training split (to re-evaluate a run on its own validation images); 'all' keeps all.
+    """
+    from nucleiseg.errors import DataError
     from nucleiseg.io import find_samples, load_samples
     from nucleiseg.saving import load_model
 
     model, record = load_model(model_path)
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)
+    if split != "all":
+        wanted = set(record["split"][split])
+        samples = [sample for sample in samples if sample.name in wanted]
+        if not samples:
+            raise DataError(f"{data_dir}: none of the model's {split} images are here")
     loaded, unreadable = load_samples(samples, skip_bad=skip_bad)
     names = [sample.name for sample, _, _ in loaded]
     images = [image for _, image, _ in loaded]
     labels = [label for _, _, label in loaded]
     report, predictions = evaluate_images(model, images, labels,
                                           int(record["config"]["image_size"]), names)
-    report = {"model": str(model_path), "data": str(data_dir), **report,
+    report = {"model": str(model_path), "data": str(data_dir), "split": split, **report,
               "skipped": [f"{name}: {why}" for name, why in skipped + unreadable]}
     if figure_path is not None:
         test_predictions(images, labels, predictions, names, figure_path, figure_images)
