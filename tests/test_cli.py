@@ -102,3 +102,12 @@ def test_module_entry_point_and_fast_help():
     result = subprocess.run([sys.executable, "-c", "import nucleiseg.cli, sys; "
                              "print('tensorflow' in sys.modules)"], capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_train_without_data_uses_the_bundled_sample(tmp_path):
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
+                 *TINY]) == 0
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 31
+    assert set(split["kinds"].values()) == {"fluorescence", "histology", "brightfield"}
