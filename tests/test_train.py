@@ -41,10 +41,3 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
         train(TrainConfig(image_size=64, epochs=1, **TINY_MODEL), data, run, log=lambda *_: None)
     assert (run / "model.keras").read_text() == "precious"
 
-
-def test_epoch_figures_show_one_image_of_each_kind_first():
-    from nucleiseg.train import display_choice
-
-    assert display_choice(["fluo", "fluo", "histo", "fluo", "bright"]) == [0, 2, 4]
-    assert display_choice(["fluo", "fluo"]) == [0, 1]
-    assert display_choice(["fluo"] * 5) == [0, 1, 2]

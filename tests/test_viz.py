@@ -3,7 +3,7 @@ import numpy as np
 
 from conftest import make_disks
 from nucleiseg.preprocess import normalize_image
-from nucleiseg.viz import display, overlay, plot_curves, prediction_grid
+from nucleiseg.viz import display, overlay, pick_examples, plot_curves, prediction_grid
 
 
 def test_figures_are_written_as_png_files(tmp_path):
@@ -24,3 +24,9 @@ def test_overlay_draws_outlines_only():
     red = np.all(out == [255, 51, 51], axis=-1)
     assert red.any() and not red[labels == 0].any()  # inner outlines, inside the nuclei
     assert red.sum() < (labels > 0).sum()
+
+
+def test_examples_show_one_image_of_each_kind_first():
+    assert pick_examples(["fluo", "fluo", "histo", "fluo", "bright"]) == [0, 2, 4]
+    assert pick_examples(["fluo", "fluo"]) == [0, 1]
+    assert pick_examples(["fluo"] * 5, count=4) == [0, 1, 2, 3]

@@ -155,13 +155,30 @@ def run_predict(args) -> int:
     return 0
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up log (oneDNN, absl notices) sent to /dev/null.
+
+    TF_CPP_MIN_LOG_LEVEL no longer silences those lines; Python errors still surface.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predict": run_predict}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ log quiet
     try:
+        if args.command != "eda" and not args.debug and "tensorflow" not in sys.modules:
+            import_tensorflow_quietly()
         return COMMANDS[args.command](args)
     except NucleisegError as error:
         if args.debug:

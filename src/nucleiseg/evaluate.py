@@ -85,13 +85,13 @@ def evaluate_model(model_path: Path, data_dir: Path, figure_path: Path | None = 
 
 
 def test_predictions(images, labels, predictions, names, path: Path, count: int = 4) -> None:
-    """Input / true / predicted for the first `count` images (the original's test_predictions)."""
-    from nucleiseg.viz import prediction_grid
+    """Input / true / predicted for `count` images, one of each kind first (the original's
+    test_predictions)."""
+    from nucleiseg.viz import pick_examples, prediction_grid
 
-    count = min(count, len(images))
-    prediction_grid([normalize_image(image) for image in images[:count]],
-                    [label > 0 for label in labels[:count]], predictions[:count], path,
-                    names=names[:count])
+    shown = pick_examples([image_kind(image) for image in images], count)
+    prediction_grid([normalize_image(images[i]) for i in shown], [labels[i] > 0 for i in shown],
+                    [predictions[i] for i in shown], path, names=[names[i] for i in shown])
 
 
 test_predictions.__test__ = False  # not a pytest test

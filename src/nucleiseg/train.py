@@ -25,7 +25,7 @@ from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
 from nucleiseg.preprocess import image_kind
 from nucleiseg.saving import save_model
-from nucleiseg.viz import plot_curves
+from nucleiseg.viz import pick_examples, plot_curves
 
 
 def new_run_dir(run_dir: Path | None) -> Path:
@@ -55,13 +55,6 @@ class DisplayCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         show_predictions(self.model, self.images, self.masks,
                          self.folder / f"epoch_{epoch + 1:03d}.png")
-
-
-def display_choice(kinds, count: int = 3) -> list[int]:
-    """Indices of up to `count` images to show after each epoch: one of each kind first."""
-    firsts = [kinds.index(kind) for kind in dict.fromkeys(kinds)]
-    rest = [index for index in range(len(kinds)) if index not in firsts]
-    return sorted((firsts + rest)[:count])
 
 
 def load_training_data(data_dir: Path, skip_bad: bool, log):
@@ -113,7 +106,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
         decoder_filters=config.decoder_filters, dropout=config.dropout,
         bn_momentum=config.bn_momentum,
     ), config.learning_rate)
-    shown = display_choice([kinds[name] for name in val_names])
+    shown = pick_examples([kinds[name] for name in val_names])
     best_weights = run_dir / "checkpoints" / "best.weights.h5"
     best_weights.parent.mkdir()
     monitor = config.early_stopping_monitor

@@ -49,10 +49,18 @@ def image_grid(rows, path: Path, titles=DEFAULT_TITLES, names=None) -> None:
     figure, axes = _figure(len(rows), max(len(row) for row in rows))
     for index, row in enumerate(rows):
         for col, array in enumerate(row):
-            _show(axes[index][col], array, titles[col] if index == 0 and titles else None)
-        if names is not None:
-            axes[index][0].set_title(str(names[index])[:24], fontsize=7, loc="left")
+            title = [titles[col]] if index == 0 and titles else []
+            if col == 0 and names is not None:
+                title.append(str(names[index])[:28])
+            _show(axes[index][col], array, "\n".join(title) or None)
     _save(figure, path)
+
+
+def pick_examples(kinds, count: int = 3) -> list[int]:
+    """Indices of up to `count` images to show: the first of each image kind, then the rest."""
+    firsts = [kinds.index(kind) for kind in dict.fromkeys(kinds)]
+    rest = [index for index in range(len(kinds)) if index not in firsts]
+    return sorted((firsts + rest)[:count])
 
 
 def display(display_list, path: Path, titles=DEFAULT_TITLES) -> None:
