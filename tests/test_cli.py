@@ -111,3 +111,12 @@ def test_train_without_data_uses_the_bundled_sample(tmp_path):
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) == 31
     assert set(split["kinds"].values()) == {"fluorescence", "histology", "brightfield"}
+
+
+def test_unwritable_output_is_a_one_line_error(paired_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["eda", "--data", str(paired_dir), "--out", str(blocker / "eda.png")]) == 1
+    err = capsys.readouterr().err
+    assert str(blocker) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "not a folder"

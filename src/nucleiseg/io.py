@@ -308,8 +308,10 @@ def find_images(inputs) -> list[Path]:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` then rename into place, so a crash leaves no half-written file."""
+    """Call `write(tmp_path)` then rename into place, so a crash leaves no half-written file.
+    Missing parent folders are created."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
