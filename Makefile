@@ -19,7 +19,7 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	@mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/nucleiseg eda --data "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample())')" --out $(DEMO_DIR)/eda.png
-	$(VENV)/bin/nucleiseg train --out $(DEMO_DIR)/run --epochs 25 --patience 10
+	$(VENV)/bin/nucleiseg train --out $(DEMO_DIR)/run --epochs 20 --steps-per-epoch 15 --batch-size 8
 	$(VENV)/bin/nucleiseg evaluate --model $(DEMO_DIR)/run/model.keras --figure $(DEMO_DIR)/test_predictions.png
 	$(VENV)/bin/nucleiseg predict --model $(DEMO_DIR)/run/model.keras --out $(DEMO_DIR)/predictions "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample("test"))')"
 	@echo

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     train.add_argument("--image-size", type=int, default=DEFAULTS.image_size,
                        help="training size, a multiple of 32 (default %(default)s)")
+    train.add_argument("--steps-per-epoch", type=int,
+                       help="training batches per epoch (default: one pass over the images)")
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     train.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--monitor", choices=MONITORS, default=DEFAULTS.early_stopping_monitor,
                        help="early stopping and best-checkpoint metric (default %(default)s)")
     train.add_argument("--patience", type=int, default=DEFAULTS.early_stopping_patience)
+    train.add_argument("--warmup-steps", type=int, default=DEFAULTS.early_stopping_warmup_steps,
+                       help="training steps before early stopping may stop (default %(default)s)")
     train.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
@@ -101,17 +105,19 @@ def run_train(args) -> int:
         image_size=args.image_size, encoder_weights=args.encoder_weights,
         freeze_encoder=args.freeze_encoder, encoder_alpha=args.encoder_alpha,
         decoder_filters=args.decoder_filters, dropout=args.dropout,
-        bn_momentum=args.bn_momentum, epochs=args.epochs, batch_size=args.batch_size,
+        bn_momentum=args.bn_momentum, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         augment=not args.no_augment, early_stopping_monitor=args.monitor,
-        early_stopping_patience=args.patience,
+        early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
     )
     from nucleiseg.model import check_image_size
 
     check_image_size(config.image_size)
     from nucleiseg.train import train
 
-    run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad)
+    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar, or one line per epoch in logs
+    run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose)
     native = record["metrics"]["validation_native"]
     print(f"validation (native resolution): pixel accuracy {native['pixel_accuracy']:.4f}, "
           f"foreground IoU {native['foreground_iou']:.4f}, Dice {native['dice']:.4f}")

@@ -31,6 +31,7 @@ class TrainConfig:
     dropout: float = 0.0
     bn_momentum: float = 0.9
     epochs: int = 15
+    steps_per_epoch: int | None = None  # None: one pass over the training images
     batch_size: int = 16
     learning_rate: float = 1e-3
     val_fraction: float = 0.3
@@ -38,6 +39,7 @@ class TrainConfig:
     augment: bool = True
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5
+    early_stopping_warmup_steps: int = 200  # no early stop before this many training steps
 
     def __post_init__(self):
         check_choice("encoder_weights", self.encoder_weights, ENCODER_WEIGHTS)
@@ -49,6 +51,8 @@ class TrainConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise UsageError(f"steps_per_epoch must be at least 1; got {self.steps_per_epoch}")
         for name in ("epochs", "batch_size", "num_classes", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")

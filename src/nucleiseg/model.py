@@ -36,7 +36,8 @@ def build_encoder(encoder_weights: str = "none", alpha: float = 1.0,
 
     MobileNetV2's BatchNorm momentum is 0.999: trained from scratch for a few hundred steps,
     its moving statistics never catch up and the model predicts only background in inference
-    mode. `bn_momentum` (default 0.9) fixes that; it has no effect on a frozen encoder.
+    mode. `bn_momentum` (default 0.9, also used in the decoder) fixes that; it has no effect on
+    a frozen encoder.
     """
     weights = None if encoder_weights == "none" else encoder_weights
     if weights is not None and alpha not in IMAGENET_ALPHAS:
@@ -59,13 +60,13 @@ def build_encoder(encoder_weights: str = "none", alpha: float = 1.0,
     return keras.Model(base.input, outputs, name="encoder")
 
 
-def upsample_block(x, filters: int, dropout: float, name: str):
+def upsample_block(x, filters: int, dropout: float, name: str, bn_momentum: float = 0.9):
     """pix2pix upsample: Conv2DTranspose (stride 2) -> BatchNorm -> optional Dropout -> ReLU."""
     x = keras.layers.Conv2DTranspose(
         filters, 3, strides=2, padding="same", use_bias=False,
         kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -98,7 +99,7 @@ def build_unet(
     x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_mobilenet_range")(inputs)
     *skips, x = encoder(x)
     for index, (filters, skip) in enumerate(zip(decoder_filters, reversed(skips))):
-        x = upsample_block(x, filters, dropout, name=f"decoder_{index + 1}")
+        x = upsample_block(x, filters, dropout, f"decoder_{index + 1}", bn_momentum)
         x = keras.layers.Concatenate(name=f"decoder_{index + 1}_skip")([x, skip])
     logits = keras.layers.Conv2DTranspose(num_classes, 3, strides=2, padding="same",
                                           name="logits")(x)

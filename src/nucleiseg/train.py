@@ -8,6 +8,7 @@ Run directory:
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     x_val, y_val = arrays(val_names)
     train_ds, steps = make_train_dataset(x_train, y_train, config.batch_size, config.seed,
                                          config.augment)
+    steps = config.steps_per_epoch or steps
     val_ds = make_val_dataset(x_val, y_val, config.batch_size)
 
     model = compile_model(build_unet(
@@ -113,8 +115,9 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     callbacks = [
         keras.callbacks.ModelCheckpoint(best_weights, monitor=monitor, save_best_only=True,
                                         save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
-                                      restore_best_weights=True),
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=config.early_stopping_patience, restore_best_weights=True,
+            start_from_epoch=math.ceil(config.early_stopping_warmup_steps / steps)),
         keras.callbacks.CSVLogger(run_dir / "history.csv"),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
         DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs"),

@@ -1,0 +1,31 @@
+import json
+
+import pytest
+
+from nucleiseg.config import TrainConfig, write_json
+from nucleiseg.errors import UsageError
+
+
+def test_round_trips_through_json(tmp_path):
+    config = TrainConfig(image_size=256, decoder_filters=[64, 32, 16, 8], steps_per_epoch=10)
+    write_json(tmp_path / "config.json", config.to_dict())
+    loaded = TrainConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
+    assert loaded == config and loaded.decoder_filters == (64, 32, 16, 8)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"encoder_weights": "random"}, "encoder_weights must be one of imagenet, none"),
+    ({"early_stopping_monitor": "val_iou"}, "early_stopping_monitor must be one of"),
+    ({"freeze_encoder": True}, "needs pretrained encoder weights"),
+    ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"steps_per_epoch": 0}, "steps_per_epoch must be at least 1"),
+])
+def test_bad_values_name_the_choices(changes, message):
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(**changes)
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(UsageError, match="unknown configuration keys: colour"):
+        TrainConfig.from_dict({"colour": "red"})
