@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from nucleiseg import __version__
-from nucleiseg.config import ENCODER_WEIGHTS, MONITORS, TrainConfig
+from nucleiseg.config import (ENCODER_WEIGHTS, LR_SCHEDULES, MONITORS, SAMPLINGS, TARGETS,
+                              TrainConfig)
 from nucleiseg.errors import NucleisegError, UsageError
 
 DEFAULTS = TrainConfig()
@@ -46,8 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training size, a multiple of 32 (default %(default)s)")
     train.add_argument("--steps-per-epoch", type=int,
                        help="training batches per epoch (default: one pass over the images)")
+    train.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS.sampling,
+                       help="resize whole images to --image-size, or take random native-"
+                       "resolution crops of --image-size (default %(default)s)")
+    train.add_argument("--target", choices=tuple(TARGETS), default=DEFAULTS.target,
+                       help="binary: background/nucleus; boundary: background/interior/boundary, "
+                       "so touching nuclei can be separated (default %(default)s)")
+    train.add_argument("--boundary-weight", type=float, default=DEFAULTS.boundary_weight,
+                       help="loss weight of the boundary class (default %(default)s)")
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=DEFAULTS.lr_schedule)
     train.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
     train.add_argument("--seed", type=int, default=DEFAULTS.seed)
     train.add_argument("--encoder-weights", choices=ENCODER_WEIGHTS,
@@ -102,7 +112,9 @@ def run_eda(args) -> int:
 
 def run_train(args) -> int:
     config = TrainConfig(
-        image_size=args.image_size, encoder_weights=args.encoder_weights,
+        image_size=args.image_size, sampling=args.sampling, target=args.target,
+        boundary_weight=args.boundary_weight, lr_schedule=args.lr_schedule,
+        encoder_weights=args.encoder_weights,
         freeze_encoder=args.freeze_encoder, encoder_alpha=args.encoder_alpha,
         decoder_filters=args.decoder_filters, dropout=args.dropout,
         bn_momentum=args.bn_momentum, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,

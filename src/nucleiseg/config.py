@@ -10,6 +10,9 @@ from nucleiseg.errors import UsageError
 
 ENCODER_WEIGHTS = ("imagenet", "none")
 MONITORS = ("val_loss", "val_foreground_iou", "val_accuracy")
+TARGETS = {"binary": 2, "boundary": 3}  # target -> number of classes
+SAMPLINGS = ("resize", "crops")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -22,8 +25,10 @@ def check_choice(name: str, value, choices) -> None:
 class TrainConfig:
     """Everything that decides what a training run does; saved as the run's config.json."""
 
-    image_size: int = 128
-    num_classes: int = 2
+    image_size: int = 128  # network input in training: the resize size, or the crop size
+    sampling: str = "resize"  # whole images resized to image_size, or random native crops
+    target: str = "binary"  # background/nucleus, or background/interior/boundary
+    boundary_weight: float = 1.0  # loss weight of the boundary class
     encoder_weights: str = "none"
     freeze_encoder: bool = False
     encoder_alpha: float = 1.0
@@ -34,6 +39,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: one pass over the training images
     batch_size: int = 16
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     val_fraction: float = 0.3
     seed: int = 123
     augment: bool = True
@@ -44,6 +50,9 @@ class TrainConfig:
     def __post_init__(self):
         check_choice("encoder_weights", self.encoder_weights, ENCODER_WEIGHTS)
         check_choice("early_stopping_monitor", self.early_stopping_monitor, MONITORS)
+        check_choice("target", self.target, tuple(TARGETS))
+        check_choice("sampling", self.sampling, SAMPLINGS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.freeze_encoder and self.encoder_weights == "none":
             raise UsageError(
                 "--freeze-encoder needs pretrained encoder weights (--encoder-weights imagenet): "
@@ -53,10 +62,14 @@ class TrainConfig:
             raise UsageError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UsageError(f"steps_per_epoch must be at least 1; got {self.steps_per_epoch}")
-        for name in ("epochs", "batch_size", "num_classes", "early_stopping_patience"):
+        for name in ("epochs", "batch_size", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
         object.__setattr__(self, "decoder_filters", tuple(int(f) for f in self.decoder_filters))
+
+    @property
+    def num_classes(self) -> int:
+        return TARGETS[self.target]
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -66,6 +79,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k != "num_classes"}  # derived from target
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"unknown configuration keys: {', '.join(unknown)}")

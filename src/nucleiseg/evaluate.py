@@ -6,54 +6,73 @@ from pathlib import Path
 
 import numpy as np
 
+import functools
+import operator
+
 from nucleiseg.data import labels_to_classes
-from nucleiseg.infer import create_mask, model_inputs, predict_logits, probabilities_at
-from nucleiseg.metrics import PixelCounts, pixel_counts
-from nucleiseg.preprocess import image_kind, normalize_image, resize_labels
+from nucleiseg.infer import PredictOptions, predict_probabilities
+from nucleiseg.instances import InstanceOptions, labels_from_probabilities
+from nucleiseg.metrics import InstanceScores, PixelCounts, match_instances, pixel_counts
+from nucleiseg.preprocess import image_kind, normalize_image
 
 
-def cross_entropy(logits: np.ndarray, classes: np.ndarray) -> float:
-    """Mean sparse categorical cross-entropy of logits (N, H, W, C) against classes (N, H, W)."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    picked = np.take_along_axis(log_probs, classes[..., None].astype(np.int64), axis=-1)
-    return float(-picked.mean())
+def cross_entropy(probabilities: np.ndarray, classes: np.ndarray) -> float:
+    """Mean cross-entropy of class probabilities (H, W, C) against class targets (H, W)."""
+    picked = np.take_along_axis(probabilities, classes[..., None].astype(np.int64), axis=-1)
+    return float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
 
 
-def evaluate_images(model, images, labels, input_size: int, names=None, batch_size: int = 8):
-    """Evaluate on raw images and instance labels.
+def summarize(rows: list[dict], pixel: PixelCounts, instance: InstanceScores) -> dict:
+    """Pixel metrics pooled over pixels; instance metrics averaged over images (as the DSB
+    scored), plus F1 at IoU 0.5 pooled over all nuclei."""
+    return {
+        "images": len(rows),
+        "loss": float(np.mean([row["loss"] for row in rows])),
+        **pixel.as_dict(),
+        **{key: float(np.mean([row[key] for row in rows]))
+           for key in ("ap_50", "ap_75", "dsb_score", "f1_50")},
+        "f1_50_pooled": instance.f1[instance.at(0.5)],
+        "true_nuclei": sum(row["true_nuclei"] for row in rows),
+        "predicted_nuclei": sum(row["predicted_nuclei"] for row in rows),
+    }
 
-    The loss is computed at the model's input size (masks resized nearest); pixel metrics at
-    each image's own size (probabilities resized back), pooled over all pixels, and per image.
-    Returns (report dict, predicted masks at native size).
+
+def evaluate_images(model, images, labels, config: dict, names=None,
+                    options: PredictOptions = PredictOptions(),
+                    instance_options: InstanceOptions = InstanceOptions()):
+    """Evaluate on raw images and their instance labels, at each image's own resolution.
+
+    Returns (report dict: overall, by image kind and per image; predicted label images).
     """
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
-    inputs = model_inputs(images, input_size)
-    logits = predict_logits(model, inputs, batch_size)
-    small_classes = np.stack([labels_to_classes(resize_labels(label, inputs.shape[1:3]))
-                              for label in labels])
-    total, by_kind, per_image, predictions = PixelCounts(), {}, [], []
-    for name, image, label, image_logits in zip(names, images, labels, logits):
-        predicted = create_mask(probabilities_at(image_logits, label.shape)) > 0
-        counts = pixel_counts(label, predicted)
+    target = config.get("target", "binary")
+    rows, predictions, pixel_by_kind, instance_by_kind = [], [], {}, {}
+    for name, image, label in zip(names, images, labels):
+        probabilities = predict_probabilities(model, image, config, options)
+        predicted = labels_from_probabilities(probabilities, instance_options)
+        pixel = pixel_counts(label, predicted)
+        instance = match_instances(label, predicted)
         kind = image_kind(image)
-        total = total + counts
-        by_kind[kind] = by_kind.get(kind, PixelCounts()) + counts
-        per_image.append({"image": name, "kind": kind, **counts.as_dict()})
+        pixel_by_kind[kind] = pixel_by_kind.get(kind, PixelCounts()) + pixel
+        instance_by_kind[kind] = (instance_by_kind[kind] + instance if kind in instance_by_kind
+                                  else instance)
+        rows.append({"image": name, "kind": kind,
+                     "loss": cross_entropy(probabilities, labels_to_classes(label, target)),
+                     "true_nuclei": int(len(np.unique(label)) - (label.min() == 0)),
+                     "predicted_nuclei": int(predicted.max()),
+                     **pixel.as_dict(), **instance.as_dict()})
         predictions.append(predicted)
-    report = {
-        "images": len(names),
-        "loss": cross_entropy(logits, small_classes),
-        **total.as_dict(),
-        "by_kind": {kind: {"images": sum(row["kind"] == kind for row in per_image),
-                           **by_kind[kind].as_dict()} for kind in sorted(by_kind)},
-        "per_image": per_image,
-    }
-    return report, predictions
+    overall = summarize(rows, sum(pixel_by_kind.values(), PixelCounts()),
+                        functools.reduce(operator.add, instance_by_kind.values()))
+    by_kind = {kind: summarize([row for row in rows if row["kind"] == kind], pixel_by_kind[kind],
+                               instance_by_kind[kind]) for kind in sorted(pixel_by_kind)}
+    return {**overall, "by_kind": by_kind, "per_image": rows}, predictions
 
 
 def evaluate_model(model_path: Path, data_dir: Path, figure_path: Path | None = None,
-                   skip_bad: bool = False, figure_images: int = 4, split: str = "all") -> dict:
+                   skip_bad: bool = False, figure_images: int = 4, split: str = "all",
+                   options: PredictOptions = PredictOptions(),
+                   instance_options: InstanceOptions = InstanceOptions()) -> dict:
     """Load a saved model, evaluate it on a labelled folder, optionally draw test_predictions.
 
     `split` 'val' or 'train' keeps only the images the model's record lists on that side of
@@ -74,8 +93,8 @@ def evaluate_model(model_path: Path, data_dir: Path, figure_path: Path | None = 
     names = [sample.name for sample, _, _ in loaded]
     images = [image for _, image, _ in loaded]
     labels = [label for _, _, label in loaded]
-    report, predictions = evaluate_images(model, images, labels,
-                                          int(record["config"]["image_size"]), names)
+    report, predictions = evaluate_images(model, images, labels, record["config"], names,
+                                          options, instance_options)
     report = {"model": str(model_path), "data": str(data_dir), "split": split, **report,
               "skipped": [f"{name}: {why}" for name, why in skipped + unreadable]}
     if figure_path is not None:
@@ -91,21 +110,21 @@ def test_predictions(images, labels, predictions, names, path: Path, count: int 
 
     shown = pick_examples([image_kind(image) for image in images], count)
     prediction_grid([normalize_image(images[i]) for i in shown], [labels[i] > 0 for i in shown],
-                    [predictions[i] for i in shown], path, names=[names[i] for i in shown])
+                    [predictions[i] > 0 for i in shown], path, names=[names[i] for i in shown])
 
 
 test_predictions.__test__ = False  # not a pytest test
 
 
 def format_report(report: dict) -> str:
-    """Markdown tables: overall figures, then pixel metrics per image kind."""
-    rows = [("images", report["images"]), ("loss (at model input size)", f"{report['loss']:.4f}"),
-            ("pixel accuracy", f"{report['pixel_accuracy']:.4f}"),
-            ("foreground IoU", f"{report['foreground_iou']:.4f}"), ("Dice", f"{report['dice']:.4f}")]
-    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", "| image kind | images | pixel accuracy | foreground IoU | Dice |",
-              "|---|---|---|---|---|"]
-    for kind, row in report["by_kind"].items():
-        lines.append(f"| {kind} | {row['images']} | {row['pixel_accuracy']:.4f} | "
-                     f"{row['foreground_iou']:.4f} | {row['dice']:.4f} |")
+    """Markdown: overall figures, then a row per image kind."""
+    columns = [("pixel accuracy", "pixel_accuracy"), ("foreground IoU", "foreground_iou"),
+               ("Dice", "dice"), ("AP@0.5", "ap_50"), ("AP@0.75", "ap_75"),
+               ("DSB score", "dsb_score"), ("F1@0.5", "f1_50")]
+    header = "| images | " + " | ".join(title for title, _ in columns) + " | nuclei (true / found) |"
+    lines = ["| set " + header, "|---" * (len(columns) + 3) + "|"]
+    for name, row in [("all", report), *report["by_kind"].items()]:
+        values = " | ".join(f"{row[key]:.3f}" for _, key in columns)
+        lines.append(f"| {name} | {row['images']} | {values} | "
+                     f"{row['true_nuclei']} / {row['predicted_nuclei']} |")
     return "\n".join(lines)

@@ -32,21 +32,53 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray
     return np.concatenate(outputs)
 
 
-def model_inputs(images, input_size: int) -> np.ndarray:
-    """Raw images (any size, dtype, channels) -> normalised (N, S, S, 3) float32."""
-    shape = (input_size, input_size)
-    return np.stack([resize_image(normalize_image(image), shape) for image in images])
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """How to predict: tile size and overlap (native-resolution models), input scale, TTA."""
+
+    tile: int = 512
+    overlap: int = 64
+    scale: float = 1.0
+    tta: int = 1  # 1 (none), 4 (flips) or 8 (flips and 90-degree rotations)
+    batch_size: int = 4
 
 
-def probabilities_at(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Softmax of one image's logits, resized (bilinear) to `shape` (H, W)."""
-    return resize_image(softmax(logits.astype(np.float32)), shape)
+def probability_function(model, tta: int = 1):
+    """(N, t, t, 3) normalised tiles -> (N, t, t, C) softmax probabilities, inference mode."""
+    from nucleiseg.tiling import with_test_time_augmentation
+
+    def predict_batch(tiles):
+        return softmax(np.asarray(model(tiles, training=False), dtype=np.float32))
+
+    return predict_batch if tta == 1 else with_test_time_augmentation(predict_batch, tta)
 
 
-def predict_probabilities(model, image: np.ndarray, input_size: int) -> np.ndarray:
-    """Class probabilities (H, W, C) at the image's own size."""
-    logits = predict_logits(model, model_inputs([image], input_size))[0]
-    return probabilities_at(logits, image.shape[:2])
+def predict_probabilities(model, image: np.ndarray, config: dict,
+                          options: PredictOptions = PredictOptions()) -> np.ndarray:
+    """Class probabilities (H, W, C) at the image's own size.
+
+    A model trained on resized whole images ('resize' sampling) sees the image resized to its
+    training size; a model trained on native-resolution crops predicts in overlapping tiles.
+    `options.scale` resizes the input first (e.g. 0.5 for nuclei twice the training size).
+    """
+    from nucleiseg.tiling import predict_tiled
+
+    predict_batch = probability_function(model, options.tta)
+    normalised = normalize_image(image)
+    if options.scale != 1.0:
+        shape = tuple(max(1, round(n * options.scale)) for n in image.shape[:2])
+        normalised = resize_image(normalised, shape)
+    if config.get("sampling", "resize") == "resize":
+        size = int(config["image_size"])
+        small = resize_image(normalised, (size, size))[None]
+        probabilities = resize_image(predict_batch(small)[0], normalised.shape[:2])
+    else:
+        num_classes = int(model.output_shape[-1])
+        probabilities = predict_tiled(predict_batch, normalised, num_classes, options.tile,
+                                      options.overlap, options.batch_size)
+    if options.scale != 1.0:
+        probabilities = resize_image(probabilities, image.shape[:2])
+    return probabilities
 
 
 def show_predictions(model, images: np.ndarray, masks: np.ndarray, path: Path) -> None:
@@ -95,7 +127,6 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
         if existing:
             raise UsageError(f"{existing[0]}: output exists ({len(existing)} in all); "
                              "pass --overwrite to replace outputs")
-    input_size = int(record["config"]["image_size"])
     results = []
     for index, path in enumerate(images, start=1):
         start = time.perf_counter()
@@ -105,7 +136,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
             results.append(PredictionResult(path, error=str(error)))
             progress(f"[{index}/{len(images)}] skipped: {error}")
             continue
-        probabilities = predict_probabilities(model, image, input_size)
+        probabilities = predict_probabilities(model, image, record["config"])
         mask = create_mask(probabilities) > 0
         paths = output_paths(path, out_dir)
         write_png(paths["mask"], (mask * 255).astype(np.uint8))

@@ -1,4 +1,5 @@
-"""Streaming Keras metrics on logits, for training logs (pooled over an epoch)."""
+"""Keras training objects: streaming metrics on logits (pooled over an epoch), the loss, and
+`compile_model`."""
 
 from __future__ import annotations
 
@@ -48,11 +49,41 @@ class ForegroundDice(_ForegroundCounts):
         return ops.where(denominator > 0, 2.0 * self.tp / ops.maximum(denominator, 1.0), 1.0)
 
 
-def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
-    """Adam + SparseCategoricalCrossentropy(from_logits=True), pixel accuracy, IoU and Dice."""
+@keras.saving.register_keras_serializable(package="nucleiseg")
+class WeightedCrossEntropy(keras.losses.Loss):
+    """Sparse categorical cross-entropy on logits with a weight per true class."""
+
+    def __init__(self, class_weights=(1.0, 1.0), name="weighted_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.class_weights = [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        per_pixel = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+        weights = ops.take(ops.convert_to_tensor(self.class_weights), y_true)
+        return per_pixel * weights
+
+    def get_config(self):
+        return {**super().get_config(), "class_weights": self.class_weights}
+
+
+def compile_model(model: keras.Model, learning_rate: float = 1e-3, boundary_weight: float = 1.0,
+                  decay_steps: int | None = None) -> keras.Model:
+    """Adam + cross-entropy on logits (SparseCategoricalCrossentropy(from_logits=True), or with
+    the boundary class weighted), pixel accuracy, foreground IoU and Dice.
+
+    `decay_steps` switches the learning rate to a cosine decay over that many steps.
+    """
+    num_classes = model.output_shape[-1]
+    if boundary_weight != 1.0 and num_classes == 3:
+        loss = WeightedCrossEntropy((1.0, 1.0, boundary_weight))
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    rate = (keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.05)
+            if decay_steps else learning_rate)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.Adam(rate),
+        loss=loss,
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), ForegroundIoU(),
                  ForegroundDice()],
     )

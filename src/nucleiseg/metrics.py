@@ -62,3 +62,84 @@ def pooled_counts(true_masks, pred_masks) -> PixelCounts:
     for true_mask, pred_mask in zip(true_masks, pred_masks, strict=True):
         total = total + pixel_counts(true_mask, pred_mask)
     return total
+
+
+# ---------------------------------------------------------------- instance metrics
+
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.55, ..., 0.95
+
+
+def instance_ious(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+    """IoU of every true nucleus (rows) with every predicted nucleus (columns); 0 = background.
+    Label values need not be consecutive."""
+    true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
+    if true_labels.shape != pred_labels.shape:
+        raise ValueError(f"shapes differ: true {true_labels.shape}, predicted {pred_labels.shape}")
+    true_ids, true_index = np.unique(true_labels, return_inverse=True)
+    pred_ids, pred_index = np.unique(pred_labels, return_inverse=True)
+    overlap = np.bincount(true_index.ravel() * len(pred_ids) + pred_index.ravel(),
+                          minlength=len(true_ids) * len(pred_ids)).reshape(len(true_ids),
+                                                                          len(pred_ids))
+    true_area, pred_area = overlap.sum(axis=1), overlap.sum(axis=0)
+    keep_true, keep_pred = true_ids != 0, pred_ids != 0
+    intersection = overlap[keep_true][:, keep_pred].astype(np.float64)
+    union = true_area[keep_true][:, None] + pred_area[keep_pred][None, :] - intersection
+    return intersection / np.maximum(union, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceScores:
+    """Matches of predicted to true nuclei at each IoU threshold (one image, or summed)."""
+
+    thresholds: tuple[float, ...]
+    tp: tuple[int, ...]
+    fp: tuple[int, ...]
+    fn: tuple[int, ...]
+
+    def _ratio(self, numerator, denominator) -> tuple[float, ...]:
+        return tuple(n / d if d else 1.0 for n, d in zip(numerator, denominator))
+
+    @property
+    def average_precision(self) -> tuple[float, ...]:
+        """TP / (TP + FP + FN) at each threshold: what the Data Science Bowl called
+        'average precision' (1.0 when there is nothing to find and nothing found)."""
+        return self._ratio(self.tp, [t + p + n for t, p, n in zip(self.tp, self.fp, self.fn)])
+
+    @property
+    def dsb_score(self) -> float:
+        """Mean of average_precision over the thresholds (the DSB 2018 score of one image)."""
+        return float(np.mean(self.average_precision))
+
+    @property
+    def f1(self) -> tuple[float, ...]:
+        return self._ratio([2 * t for t in self.tp],
+                           [2 * t + p + n for t, p, n in zip(self.tp, self.fp, self.fn)])
+
+    def at(self, threshold: float) -> int:
+        return self.thresholds.index(round(threshold, 2))
+
+    def __add__(self, other: "InstanceScores") -> "InstanceScores":
+        return InstanceScores(self.thresholds,
+                              *(tuple(a + b for a, b in zip(x, y)) for x, y in
+                                ((self.tp, other.tp), (self.fp, other.fp), (self.fn, other.fn))))
+
+    def as_dict(self) -> dict:
+        i = self.at(0.5)
+        return {"ap_50": self.average_precision[i], "ap_75": self.average_precision[self.at(0.75)],
+                "dsb_score": self.dsb_score, "f1_50": self.f1[i], "tp_50": self.tp[i],
+                "fp_50": self.fp[i], "fn_50": self.fn[i]}
+
+
+def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray,
+                    thresholds=IOU_THRESHOLDS) -> InstanceScores:
+    """Count true positives (a true nucleus with a predicted one of IoU > threshold), false
+    positives and false negatives at each threshold. Thresholds must be >= 0.5, where a
+    nucleus can match at most one other and no assignment problem arises."""
+    thresholds = tuple(round(float(t), 2) for t in thresholds)
+    if min(thresholds) < 0.5:
+        raise ValueError("IoU thresholds below 0.5 need an assignment step; use >= 0.5")
+    ious = instance_ious(true_labels, pred_labels)
+    n_true, n_pred = ious.shape
+    tp = tuple(int(np.count_nonzero((ious > t).any(axis=1))) for t in thresholds)
+    return InstanceScores(thresholds, tp, tuple(n_pred - t for t in tp),
+                          tuple(n_true - t for t in tp))

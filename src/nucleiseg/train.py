@@ -17,14 +17,15 @@ import numpy as np
 
 import nucleiseg
 from nucleiseg.config import TrainConfig, write_json
-from nucleiseg.data import make_train_dataset, make_val_dataset, prepare_arrays, split_names
+from nucleiseg.data import (centre_crops, crop_weights, labels_to_classes, make_crop_dataset,
+                            make_train_dataset, make_val_dataset, prepare_arrays, split_names)
 from nucleiseg.errors import DataError, UsageError
 from nucleiseg.evaluate import evaluate_images
 from nucleiseg.infer import show_predictions
 from nucleiseg.io import bundled_sample, find_samples, load_samples
 from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
-from nucleiseg.preprocess import image_kind
+from nucleiseg.preprocess import image_kind, normalize_image
 from nucleiseg.saving import save_model
 from nucleiseg.viz import pick_examples, plot_curves
 
@@ -91,23 +92,39 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     write_json(run_dir / "split.json", split)
     log(f"{len(train_names)} training and {len(val_names)} validation images from {data_dir}")
 
-    def arrays(names):
-        return prepare_arrays([by_name[n][0] for n in names], [by_name[n][1] for n in names],
-                              config.image_size)
+    if config.sampling == "resize":
+        def arrays(names):
+            return prepare_arrays([by_name[n][0] for n in names], [by_name[n][1] for n in names],
+                                  config.image_size, config.target)
 
-    x_train, y_train = arrays(train_names)
-    x_val, y_val = arrays(val_names)
-    train_ds, steps = make_train_dataset(x_train, y_train, config.batch_size, config.seed,
-                                         config.augment)
-    steps = config.steps_per_epoch or steps
+        x_train, y_train = arrays(train_names)
+        x_val, y_val = arrays(val_names)
+        train_ds, steps = make_train_dataset(x_train, y_train, config.batch_size, config.seed,
+                                             config.augment)
+    else:
+        def native(names):
+            return ([normalize_image(by_name[n][0]) for n in names],
+                    [labels_to_classes(by_name[n][1], config.target) for n in names])
+
+        train_images, train_targets = native(train_names)
+        weights = crop_weights([im.shape[:2] for im in train_images],
+                               [kinds[n] for n in train_names], config.image_size)
+        train_ds = make_crop_dataset(train_images, train_targets, config.image_size,
+                                     config.batch_size, config.seed, config.augment, weights)
+        steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
+                             / config.image_size**2 / config.batch_size))
+        x_val, y_val = centre_crops(*native(val_names), config.image_size)
     val_ds = make_val_dataset(x_val, y_val, config.batch_size)
+    steps = config.steps_per_epoch or steps
+    log(f"{steps} steps of {config.batch_size} per epoch")
 
     model = compile_model(build_unet(
         num_classes=config.num_classes, encoder_weights=config.encoder_weights,
         freeze_encoder=config.freeze_encoder, encoder_alpha=config.encoder_alpha,
         decoder_filters=config.decoder_filters, dropout=config.dropout,
         bn_momentum=config.bn_momentum,
-    ), config.learning_rate)
+    ), config.learning_rate, config.boundary_weight,
+        decay_steps=config.epochs * steps if config.lr_schedule == "cosine" else None)
     shown = pick_examples([kinds[name] for name in val_names])
     best_weights = run_dir / "checkpoints" / "best.weights.h5"
     best_weights.parent.mkdir()
@@ -135,7 +152,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     at_input_size = {k: float(v) for k, v in
                      model.evaluate(val_ds, return_dict=True, verbose=0).items()}
     native, _ = evaluate_images(model, [by_name[n][0] for n in val_names],
-                                [by_name[n][1] for n in val_names], config.image_size, val_names)
+                                [by_name[n][1] for n in val_names], config.to_dict(), val_names)
     metrics = {
         "validation_at_input_size": at_input_size,
         "validation_native": native,
