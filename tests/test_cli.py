@@ -16,7 +16,8 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     data = write_paired(root / "data", disk_samples(8))
     assert main(["train", "--data", str(data), "--out", str(root / "run"), "--epochs", "2",
-                 "--image-size", "64", "--batch-size", "4", *TINY]) == 0
+                 "--image-size", "64", "--batch-size", "4", "--sampling", "crops",
+                 "--target", "boundary", "--steps-per-epoch", "3", *TINY]) == 0
     return root, data, root / "run" / "model.keras"
 
 
@@ -30,12 +31,14 @@ def test_evaluate_json_and_figure(trained_run, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 8 and len(report["per_image"]) == 8
     assert report["by_kind"]["fluorescence"]["images"] == 8
-    for key in ("loss", "pixel_accuracy", "foreground_iou", "dice"):
+    for key in ("loss", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "dsb_score",
+                "f1_50"):
         assert 0 <= report[key] and np.isfinite(report[key])
+    assert report["true_nuclei"] == sum(row["true_nuclei"] for row in report["per_image"])
     assert figure.stat().st_size > 0
     assert main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
     out = capsys.readouterr().out
-    assert "| foreground IoU |" in out and "| fluorescence | 8 |" in out
+    assert "| DSB score |" in out and "| fluorescence | 8 |" in out
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "val",
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -54,11 +57,25 @@ def test_predict_writes_masks_at_native_size(trained_run, tmp_path, capsys):
                  "--out", str(out)]) == 0
     import imageio.v3 as iio
 
+    import csv
+
+    import tifffile
+
+    labels = tifffile.imread(out / "big_labels.tif")
+    assert labels.shape == (100, 150) and labels.dtype == np.uint16
     mask = iio.imread(out / "big_mask.png")
     assert mask.shape == (100, 150) and set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask > 0, labels > 0)
     assert iio.imread(out / "big_overlay.png").shape == (100, 150, 3)
     assert iio.imread(out / "deep_mask.png").shape == (64, 64)
-    assert (out / "img00_mask.png").exists() and (out / "img01_overlay.png").exists()
+    assert (out / "img00_labels.tif").exists() and (out / "img01_overlay.png").exists()
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [row["image"] for row in summary] == ["big.png", "deep.tif", "img00.png", "img01.png"]
+    measurements = list(csv.DictReader(open(out / "measurements.csv")))
+    big_rows = [row for row in measurements if row["image"] == "big.png"]
+    assert len(big_rows) == labels.max() == int(summary[0]["nuclei"])
+    for row in big_rows:
+        assert int(float(row["area"])) == (labels == int(row["label"])).sum()
     # outputs are not overwritten without --overwrite
     assert main(["predict", "--model", str(model), str(tmp_path / "in"), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -74,6 +91,8 @@ def test_predict_skips_an_unreadable_image_and_says_so(trained_run, tmp_path, ca
     err = capsys.readouterr().err
     assert "broken.png: cannot read as an image" in err
     assert (tmp_path / "out" / "good_mask.png").exists()
+    summary = (tmp_path / "out" / "summary.csv").read_text()
+    assert "broken.png" in summary and "cannot read as an image" in summary
 
 
 def test_eda_prints_statistics_and_writes_grid(paired_dir, tmp_path, capsys):
@@ -120,3 +139,10 @@ def test_unwritable_output_is_a_one_line_error(paired_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(blocker) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert blocker.read_text() == "not a folder"
+
+
+def test_evaluate_classical_baseline(paired_dir, capsys):
+    assert main(["evaluate", "--classical", "--data", str(paired_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "classical Otsu + watershed" and report["loss"] is None
+    assert report["ap_50"] == 1.0 and report["images"] == 6

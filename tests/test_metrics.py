@@ -54,3 +54,57 @@ def test_keras_metrics_match_numpy():
         metric.update_state(true[2:], logits[2:])  # streaming over batches = pooled
     assert float(iou.result()) == pytest.approx(expected.foreground_iou, abs=1e-6)
     assert float(dice.result()) == pytest.approx(expected.dice, abs=1e-6)
+
+
+# ---------------------------------------------------------------- instance metrics
+
+from nucleiseg.metrics import IOU_THRESHOLDS, instance_ious, match_instances  # noqa: E402
+
+
+def test_instance_ious_by_hand():
+    true = np.array([[1, 1, 0, 0],
+                     [1, 1, 0, 7]])
+    pred = np.array([[5, 5, 5, 0],
+                     [5, 0, 0, 0]])
+    ious = instance_ious(true, pred)
+    assert ious.shape == (2, 1)
+    assert ious[0, 0] == pytest.approx(3 / 5)  # 3 shared of 4 true + 4 predicted - 3
+    assert ious[1, 0] == 0
+
+
+def test_dsb_average_precision_by_hand():
+    # true: nuclei 1 (4 px) and 2 (2 px); predicted: one matching nucleus 1 with IoU 3/5, one
+    # false positive; nucleus 2 missed.
+    true = np.array([[1, 1, 0, 0, 0],
+                     [1, 1, 0, 2, 2]])
+    pred = np.array([[3, 3, 3, 0, 4],
+                     [3, 0, 0, 0, 0]])
+    scores = match_instances(true, pred)
+    # IoU 0.6 > 0.50 and 0.55: TP 1, FP 1, FN 1 -> 1/3; from 0.60 on (strict >): TP 0 -> 0
+    assert scores.tp == (1, 1) + (0,) * 8
+    assert scores.fp == (1, 1) + (2,) * 8 and scores.fn == (1, 1) + (2,) * 8
+    assert scores.average_precision[:3] == pytest.approx((1 / 3, 1 / 3, 0))
+    assert scores.dsb_score == pytest.approx(2 / 3 / 10)
+    assert scores.f1[0] == pytest.approx(0.5)
+
+
+def test_perfect_and_empty_cases():
+    labels = np.array([[0, 1, 1], [2, 0, 3]])
+    perfect = match_instances(labels, labels * 10)  # label values need not agree
+    assert perfect.dsb_score == 1.0 and perfect.tp == (3,) * 10
+    nothing = match_instances(np.zeros((3, 3), int), np.zeros((3, 3), int))
+    assert nothing.dsb_score == 1.0
+    missed = match_instances(labels, np.zeros_like(labels))
+    assert missed.dsb_score == 0.0 and missed.fn == (3,) * 10
+    assert IOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def test_scores_add_up_over_images():
+    labels = np.array([[0, 1, 1], [2, 0, 3]])
+    total = match_instances(labels, labels) + match_instances(labels, np.zeros_like(labels))
+    assert total.tp[0] == 3 and total.fn[0] == 3 and total.average_precision[0] == 0.5
+
+
+def test_thresholds_below_half_are_refused():
+    with pytest.raises(ValueError, match="below 0.5"):
+        match_instances(np.zeros((2, 2), int), np.zeros((2, 2), int), thresholds=(0.3,))

@@ -15,6 +15,8 @@ from nucleiseg import __version__
 from nucleiseg.config import (ENCODER_WEIGHTS, LR_SCHEDULES, MONITORS, SAMPLINGS, TARGETS,
                               TrainConfig)
 from nucleiseg.errors import NucleisegError, UsageError
+from nucleiseg.infer import PredictOptions
+from nucleiseg.instances import InstanceOptions
 
 DEFAULTS = TrainConfig()
 
@@ -81,23 +83,67 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
-    evaluate.add_argument("--model", type=Path, required=True, help="a model.keras file")
+    evaluate.add_argument("--model", type=Path,
+                          help="a model.keras file (default: the bundled pretrained model)")
     evaluate.add_argument("--data", type=Path,
                           help="labelled data folder (default: the bundled test sample)")
+    evaluate.add_argument("--classical", action="store_true",
+                          help="evaluate the classical Otsu + watershed baseline instead of a "
+                          "model (with --model, only to read its --split)")
     evaluate.add_argument("--split", choices=("all", "val", "train"), default="all",
                           help="only the model's own validation (or training) images")
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.add_argument("--figure", type=Path,
                           help="PNG of input / true / predicted for a few images")
     evaluate.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
+    add_prediction_options(evaluate)
 
     predict = commands.add_parser("predict", help="nucleus masks and overlays for images")
     predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                          help="image files or folders")
-    predict.add_argument("--model", type=Path, required=True, help="a model.keras file")
+    predict.add_argument("--model", type=Path,
+                         help="a model.keras file (default: the bundled pretrained model)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_prediction_options(predict)
     return parser
+
+
+def add_prediction_options(parser) -> None:
+    defaults, instance_defaults = PredictOptions(), InstanceOptions()
+    group = parser.add_argument_group("prediction")
+    group.add_argument("--tile", type=int, default=defaults.tile,
+                       help="tile size for native-resolution models (default %(default)s)")
+    group.add_argument("--overlap", type=int, default=defaults.overlap,
+                       help="overlap of neighbouring tiles in pixels (default %(default)s)")
+    group.add_argument("--scale", type=float, default=defaults.scale,
+                       help="resize images by this factor first, for nuclei much larger (<1) "
+                       "or smaller (>1) than in training (default %(default)s)")
+    group.add_argument("--tta", type=int, choices=(1, 4, 8), default=defaults.tta,
+                       help="test-time augmentation: average over 1 (none), 4 (flips) or 8 "
+                       "(flips and rotations) views (default %(default)s)")
+    group.add_argument("--min-size", type=int, default=instance_defaults.min_size,
+                       help="remove nuclei smaller than this many pixels (default %(default)s)")
+    group.add_argument("--foreground-threshold", type=float,
+                       default=instance_defaults.foreground_threshold,
+                       help="nucleus probability threshold (default %(default)s)")
+    group.add_argument("--marker-threshold", type=float,
+                       default=instance_defaults.marker_threshold,
+                       help="interior probability that seeds a nucleus (default %(default)s)")
+    group.add_argument("--no-fill-holes", action="store_true", help="keep holes in nuclei")
+
+
+def prediction_options(args):
+    from nucleiseg.model import check_image_size
+
+    check_image_size(args.tile)
+    if not 0 <= args.overlap < args.tile:
+        raise UsageError(f"--overlap must be between 0 and the tile size; got {args.overlap}")
+    if args.scale <= 0:
+        raise UsageError(f"--scale must be positive; got {args.scale}")
+    return (PredictOptions(args.tile, args.overlap, args.scale, args.tta),
+            InstanceOptions(args.foreground_threshold, args.marker_threshold, args.min_size,
+                            not args.no_fill_holes))
 
 
 def run_eda(args) -> int:
@@ -143,12 +189,15 @@ def run_evaluate(args) -> int:
     from nucleiseg.io import bundled_sample
 
     data = args.data if args.data is not None else bundled_sample("test")
+    options, instance_options = prediction_options(args)
     report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad,
-                            split=args.split)
+                            split=args.split, options=options, instance_options=instance_options,
+                            classical=args.classical)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{report['model']} on {report['data']} ({args.split} images)")
+        what = "classical Otsu + watershed" if args.classical else (args.model or "bundled model")
+        print(f"{what} on {report['data']} ({args.split} images)")
         print(format_report(report))
         for line in report["skipped"]:
             print(f"skipped {line}")
@@ -161,10 +210,13 @@ def run_predict(args) -> int:
     from nucleiseg.infer import predict_files
     from nucleiseg.saving import load_model
 
+    options, instance_options = prediction_options(args)
     model, record = load_model(args.model)
-    results = predict_files(model, record, args.inputs, args.out, overwrite=args.overwrite)
+    results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
+                            instance_options)
     failed = [r for r in results if r.error]
-    print(f"{len(results) - len(failed)} images predicted into {args.out}")
+    print(f"{len(results) - len(failed)} images segmented into {args.out} "
+          f"({sum(r.nuclei for r in results)} nuclei; measurements.csv, summary.csv)")
     if failed:
         print(f"{len(failed)} failed:", file=sys.stderr)
         for result in failed:

@@ -27,7 +27,7 @@ def summarize(rows: list[dict], pixel: PixelCounts, instance: InstanceScores) ->
     scored), plus F1 at IoU 0.5 pooled over all nuclei."""
     return {
         "images": len(rows),
-        "loss": float(np.mean([row["loss"] for row in rows])),
+        "loss": None if rows[0]["loss"] is None else float(np.mean([r["loss"] for r in rows])),
         **pixel.as_dict(),
         **{key: float(np.mean([row[key] for row in rows]))
            for key in ("ap_50", "ap_75", "dsb_score", "f1_50")},
@@ -37,27 +37,42 @@ def summarize(rows: list[dict], pixel: PixelCounts, instance: InstanceScores) ->
     }
 
 
-def evaluate_images(model, images, labels, config: dict, names=None,
-                    options: PredictOptions = PredictOptions(),
+def model_segmenter(model, config: dict, options: PredictOptions = PredictOptions(),
                     instance_options: InstanceOptions = InstanceOptions()):
-    """Evaluate on raw images and their instance labels, at each image's own resolution.
+    """image -> (predicted labels, class probabilities) with a trained model."""
+    def segment(image):
+        probabilities = predict_probabilities(model, image, config, options)
+        return labels_from_probabilities(probabilities, instance_options), probabilities
+
+    return segment
+
+
+def classical_segmenter(image):
+    from nucleiseg.classical import segment_classical
+
+    return segment_classical(image), None
+
+
+def evaluate_images(segment, images, labels, names=None, target: str = "binary"):
+    """Evaluate `segment(image) -> (labels, probabilities or None)` on raw images and their
+    true instance labels, at each image's own resolution.
 
     Returns (report dict: overall, by image kind and per image; predicted label images).
+    The loss (cross-entropy of the probabilities) is None for a segmenter without them.
     """
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
-    target = config.get("target", "binary")
     rows, predictions, pixel_by_kind, instance_by_kind = [], [], {}, {}
     for name, image, label in zip(names, images, labels):
-        probabilities = predict_probabilities(model, image, config, options)
-        predicted = labels_from_probabilities(probabilities, instance_options)
+        predicted, probabilities = segment(image)
         pixel = pixel_counts(label, predicted)
         instance = match_instances(label, predicted)
         kind = image_kind(image)
         pixel_by_kind[kind] = pixel_by_kind.get(kind, PixelCounts()) + pixel
         instance_by_kind[kind] = (instance_by_kind[kind] + instance if kind in instance_by_kind
                                   else instance)
-        rows.append({"image": name, "kind": kind,
-                     "loss": cross_entropy(probabilities, labels_to_classes(label, target)),
+        loss = (None if probabilities is None else
+                cross_entropy(probabilities, labels_to_classes(label, target)))
+        rows.append({"image": name, "kind": kind, "loss": loss,
                      "true_nuclei": int(len(np.unique(label)) - (label.min() == 0)),
                      "predicted_nuclei": int(predicted.max()),
                      **pixel.as_dict(), **instance.as_dict()})
@@ -69,22 +84,33 @@ def evaluate_images(model, images, labels, config: dict, names=None,
     return {**overall, "by_kind": by_kind, "per_image": rows}, predictions
 
 
-def evaluate_model(model_path: Path, data_dir: Path, figure_path: Path | None = None,
+def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | None = None,
                    skip_bad: bool = False, figure_images: int = 4, split: str = "all",
                    options: PredictOptions = PredictOptions(),
-                   instance_options: InstanceOptions = InstanceOptions()) -> dict:
-    """Load a saved model, evaluate it on a labelled folder, optionally draw test_predictions.
+                   instance_options: InstanceOptions = InstanceOptions(),
+                   classical: bool = False) -> dict:
+    """Evaluate a saved model (None: the bundled one), or the classical baseline, on a
+    labelled folder; optionally draw test_predictions.
 
     `split` 'val' or 'train' keeps only the images the model's record lists on that side of
     its training split (to re-evaluate a run on its own validation images); 'all' keeps all.
+    With `classical`, the split is read from `model_path`'s record when one is given.
     """
     from nucleiseg.errors import DataError
     from nucleiseg.io import find_samples, load_samples
-    from nucleiseg.saving import load_model
+    from nucleiseg.saving import load_model, read_record
 
-    model, record = load_model(model_path)
+    if classical:
+        record = read_record(model_path) if model_path is not None else None
+        segment, target, method = classical_segmenter, "binary", "classical Otsu + watershed"
+    else:
+        model, record = load_model(model_path)
+        segment = model_segmenter(model, record["config"], options, instance_options)
+        target, method = record["config"].get("target", "binary"), "model"
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)
     if split != "all":
+        if record is None:
+            raise DataError("--split needs a model whose record lists its split (--model)")
         wanted = set(record["split"][split])
         samples = [sample for sample in samples if sample.name in wanted]
         if not samples:
@@ -93,9 +119,9 @@ def evaluate_model(model_path: Path, data_dir: Path, figure_path: Path | None = 
     names = [sample.name for sample, _, _ in loaded]
     images = [image for _, image, _ in loaded]
     labels = [label for _, _, label in loaded]
-    report, predictions = evaluate_images(model, images, labels, record["config"], names,
-                                          options, instance_options)
-    report = {"model": str(model_path), "data": str(data_dir), "split": split, **report,
+    report, predictions = evaluate_images(segment, images, labels, names, target)
+    report = {"method": method, "model": None if model_path is None else str(model_path),
+              "data": str(data_dir), "split": split, **report,
               "skipped": [f"{name}: {why}" for name, why in skipped + unreadable]}
     if figure_path is not None:
         test_predictions(images, labels, predictions, names, figure_path, figure_images)

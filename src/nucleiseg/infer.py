@@ -1,4 +1,5 @@
-"""Prediction: normalise, resize to the model's input size, predict, back to native size."""
+"""Prediction: normalise, predict class probabilities at the image's own size (tiles or a
+resize, by how the model was trained), separate the nuclei, write the outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.errors import DataError, UsageError
-from nucleiseg.io import find_images, read_image, write_png
+from nucleiseg.instances import InstanceOptions, labels_from_probabilities
+from nucleiseg.io import find_images, read_image, write_png, write_tiff
 from nucleiseg.preprocess import normalize_image, resize_image
 
 
@@ -92,24 +94,54 @@ def show_predictions(model, images: np.ndarray, masks: np.ndarray, path: Path) -
 @dataclasses.dataclass(frozen=True)
 class PredictionResult:
     image: Path
-    outputs: tuple[Path, ...] = ()
+    nuclei: int = 0
+    mean_area: float = 0.0
     seconds: float = 0.0
     error: str | None = None
 
 
+RUN_OUTPUTS = ("measurements.csv", "summary.csv")
+
+
 def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
     stem = Path(image_path).stem
-    return {"mask": out_dir / f"{stem}_mask.png", "overlay": out_dir / f"{stem}_overlay.png"}
+    return {"labels": out_dir / f"{stem}_labels.tif", "mask": out_dir / f"{stem}_mask.png",
+            "overlay": out_dir / f"{stem}_overlay.png"}
+
+
+def write_csv(path: Path, rows: list[dict], columns) -> None:
+    import csv
+
+    from nucleiseg.io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def segment_image(model, image: np.ndarray, config: dict,
+                  options: PredictOptions = PredictOptions(),
+                  instance_options: InstanceOptions = InstanceOptions()) -> np.ndarray:
+    """Raw image -> int32 label image of separated nuclei (0 = background)."""
+    probabilities = predict_probabilities(model, image, config, options)
+    return labels_from_probabilities(probabilities, instance_options)
 
 
 def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = False,
-                  progress=print):
-    """Predict every image in `inputs`; per image write <stem>_mask.png (0/255) and
-    <stem>_overlay.png at the image's own size.
+                  options: PredictOptions = PredictOptions(),
+                  instance_options: InstanceOptions = InstanceOptions(), progress=print):
+    """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei),
+    <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at the image's own size; for the
+    run: measurements.csv (one row per nucleus) and summary.csv (one row per image).
 
     A file that cannot be read is reported and skipped; the others are still processed.
     Returns a list of PredictionResult.
     """
+    from nucleiseg.instances import COLUMNS, measure_nuclei
     from nucleiseg.viz import overlay
 
     images = find_images(inputs)
@@ -120,27 +152,38 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                              f"{path} (both named {path.stem!r})")
         stems[path.stem] = path
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not overwrite:
-        existing = [p for image in images for p in output_paths(image, out_dir).values()
-                    if p.exists()]
+        planned = [p for image in images for p in output_paths(image, out_dir).values()]
+        existing = [p for p in planned + [out_dir / name for name in RUN_OUTPUTS] if p.exists()]
         if existing:
             raise UsageError(f"{existing[0]}: output exists ({len(existing)} in all); "
                              "pass --overwrite to replace outputs")
-    results = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, measurements = [], []
     for index, path in enumerate(images, start=1):
         start = time.perf_counter()
         try:
             image = read_image(path)
+            labels = segment_image(model, image, record["config"], options, instance_options)
+            if labels.max() > np.iinfo(np.uint16).max:
+                raise DataError(f"{path}: {labels.max()} nuclei found, more than a 16-bit label "
+                                "image can hold; split the image into smaller pieces")
         except DataError as error:
             results.append(PredictionResult(path, error=str(error)))
             progress(f"[{index}/{len(images)}] skipped: {error}")
             continue
-        probabilities = predict_probabilities(model, image, record["config"])
-        mask = create_mask(probabilities) > 0
         paths = output_paths(path, out_dir)
-        write_png(paths["mask"], (mask * 255).astype(np.uint8))
-        write_png(paths["overlay"], overlay(normalize_image(image), mask))
-        results.append(PredictionResult(path, tuple(paths.values()), time.perf_counter() - start))
-        progress(f"[{index}/{len(images)}] {path.name}: {int(mask.sum())} nucleus pixels")
+        write_tiff(paths["labels"], labels.astype(np.uint16))
+        write_png(paths["mask"], ((labels > 0) * 255).astype(np.uint8))
+        write_png(paths["overlay"], overlay(normalize_image(image), labels))
+        rows = measure_nuclei(labels, image)
+        measurements += [{"image": path.name, **row} for row in rows]
+        mean_area = float(np.mean([row["area"] for row in rows])) if rows else 0.0
+        results.append(PredictionResult(path, len(rows), mean_area, time.perf_counter() - start))
+        progress(f"[{index}/{len(images)}] {path.name}: {len(rows)} nuclei")
+    write_csv(out_dir / "measurements.csv", measurements, ("image", *COLUMNS))
+    write_csv(out_dir / "summary.csv",
+              [{"image": r.image.name, "nuclei": r.nuclei, "mean_area": round(r.mean_area, 2),
+                "seconds": round(r.seconds, 3), "error": r.error or ""} for r in results],
+              ("image", "nuclei", "mean_area", "seconds", "error"))
     return results

@@ -49,8 +49,23 @@ def read_record(path: Path) -> dict:
     return record
 
 
-def load_model(path: Path):
-    """Return (model, record)."""
+BUNDLED_MODEL = "nuclei_dsb2018.keras"
+
+
+def bundled_model_path() -> Path:
+    """The pretrained model shipped inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("nucleiseg") / "pretrained" / BUNDLED_MODEL))
+
+
+def load_model(path: Path | None = None):
+    """Return (model, record); with no path, the pretrained model shipped in the package."""
+    if path is None:
+        path = bundled_model_path()
+        if not path.is_file():
+            raise file_error(path, "this installation has no bundled pretrained model; "
+                             "give one with --model")
     import keras
 
     import nucleiseg.data  # noqa: F401  registers custom classes

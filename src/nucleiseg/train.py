@@ -20,7 +20,7 @@ from nucleiseg.config import TrainConfig, write_json
 from nucleiseg.data import (centre_crops, crop_weights, labels_to_classes, make_crop_dataset,
                             make_train_dataset, make_val_dataset, prepare_arrays, split_names)
 from nucleiseg.errors import DataError, UsageError
-from nucleiseg.evaluate import evaluate_images
+from nucleiseg.evaluate import evaluate_images, model_segmenter
 from nucleiseg.infer import show_predictions
 from nucleiseg.io import bundled_sample, find_samples, load_samples
 from nucleiseg.keras_metrics import compile_model
@@ -151,8 +151,9 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
                      else np.argmax(history[monitor])) + 1
     at_input_size = {k: float(v) for k, v in
                      model.evaluate(val_ds, return_dict=True, verbose=0).items()}
-    native, _ = evaluate_images(model, [by_name[n][0] for n in val_names],
-                                [by_name[n][1] for n in val_names], config.to_dict(), val_names)
+    native, _ = evaluate_images(model_segmenter(model, config.to_dict()),
+                                [by_name[n][0] for n in val_names],
+                                [by_name[n][1] for n in val_names], val_names, config.target)
     metrics = {
         "validation_at_input_size": at_input_size,
         "validation_native": native,

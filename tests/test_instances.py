@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from conftest import make_disks
+from nucleiseg.data import labels_to_classes
+from nucleiseg.instances import InstanceOptions, labels_from_probabilities, measure_nuclei
+
+
+def two_touching_disks():
+    yy, xx = np.mgrid[:40, :60]
+    labels = np.zeros((40, 60), np.int32)
+    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 100] = 1
+    labels[((yy - 20) ** 2 + (xx - 38) ** 2 <= 100) & (labels == 0)] = 2
+    return labels
+
+
+def one_hot(classes, n=3):
+    return np.eye(n, dtype=np.float32)[classes]
+
+
+def test_boundary_target_marks_the_contact_line():
+    labels = two_touching_disks()
+    classes = labels_to_classes(labels, "boundary")
+    assert set(np.unique(classes)) == {0, 1, 2}
+    assert classes[20, 30] == 2 and classes[20, 31] == 2  # both sides of the contact
+    assert classes[20, 20] == 1 and classes[0, 0] == 0
+    assert (classes > 0).sum() == (labels > 0).sum()
+
+
+def test_touching_nuclei_are_separated_by_the_boundary_class():
+    labels = two_touching_disks()
+    predicted = labels_from_probabilities(one_hot(labels_to_classes(labels, "boundary")))
+    assert predicted.max() == 2
+    for value in (1, 2):  # each true nucleus maps onto exactly one predicted nucleus
+        assert len(np.unique(predicted[labels == value])) == 1
+    binary = labels_from_probabilities(one_hot(labels_to_classes(labels, "binary"), 2))
+    assert binary.max() == 1  # a binary mask cannot part them
+
+
+def test_small_objects_removed_and_holes_filled():
+    classes = np.zeros((30, 30), np.uint8)
+    classes[5:15, 5:15] = 1
+    classes[9:11, 9:11] = 0  # a hole
+    classes[25, 25] = 1  # a speck
+    labels = labels_from_probabilities(one_hot(classes, 2), InstanceOptions(min_size=5))
+    assert labels.max() == 1 and labels[10, 10] == 1 and labels[25, 25] == 0
+    kept = labels_from_probabilities(one_hot(classes, 2), InstanceOptions(min_size=1,
+                                                                         fill_holes=False))
+    assert kept.max() == 2 and kept[10, 10] == 0
+
+
+def test_foreground_without_interior_still_becomes_a_nucleus():
+    classes = np.zeros((20, 20), np.uint8)
+    classes[5:8, 5:8] = 2  # all boundary, no interior marker
+    labels = labels_from_probabilities(one_hot(classes), InstanceOptions(min_size=1))
+    assert labels.max() == 1 and (labels > 0).sum() == 9
+
+
+def test_measurements_per_nucleus():
+    image, labels = make_disks(count=3, seed=5)
+    rows = measure_nuclei(labels, image)
+    assert [row["label"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert row["area"] == (labels == row["label"]).sum()
+        assert row["mean_intensity"] > 150  # disks are bright
+        assert row["equivalent_diameter"] == pytest.approx(2 * np.sqrt(row["area"] / np.pi))
+        assert row["bbox_min_y"] <= row["centroid_y"] <= row["bbox_max_y"]
