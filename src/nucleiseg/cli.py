@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -175,7 +176,9 @@ def run_train(args) -> int:
     from nucleiseg.train import train
 
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar, or one line per epoch in logs
-    run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose)
+    command = shlex.join(["nucleiseg", *args.argv])
+    run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
+                            command=command)
     native = record["metrics"]["validation_native"]
     print(f"validation (native resolution): pixel accuracy {native['pixel_accuracy']:.4f}, "
           f"foreground IoU {native['foreground_iou']:.4f}, Dice {native['dice']:.4f}")
@@ -193,6 +196,7 @@ def run_evaluate(args) -> int:
     report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad,
                             split=args.split, options=options, instance_options=instance_options,
                             classical=args.classical)
+    report["command"] = shlex.join(["nucleiseg", *args.argv])
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -245,7 +249,9 @@ COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predi
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.command != "eda" and not args.debug and "tensorflow" not in sys.modules:
             import_tensorflow_quietly()

@@ -74,8 +74,10 @@ def load_training_data(data_dir: Path, skip_bad: bool, log):
 
 
 def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | None = None,
-          skip_bad: bool = False, verbose="auto", log=print) -> tuple[Path, dict]:
-    """Train a U-Net as configured; returns (run directory, the model's record)."""
+          skip_bad: bool = False, verbose="auto", log=print,
+          command: str | None = None) -> tuple[Path, dict]:
+    """Train a U-Net as configured; returns (run directory, the model's record).
+    `command` (the command line that asked for this run) is kept in the record."""
     check_image_size(config.image_size)
     data_dir = Path(data_dir) if data_dir is not None else bundled_sample("train")
     loaded, skipped = load_training_data(data_dir, skip_bad, log)
@@ -166,6 +168,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     record = {
         "nucleiseg_version": nucleiseg.__version__,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": command,
         "config": config.to_dict(),
         "data": str(data_dir),
         "split": {"train": train_names, "val": val_names},

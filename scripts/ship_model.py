@@ -1,0 +1,66 @@
+"""Ship a trained run as the package's pretrained model (src/nucleiseg/pretrained/).
+
+    python scripts/ship_model.py RUN_DIR [--evaluation EVAL.json]
+
+Saves the run's best model without optimizer state (smaller, inference only), keeping its
+record (config, data, split, metrics, command), and writes pretrained/MODEL.md describing it.
+`--evaluation` adds the summary of a `nucleiseg evaluate --json` report to the record.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import keras
+
+from nucleiseg.saving import bundled_model_path, load_model, save_model
+
+SUMMARY_KEYS = ("images", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "ap_75",
+                "dsb_score", "f1_50")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--evaluation", type=Path, help="a `nucleiseg evaluate --json` report")
+    args = parser.parse_args()
+
+    model, record = load_model(args.run_dir / "model.keras")
+    inference = keras.Model.from_config(model.get_config())
+    inference.set_weights(model.get_weights())
+    if args.evaluation:
+        report = json.loads(args.evaluation.read_text())
+        record["evaluation"] = {
+            "command": report.get("command"), "split": report["split"],
+            "overall": {k: report[k] for k in SUMMARY_KEYS},
+            "by_kind": {kind: {k: row[k] for k in SUMMARY_KEYS}
+                        for kind, row in report["by_kind"].items()},
+        }
+    path = bundled_model_path()
+    save_model(inference, path, record)
+
+    split = json.loads((args.run_dir / "split.json").read_text())
+    kinds = split["kinds"]
+    count = lambda names: ", ".join(f"{k} {sum(kinds[n] == k for n in names)}"
+                                    for k in sorted(set(kinds.values())))
+    lines = [
+        "# The bundled pretrained model", "",
+        f"`{path.name}` ({path.stat().st_size / 2**20:.1f} MB): made by nucleiseg "
+        f"{record['nucleiseg_version']} on {record['created']}.", "",
+        "Command:", "", "```", record.get("command", "(not recorded)"), "```", "",
+        f"Data: `{record['data']}` (DSB 2018 stage 1 training images, CC0).",
+        f"Split (seed {split['seed']}, stratified by image kind): "
+        f"{len(split['train'])} training images ({count(split['train'])}), "
+        f"{len(split['val'])} validation images ({count(split['val'])}), never trained on.", "",
+        "Configuration:", "", "```json", json.dumps(record["config"], indent=2), "```", "",
+        "Training:", "", "```json", json.dumps(record["metrics"], indent=2), "```",
+    ]
+    if "evaluation" in record:
+        lines += ["", "Validation (`nucleiseg evaluate`):", "", "```json",
+                  json.dumps(record["evaluation"], indent=2), "```"]
+    (path.parent / "MODEL.md").write_text("\n".join(lines) + "\n")
+    print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Measure post-processing choices (thresholds, minimum size) of a trained model.
+
+    python scripts/tune_postprocessing.py MODEL DATA [--split train] [--count 60]
+
+Predicts the class probabilities of `count` images of the model's `split` once, then scores
+every combination of foreground threshold, marker threshold and minimum size (DSB score,
+AP@0.5, foreground IoU) and prints a Markdown table, best first. Tune on training images and
+report on validation images, so the reported figures stay honest.
+"""
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from nucleiseg.infer import predict_probabilities
+from nucleiseg.instances import InstanceOptions, labels_from_probabilities
+from nucleiseg.io import find_samples, load_samples
+from nucleiseg.metrics import match_instances, pixel_counts
+from nucleiseg.saving import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--split", default="train", choices=("train", "val"))
+    parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    model, record = load_model(args.model)
+    wanted = set(record["split"][args.split])
+    samples = [s for s in find_samples(args.data)[0] if s.name in wanted]
+    rng = np.random.default_rng(args.seed)
+    samples = [samples[i] for i in sorted(rng.choice(len(samples), min(args.count, len(samples)),
+                                                     replace=False))]
+    loaded, _ = load_samples(samples)
+    cached = [(predict_probabilities(model, image, record["config"]), labels)
+              for _, image, labels in loaded]
+    rows = []
+    for fg, marker, min_size in itertools.product((0.4, 0.5, 0.6), (0.3, 0.5, 0.7), (5, 15, 30)):
+        options = InstanceOptions(fg, marker, min_size)
+        dsb, ap50, pixels = [], [], None
+        for probabilities, labels in cached:
+            predicted = labels_from_probabilities(probabilities, options)
+            scores = match_instances(labels, predicted)
+            dsb.append(scores.dsb_score)
+            ap50.append(scores.average_precision[0])
+            counts = pixel_counts(labels, predicted)
+            pixels = counts if pixels is None else pixels + counts
+        rows.append((np.mean(dsb), np.mean(ap50), pixels.foreground_iou, fg, marker, min_size))
+    print(f"{len(cached)} {args.split} images of {args.data}")
+    print("| DSB score | AP@0.5 | foreground IoU | foreground thr. | marker thr. | min size |")
+    print("|---|---|---|---|---|---|")
+    for row in sorted(rows, reverse=True):
+        print("| {:.4f} | {:.4f} | {:.4f} | {} | {} | {} |".format(*row))
+
+
+if __name__ == "__main__":
+    main()
