@@ -134,9 +134,13 @@ def test_predictions(images, labels, predictions, names, path: Path, count: int 
     test_predictions)."""
     from nucleiseg.viz import pick_examples, prediction_grid
 
+    from skimage.color import label2rgb
+
     shown = pick_examples([image_kind(image) for image in images], count)
-    prediction_grid([normalize_image(images[i]) for i in shown], [labels[i] > 0 for i in shown],
-                    [predictions[i] > 0 for i in shown], path, names=[names[i] for i in shown])
+    colour = lambda labels: label2rgb(labels, bg_label=0)  # one colour per nucleus
+    prediction_grid([normalize_image(images[i]) for i in shown],
+                    [colour(labels[i]) for i in shown], [colour(predictions[i]) for i in shown],
+                    path, names=[names[i] for i in shown])
 
 
 test_predictions.__test__ = False  # not a pytest test
