@@ -1,13 +1,13 @@
-"""Evaluate a model on a labelled set: loss, pixel accuracy, foreground IoU and Dice."""
+"""Evaluate a model (or the classical baseline) on a labelled set: pixel metrics (accuracy,
+foreground IoU, Dice) and instance metrics (DSB average precision, F1), overall and per kind."""
 
 from __future__ import annotations
 
+import functools
+import operator
 from pathlib import Path
 
 import numpy as np
-
-import functools
-import operator
 
 from nucleiseg.data import labels_to_classes
 from nucleiseg.infer import PredictOptions, predict_probabilities
@@ -37,8 +37,8 @@ def summarize(rows: list[dict], pixel: PixelCounts, instance: InstanceScores) ->
     }
 
 
-def model_segmenter(model, config: dict, options: PredictOptions = PredictOptions(),
-                    instance_options: InstanceOptions = InstanceOptions()):
+def model_segmenter(model, config: dict, options: PredictOptions | None = None,
+                    instance_options: InstanceOptions | None = None):
     """image -> (predicted labels, class probabilities) with a trained model."""
     def segment(image):
         probabilities = predict_probabilities(model, image, config, options)
@@ -86,8 +86,8 @@ def evaluate_images(segment, images, labels, names=None, target: str = "binary")
 
 def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | None = None,
                    skip_bad: bool = False, figure_images: int = 4, split: str = "all",
-                   options: PredictOptions = PredictOptions(),
-                   instance_options: InstanceOptions = InstanceOptions(),
+                   options: PredictOptions | None = None,
+                   instance_options: InstanceOptions | None = None,
                    classical: bool = False) -> dict:
     """Evaluate a saved model (None: the bundled one), or the classical baseline, on a
     labelled folder; optionally draw test_predictions.

@@ -56,7 +56,7 @@ def probability_function(model, tta: int = 1):
 
 
 def predict_probabilities(model, image: np.ndarray, config: dict,
-                          options: PredictOptions = PredictOptions()) -> np.ndarray:
+                          options: PredictOptions | None = None) -> np.ndarray:
     """Class probabilities (H, W, C) at the image's own size.
 
     A model trained on resized whole images ('resize' sampling) sees the image resized to its
@@ -65,6 +65,7 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
     """
     from nucleiseg.tiling import predict_tiled
 
+    options = options or PredictOptions()
     predict_batch = probability_function(model, options.tta)
     normalised = normalize_image(image)
     if options.scale != 1.0:
@@ -124,16 +125,16 @@ def write_csv(path: Path, rows: list[dict], columns) -> None:
 
 
 def segment_image(model, image: np.ndarray, config: dict,
-                  options: PredictOptions = PredictOptions(),
-                  instance_options: InstanceOptions = InstanceOptions()) -> np.ndarray:
+                  options: PredictOptions | None = None,
+                  instance_options: InstanceOptions | None = None) -> np.ndarray:
     """Raw image -> int32 label image of separated nuclei (0 = background)."""
     probabilities = predict_probabilities(model, image, config, options)
     return labels_from_probabilities(probabilities, instance_options)
 
 
 def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = False,
-                  options: PredictOptions = PredictOptions(),
-                  instance_options: InstanceOptions = InstanceOptions(), progress=print):
+                  options: PredictOptions | None = None,
+                  instance_options: InstanceOptions | None = None, progress=print):
     """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei),
     <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at the image's own size; for the
     run: measurements.csv (one row per nucleus) and summary.csv (one row per image).

@@ -18,7 +18,7 @@ class InstanceOptions:
 
 
 def labels_from_probabilities(probabilities: np.ndarray,
-                              options: InstanceOptions = InstanceOptions()) -> np.ndarray:
+                              options: InstanceOptions | None = None) -> np.ndarray:
     """(H, W, C) probabilities -> int32 label image (0 background, 1..N nuclei).
 
     3 classes (background / interior / boundary): connected interiors are the markers of a
@@ -29,6 +29,7 @@ def labels_from_probabilities(probabilities: np.ndarray,
     from skimage.measure import label
     from skimage.segmentation import relabel_sequential, watershed
 
+    options = options or InstanceOptions()
     foreground = (1.0 - probabilities[..., 0]) > options.foreground_threshold
     if options.fill_holes:
         foreground = ndimage.binary_fill_holes(foreground)
