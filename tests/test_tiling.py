@@ -70,3 +70,22 @@ def test_test_time_augmentation_inverts_every_transform():
     non_square = np.random.default_rng(4).random((1, 32, 64, 3)).astype(np.float32)
     np.testing.assert_allclose(with_test_time_augmentation(lambda t: t, 8)(non_square),
                                non_square, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampling", ["resize", "crops"])
+def test_probabilities_come_back_at_the_image_size_whatever_the_scale(sampling):
+    import keras
+
+    from conftest import TINY_MODEL
+    from nucleiseg.infer import PredictOptions, predict_probabilities
+    from nucleiseg.model import build_unet
+
+    keras.utils.set_random_seed(0)
+    model = build_unet(num_classes=3, **TINY_MODEL)
+    image = (np.random.default_rng(5).random((70, 130)) * 4000).astype(np.uint16)
+    config = {"sampling": sampling, "image_size": 64}
+    for scale in (1.0, 0.5, 2.0):
+        probabilities = predict_probabilities(model, image, config,
+                                              PredictOptions(tile=64, overlap=16, scale=scale))
+        assert probabilities.shape == (70, 130, 3)
+        np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-4)
