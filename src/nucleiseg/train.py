@@ -73,6 +73,37 @@ def load_training_data(data_dir: Path, skip_bad: bool, log):
     return loaded, skipped
 
 
+def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, val_names):
+    """Training dataset (endless), steps per epoch, and validation arrays (x, y).
+
+    'resize': whole images resized to image_size. 'crops': random native-resolution crops of
+    image_size, rare kinds drawn more often; validation on one centre crop per image.
+    """
+    if config.sampling == "resize":
+        def arrays(names):
+            return prepare_arrays([by_name[n][0] for n in names], [by_name[n][1] for n in names],
+                                  config.image_size, config.target)
+
+        x_train, y_train = arrays(train_names)
+        train_ds, steps = make_train_dataset(x_train, y_train, config.batch_size, config.seed,
+                                             config.augment)
+        validation = arrays(val_names)
+    else:
+        def native(names):
+            return ([normalize_image(by_name[n][0]) for n in names],
+                    [labels_to_classes(by_name[n][1], config.target) for n in names])
+
+        train_images, train_targets = native(train_names)
+        weights = crop_weights([im.shape[:2] for im in train_images],
+                               [kinds[n] for n in train_names], config.image_size)
+        train_ds = make_crop_dataset(train_images, train_targets, config.image_size,
+                                     config.batch_size, config.seed, config.augment, weights)
+        steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
+                             / config.image_size**2 / config.batch_size))
+        validation = centre_crops(*native(val_names), config.image_size)
+    return train_ds, config.steps_per_epoch or steps, validation
+
+
 def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | None = None,
           skip_bad: bool = False, verbose="auto", log=print,
           command: str | None = None) -> tuple[Path, dict]:
@@ -94,32 +125,11 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     write_json(run_dir / "split.json", split)
     log(f"{len(train_names)} training and {len(val_names)} validation images from {data_dir}")
 
-    if config.sampling == "resize":
-        def arrays(names):
-            return prepare_arrays([by_name[n][0] for n in names], [by_name[n][1] for n in names],
-                                  config.image_size, config.target)
-
-        x_train, y_train = arrays(train_names)
-        x_val, y_val = arrays(val_names)
-        train_ds, steps = make_train_dataset(x_train, y_train, config.batch_size, config.seed,
-                                             config.augment)
-    else:
-        def native(names):
-            return ([normalize_image(by_name[n][0]) for n in names],
-                    [labels_to_classes(by_name[n][1], config.target) for n in names])
-
-        train_images, train_targets = native(train_names)
-        weights = crop_weights([im.shape[:2] for im in train_images],
-                               [kinds[n] for n in train_names], config.image_size)
-        train_ds = make_crop_dataset(train_images, train_targets, config.image_size,
-                                     config.batch_size, config.seed, config.augment, weights)
-        steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
-                             / config.image_size**2 / config.batch_size))
-        x_val, y_val = centre_crops(*native(val_names), config.image_size)
-    val_ds = make_val_dataset(x_val, y_val, config.batch_size)
-    steps = config.steps_per_epoch or steps
+    train_ds, steps, (x_val, y_val) = make_datasets(config, by_name, kinds, train_names,
+                                                    val_names)
     log(f"{steps} steps of {config.batch_size} per epoch")
 
+    val_ds = make_val_dataset(x_val, y_val, config.batch_size)
     model = compile_model(build_unet(
         num_classes=config.num_classes, encoder_weights=config.encoder_weights,
         freeze_encoder=config.freeze_encoder, encoder_alpha=config.encoder_alpha,
@@ -153,12 +163,13 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
                      else np.argmax(history[monitor])) + 1
     at_input_size = {k: float(v) for k, v in
                      model.evaluate(val_ds, return_dict=True, verbose=0).items()}
-    native, _ = evaluate_images(model_segmenter(model, config.to_dict()),
-                                [by_name[n][0] for n in val_names],
-                                [by_name[n][1] for n in val_names], val_names, config.target)
+    native_report, _ = evaluate_images(model_segmenter(model, config.to_dict()),
+                                       [by_name[n][0] for n in val_names],
+                                       [by_name[n][1] for n in val_names], val_names,
+                                       config.target)
     metrics = {
         "validation_at_input_size": at_input_size,
-        "validation_native": native,
+        "validation_native": native_report,
         "epochs_run": len(history["loss"]),
         "best_epoch": best_epoch,
         "training_seconds": round(seconds, 1),
@@ -173,7 +184,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
         "data": str(data_dir),
         "split": {"train": train_names, "val": val_names},
         "metrics": {k: v for k, v in metrics.items() if k != "validation_native"}
-        | {"validation_native": {k: v for k, v in native.items() if k != "per_image"}},
+        | {"validation_native": {k: v for k, v in native_report.items() if k != "per_image"}},
     }
     save_model(model, run_dir / "model.keras", record)
     log(f"run saved to {run_dir}")
