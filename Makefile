@@ -49,4 +49,5 @@ pretrained: $(INSTALLED)
 	  --patience 10
 	$(VENV)/bin/nucleiseg evaluate --model $(PRETRAINED_RUN)/model.keras --data $(DSB) \
 	  --split val --json > $(PRETRAINED_RUN)/evaluation.json
-	$(PY) scripts/ship_model.py $(PRETRAINED_RUN) --evaluation $(PRETRAINED_RUN)/evaluation.json
+	$(PY) scripts/ship_model.py $(PRETRAINED_RUN) --evaluation $(PRETRAINED_RUN)/evaluation.json \
+	  --postprocessing $(POSTPROCESSING)

@@ -4,7 +4,8 @@
 
 Saves the run's best model without optimizer state (smaller, inference only), keeping its
 record (config, data, split, metrics, command), and writes pretrained/MODEL.md describing it.
-`--evaluation` adds the summary of a `nucleiseg evaluate --json` report to the record.
+`--evaluation` adds the summary of a `nucleiseg evaluate --json` report to the record;
+`--postprocessing` the tuned post-processing that predict and evaluate then use by default.
 """
 
 import argparse
@@ -23,11 +24,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--evaluation", type=Path, help="a `nucleiseg evaluate --json` report")
+    parser.add_argument("--postprocessing", type=json.loads, default={},
+                        help='tuned InstanceOptions as JSON, e.g. \'{"marker_threshold": 0.7}\'')
     args = parser.parse_args()
 
     model, record = load_model(args.run_dir / "model.keras")
     inference = keras.Model.from_config(model.get_config())
     inference.set_weights(model.get_weights())
+    if args.postprocessing:
+        record["postprocessing"] = args.postprocessing
     if args.evaluation:
         report = json.loads(args.evaluation.read_text())
         record["evaluation"] = {
@@ -55,6 +60,10 @@ def main() -> None:
         "Configuration:", "", "```json", json.dumps(record["config"], indent=2), "```", "",
         "Training:", "", "```json", json.dumps(record["metrics"], indent=2), "```",
     ]
+    if "postprocessing" in record:
+        lines += ["", "Post-processing (tuned with scripts/tune_postprocessing.py on training "
+                  "images; predict and evaluate use it unless told otherwise):", "", "```json",
+                  json.dumps(record["postprocessing"], indent=2), "```"]
     if "evaluation" in record:
         lines += ["", "Validation (`nucleiseg evaluate`):", "", "```json",
                   json.dumps(record["evaluation"], indent=2), "```"]

@@ -65,3 +65,15 @@ def test_measurements_per_nucleus():
         assert row["mean_intensity"] > 150  # disks are bright
         assert row["equivalent_diameter"] == pytest.approx(2 * np.sqrt(row["area"] / np.pi))
         assert row["bbox_min_y"] <= row["centroid_y"] <= row["bbox_max_y"]
+
+
+def test_tuned_postprocessing_from_the_record_and_overrides():
+    from nucleiseg.instances import instance_options_from
+
+    assert instance_options_from(None) == InstanceOptions()
+    record = {"postprocessing": {"marker_threshold": 0.7, "min_size": 30}}
+    tuned = instance_options_from(record)
+    assert tuned.marker_threshold == 0.7 and tuned.min_size == 30
+    assert tuned.foreground_threshold == InstanceOptions().foreground_threshold
+    overridden = instance_options_from(record, min_size=5, marker_threshold=None)
+    assert overridden.min_size == 5 and overridden.marker_threshold == 0.7

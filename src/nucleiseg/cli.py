@@ -17,7 +17,7 @@ from nucleiseg.config import (ENCODER_WEIGHTS, LR_SCHEDULES, MONITORS, SAMPLINGS
                               TrainConfig)
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.infer import PredictOptions
-from nucleiseg.instances import InstanceOptions
+from nucleiseg.instances import InstanceOptions, instance_options_from
 
 DEFAULTS = TrainConfig()
 
@@ -123,18 +123,22 @@ def add_prediction_options(parser) -> None:
     group.add_argument("--tta", type=int, choices=(1, 4, 8), default=defaults.tta,
                        help="test-time augmentation: average over 1 (none), 4 (flips) or 8 "
                        "(flips and rotations) views (default %(default)s)")
-    group.add_argument("--min-size", type=int, default=instance_defaults.min_size,
-                       help="remove nuclei smaller than this many pixels (default %(default)s)")
+    tuned = "default: the model's tuned value, else {}"
+    group.add_argument("--min-size", type=int,
+                       help="remove nuclei smaller than this many pixels "
+                       f"({tuned.format(instance_defaults.min_size)})")
     group.add_argument("--foreground-threshold", type=float,
-                       default=instance_defaults.foreground_threshold,
-                       help="nucleus probability threshold (default %(default)s)")
+                       help="nucleus probability threshold "
+                       f"({tuned.format(instance_defaults.foreground_threshold)})")
     group.add_argument("--marker-threshold", type=float,
-                       default=instance_defaults.marker_threshold,
-                       help="interior probability that seeds a nucleus (default %(default)s)")
+                       help="interior probability that seeds a nucleus "
+                       f"({tuned.format(instance_defaults.marker_threshold)})")
     group.add_argument("--no-fill-holes", action="store_true", help="keep holes in nuclei")
 
 
-def prediction_options(args):
+def prediction_options(args, record: dict | None):
+    """PredictOptions and InstanceOptions from the command line, the model's tuned
+    post-processing filling in what the command line leaves out."""
     from nucleiseg.model import check_image_size
 
     check_image_size(args.tile)
@@ -143,8 +147,9 @@ def prediction_options(args):
     if args.scale <= 0:
         raise UsageError(f"--scale must be positive; got {args.scale}")
     return (PredictOptions(args.tile, args.overlap, args.scale, args.tta),
-            InstanceOptions(args.foreground_threshold, args.marker_threshold, args.min_size,
-                            not args.no_fill_holes))
+            instance_options_from(record, foreground_threshold=args.foreground_threshold,
+                                  marker_threshold=args.marker_threshold, min_size=args.min_size,
+                                  fill_holes=False if args.no_fill_holes else None))
 
 
 def run_eda(args) -> int:
@@ -192,7 +197,10 @@ def run_evaluate(args) -> int:
     from nucleiseg.io import bundled_sample
 
     data = args.data if args.data is not None else bundled_sample("test")
-    options, instance_options = prediction_options(args)
+    from nucleiseg.saving import read_record, resolve_model_path
+
+    record = None if args.classical else read_record(resolve_model_path(args.model))
+    options, instance_options = prediction_options(args, record)
     report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad,
                             split=args.split, options=options, instance_options=instance_options,
                             classical=args.classical)
@@ -214,8 +222,8 @@ def run_predict(args) -> int:
     from nucleiseg.infer import predict_files
     from nucleiseg.saving import load_model
 
-    options, instance_options = prediction_options(args)
     model, record = load_model(args.model)
+    options, instance_options = prediction_options(args, record)
     results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
                             instance_options)
     failed = [r for r in results if r.error]

@@ -11,7 +11,8 @@ import numpy as np
 
 from nucleiseg.data import labels_to_classes
 from nucleiseg.infer import PredictOptions, predict_probabilities
-from nucleiseg.instances import InstanceOptions, labels_from_probabilities
+from nucleiseg.instances import (InstanceOptions, instance_options_from,
+                                 labels_from_probabilities)
 from nucleiseg.metrics import InstanceScores, PixelCounts, match_instances, pixel_counts
 from nucleiseg.preprocess import image_kind, normalize_image
 
@@ -105,7 +106,8 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
         segment, target, method = classical_segmenter, "binary", "classical Otsu + watershed"
     else:
         model, record = load_model(model_path)
-        segment = model_segmenter(model, record["config"], options, instance_options)
+        segment = model_segmenter(model, record["config"], options,
+                                  instance_options or instance_options_from(record))
         target, method = record["config"].get("target", "binary"), "model"
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)
     if split != "all":

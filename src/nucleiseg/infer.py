@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.errors import DataError, UsageError
-from nucleiseg.instances import InstanceOptions, labels_from_probabilities
+from nucleiseg.instances import (InstanceOptions, instance_options_from,
+                                 labels_from_probabilities)
 from nucleiseg.io import find_images, read_image, write_png, write_tiff
 from nucleiseg.preprocess import normalize_image, resize_image
 
@@ -140,12 +141,14 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     run: measurements.csv (one row per nucleus) and summary.csv (one row per image).
 
     A file that cannot be read is reported and skipped; the others are still processed.
+    Without `instance_options`, the model's tuned post-processing (from its record) is used.
     Returns a list of PredictionResult.
     """
     from nucleiseg.instances import COLUMNS, measure_nuclei
     from nucleiseg.viz import overlay
 
     images = find_images(inputs)
+    instance_options = instance_options or instance_options_from(record)
     stems: dict[str, Path] = {}
     for path in images:
         if path.stem in stems:

@@ -17,6 +17,16 @@ class InstanceOptions:
     fill_holes: bool = True
 
 
+def instance_options_from(record: dict | None, **overrides) -> InstanceOptions:
+    """The model's tuned post-processing (its record's 'postprocessing'), else the defaults;
+    overrides that are not None win."""
+    tuned = (record or {}).get("postprocessing", {})
+    values = {field.name: tuned.get(field.name, field.default)
+              for field in dataclasses.fields(InstanceOptions)}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return InstanceOptions(**values)
+
+
 def labels_from_probabilities(probabilities: np.ndarray,
                               options: InstanceOptions | None = None) -> np.ndarray:
     """(H, W, C) probabilities -> int32 label image (0 background, 1..N nuclei).

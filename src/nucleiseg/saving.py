@@ -59,13 +59,20 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("nucleiseg") / "pretrained" / BUNDLED_MODEL))
 
 
+def resolve_model_path(path: Path | None) -> Path:
+    """`path`, or with None the bundled pretrained model (a clear error if there is none)."""
+    if path is not None:
+        return Path(path)
+    path = bundled_model_path()
+    if not path.is_file():
+        raise file_error(path, "this installation has no bundled pretrained model; "
+                         "give one with --model")
+    return path
+
+
 def load_model(path: Path | None = None):
     """Return (model, record); with no path, the pretrained model shipped in the package."""
-    if path is None:
-        path = bundled_model_path()
-        if not path.is_file():
-            raise file_error(path, "this installation has no bundled pretrained model; "
-                             "give one with --model")
+    path = resolve_model_path(path)
     import keras
 
     import nucleiseg.data  # noqa: F401  registers custom classes
