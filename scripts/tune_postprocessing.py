@@ -28,6 +28,12 @@ def main() -> None:
     parser.add_argument("--split", default="train", choices=("train", "val"))
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    floats = lambda text: [float(v) for v in text.split(",")]
+    parser.add_argument("--foreground", type=floats, default=[0.4, 0.5, 0.6],
+                        help="foreground thresholds to try, comma-separated")
+    parser.add_argument("--marker", type=floats, default=[0.3, 0.5, 0.7],
+                        help="marker thresholds to try")
+    parser.add_argument("--min-size", type=floats, default=[5, 15, 30], help="minimum sizes to try")
     args = parser.parse_args()
 
     model, record = load_model(args.model)
@@ -40,8 +46,8 @@ def main() -> None:
     cached = [(predict_probabilities(model, image, record["config"]), labels)
               for _, image, labels in loaded]
     rows = []
-    for fg, marker, min_size in itertools.product((0.4, 0.5, 0.6), (0.3, 0.5, 0.7), (5, 15, 30)):
-        options = InstanceOptions(fg, marker, min_size)
+    for fg, marker, min_size in itertools.product(args.foreground, args.marker, args.min_size):
+        options = InstanceOptions(fg, marker, int(min_size))
         dsb, ap50, pixels = [], [], None
         for probabilities, labels in cached:
             predicted = labels_from_probabilities(probabilities, options)
@@ -50,7 +56,7 @@ def main() -> None:
             ap50.append(scores.average_precision[0])
             counts = pixel_counts(labels, predicted)
             pixels = counts if pixels is None else pixels + counts
-        rows.append((np.mean(dsb), np.mean(ap50), pixels.foreground_iou, fg, marker, min_size))
+        rows.append((np.mean(dsb), np.mean(ap50), pixels.foreground_iou, fg, marker, int(min_size)))
     print(f"{len(cached)} {args.split} images of {args.data}")
     print("| DSB score | AP@0.5 | foreground IoU | foreground thr. | marker thr. | min size |")
     print("|---|---|---|---|---|---|")
