@@ -15,19 +15,25 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Explore, train briefly on the bundled sample, evaluate on its separate test part, predict.
+SAMPLE = "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample("$(1)"))')"
+
+# Explore the bundled sample, segment its test images with the bundled pretrained model, then
+# train a model briefly on the sample, evaluate it on the separate test images and predict.
 demo: $(INSTALLED)
 	@mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/nucleiseg eda --data "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample())')" --out $(DEMO_DIR)/eda.png
+	$(VENV)/bin/nucleiseg eda --data $(call SAMPLE,train) --out $(DEMO_DIR)/eda.png
+	$(VENV)/bin/nucleiseg predict $(call SAMPLE,test) --out $(DEMO_DIR)/nuclei
 	$(VENV)/bin/nucleiseg train --out $(DEMO_DIR)/run --epochs 20 --steps-per-epoch 15 --batch-size 8
 	$(VENV)/bin/nucleiseg evaluate --model $(DEMO_DIR)/run/model.keras --figure $(DEMO_DIR)/test_predictions.png
-	$(VENV)/bin/nucleiseg predict --model $(DEMO_DIR)/run/model.keras --out $(DEMO_DIR)/predictions "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample("test"))')"
+	$(VENV)/bin/nucleiseg predict --model $(DEMO_DIR)/run/model.keras --out $(DEMO_DIR)/run_predictions $(call SAMPLE,test)
 	@echo
 	@echo "Demo outputs are in $(DEMO_DIR)/:"
-	@echo "  eda.png                 sample images and their nuclei"
-	@echo "  run/                    the trained model (model.keras), curves.png, epochs/, metrics.json, logs/"
-	@echo "  test_predictions.png    input / true / predicted on the bundled test images"
-	@echo "  predictions/            <image>_mask.png and <image>_overlay.png per test image"
+	@echo "  eda.png               sample images and their labelled nuclei"
+	@echo "  nuclei/               the bundled model on the test images: <image>_labels.tif, _mask.png,"
+	@echo "                        _overlay.png, measurements.csv (one row per nucleus), summary.csv"
+	@echo "  run/                  a model trained on the sample: model.keras, curves.png, epochs/, metrics.json, logs/"
+	@echo "  test_predictions.png  that model on the test images: input / true / predicted nuclei"
+	@echo "  run_predictions/      that model's outputs for the test images"
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--evaluation", type=Path, help="a `nucleiseg evaluate --json` report")
+    parser.add_argument("--command", help="the training command, if the record lacks it")
     parser.add_argument("--postprocessing", type=json.loads, default={},
                         help='tuned InstanceOptions as JSON, e.g. \'{"marker_threshold": 0.7}\'')
     args = parser.parse_args()
@@ -31,6 +32,8 @@ def main() -> None:
     model, record = load_model(args.run_dir / "model.keras")
     inference = keras.Model.from_config(model.get_config())
     inference.set_weights(model.get_weights())
+    if args.command and not record.get("command"):
+        record["command"] = args.command
     if args.postprocessing:
         record["postprocessing"] = args.postprocessing
     if args.evaluation:

@@ -159,3 +159,17 @@ def test_bundled_sample_is_usable_small_and_has_every_kind():
     size = sum(p.stat().st_size for p in bundled_sample("train").parent.rglob("*") if p.is_file())
     assert size < 5 * 2**20
     assert (bundled_sample("train").parent / "SOURCES.md").read_text().count("CC0") >= 1
+
+
+def test_outputs_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from nucleiseg.io import write_png
+
+    old = os.umask(0o022)
+    try:
+        write_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o644
