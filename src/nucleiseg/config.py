@@ -85,9 +85,6 @@ class TrainConfig:
             raise UsageError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**data)
 
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically: a temporary file renamed into place."""

@@ -57,12 +57,6 @@ def pixel_counts(true_mask: np.ndarray, pred_mask: np.ndarray) -> PixelCounts:
     return PixelCounts(tp, fp, fn, true_mask.size - tp - fp - fn)
 
 
-def pooled_counts(true_masks, pred_masks) -> PixelCounts:
-    total = PixelCounts()
-    for true_mask, pred_mask in zip(true_masks, pred_masks, strict=True):
-        total = total + pixel_counts(true_mask, pred_mask)
-    return total
-
 
 # ---------------------------------------------------------------- instance metrics
 
