@@ -175,9 +175,6 @@ def run_train(args) -> int:
         augment=not args.no_augment, early_stopping_monitor=args.monitor,
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
     )
-    from nucleiseg.model import check_image_size
-
-    check_image_size(config.image_size)
     from nucleiseg.train import train
 
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar, or one line per epoch in logs
@@ -186,19 +183,18 @@ def run_train(args) -> int:
                             command=command)
     native = record["metrics"]["validation_native"]
     print(f"validation (native resolution): pixel accuracy {native['pixel_accuracy']:.4f}, "
-          f"foreground IoU {native['foreground_iou']:.4f}, Dice {native['dice']:.4f}")
+          f"foreground IoU {native['foreground_iou']:.4f}, Dice {native['dice']:.4f}, "
+          f"AP@0.5 {native['ap_50']:.4f}, DSB score {native['dsb_score']:.4f}")
     print(f"model: {run_dir / 'model.keras'}")
     return 0
 
 
 def run_evaluate(args) -> int:
     from nucleiseg.evaluate import evaluate_model, format_report
-
     from nucleiseg.io import bundled_sample
-
-    data = args.data if args.data is not None else bundled_sample("test")
     from nucleiseg.saving import read_record, resolve_model_path
 
+    data = args.data if args.data is not None else bundled_sample("test")
     record = None if args.classical else read_record(resolve_model_path(args.model))
     options, instance_options = prediction_options(args, record)
     report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad,
