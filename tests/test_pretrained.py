@@ -52,3 +52,13 @@ def test_bundled_model_on_the_bundled_test_sample():
     assert report["images"] == 9
     assert report["foreground_iou"] > 0.7 and report["ap_50"] > 0.6, json.dumps(
         {k: report[k] for k in ("foreground_iou", "ap_50", "dsb_score")})
+
+
+def test_segment_image_with_the_bundled_model():
+    from nucleiseg.infer import segment_image
+    from nucleiseg.saving import load_model
+
+    model, record = load_model()
+    image, labels = make_disks((96, 96), count=4, seed=4)
+    found = segment_image(model, image, record["config"])
+    assert found.shape == image.shape and found.max() >= 1

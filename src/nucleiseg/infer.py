@@ -64,13 +64,19 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
     training size; a model trained on native-resolution crops predicts in overlapping tiles.
     `options.scale` resizes the input first (e.g. 0.5 for nuclei twice the training size).
     """
+    return probabilities_of_normalised(model, normalize_image(image), config, options)
+
+
+def probabilities_of_normalised(model, normalised: np.ndarray, config: dict,
+                                options: PredictOptions | None = None) -> np.ndarray:
+    """predict_probabilities for an image already through normalize_image."""
     from nucleiseg.tiling import predict_tiled
 
     options = options or PredictOptions()
     predict_batch = probability_function(model, options.tta)
-    normalised = normalize_image(image)
+    native_shape = normalised.shape[:2]
     if options.scale != 1.0:
-        shape = tuple(max(1, round(n * options.scale)) for n in image.shape[:2])
+        shape = tuple(max(1, round(n * options.scale)) for n in native_shape)
         normalised = resize_image(normalised, shape)
     if config.get("sampling", "resize") == "resize":
         size = int(config["image_size"])
@@ -81,7 +87,7 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
         probabilities = predict_tiled(predict_batch, normalised, num_classes, options.tile,
                                       options.overlap, options.batch_size)
     if options.scale != 1.0:
-        probabilities = resize_image(probabilities, image.shape[:2])
+        probabilities = resize_image(probabilities, native_shape)
     return probabilities
 
 
@@ -168,7 +174,10 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
         start = time.perf_counter()
         try:
             image = read_image(path)
-            labels = segment_image(model, image, record["config"], options, instance_options)
+            normalised = normalize_image(image)  # once: for the model and for the overlay
+            labels = labels_from_probabilities(
+                probabilities_of_normalised(model, normalised, record["config"], options),
+                instance_options)
             if labels.max() > np.iinfo(np.uint16).max:
                 raise DataError(f"{path}: {labels.max()} nuclei found, more than a 16-bit label "
                                 "image can hold; split the image into smaller pieces")
@@ -179,7 +188,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
         paths = output_paths(path, out_dir)
         write_tiff(paths["labels"], labels.astype(np.uint16))
         write_png(paths["mask"], ((labels > 0) * 255).astype(np.uint8))
-        write_png(paths["overlay"], overlay(normalize_image(image), labels))
+        write_png(paths["overlay"], overlay(normalised, labels))
         rows = measure_nuclei(labels, image)
         measurements += [{"image": path.name, **row} for row in rows]
         mean_area = float(np.mean([row["area"] for row in rows])) if rows else 0.0
