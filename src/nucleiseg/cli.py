@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-steps", type=int, default=DEFAULTS.early_stopping_warmup_steps,
                        help="training steps before early stopping may stop (default %(default)s)")
     train.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
+    train.add_argument("--init-model", type=Path, metavar="MODEL",
+                       help="start from this model's weights (fine-tuning; same --target, "
+                       "--decoder-filters and --encoder-alpha)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue an interrupted run from its last completed epoch, with "
+                       "its own configuration, data and split (no other options)")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
     evaluate.add_argument("--model", type=Path,
@@ -163,6 +170,17 @@ def run_eda(args) -> int:
 
 
 def run_train(args) -> int:
+    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar, or one line per epoch in logs
+    if args.resume is not None:
+        others = [a for a in args.argv if a.startswith("--") and a.split("=")[0]
+                  not in ("--resume", "--debug")]
+        if others:
+            raise UsageError(f"--resume continues a run with its own configuration; drop "
+                             f"{', '.join(others)}")
+        from nucleiseg.train import resume
+
+        run_dir, record = resume(args.resume, verbose=verbose)
+        return report_training(run_dir, record)
     config = TrainConfig(
         image_size=args.image_size, sampling=args.sampling, target=args.target,
         boundary_weight=args.boundary_weight, lr_schedule=args.lr_schedule,
@@ -177,10 +195,13 @@ def run_train(args) -> int:
     )
     from nucleiseg.train import train
 
-    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar, or one line per epoch in logs
     command = shlex.join(["nucleiseg", *args.argv])
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
-                            command=command)
+                            command=command, init_model=args.init_model)
+    return report_training(run_dir, record)
+
+
+def report_training(run_dir, record) -> int:
     native = record["metrics"]["validation_native"]
     print(f"validation (native resolution): pixel accuracy {native['pixel_accuracy']:.4f}, "
           f"foreground IoU {native['foreground_iou']:.4f}, Dice {native['dice']:.4f}, "
@@ -249,6 +270,10 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predict": run_predict}
 
 
@@ -256,6 +281,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         if args.command != "eda" and not args.debug and "tensorflow" not in sys.modules:
             import_tensorflow_quietly()

@@ -19,5 +19,17 @@ class DataError(NucleisegError):
     exit_code = 3
 
 
+class TrainingError(NucleisegError):
+    """Training could not go on (for example, the loss became NaN)."""
+
+    exit_code = 4
+
+
+class Interrupted(NucleisegError):
+    """Ctrl-C or SIGTERM; the message says what was kept and how to go on."""
+
+    exit_code = 130
+
+
 def file_error(path, problem: str) -> DataError:
     return DataError(f"{path}: {problem}")

@@ -1,14 +1,19 @@
 """Training: data -> split -> tf.data -> U-Net -> a run directory that says how it was made.
 
 Run directory:
-  config.json  split.json  model.keras  checkpoints/best.weights.h5  history.csv  logs/
-  epochs/epoch_NNN.png  curves.png  metrics.json
+  config.json  run.json  split.json  model.keras  history.csv  logs/  epochs/epoch_NNN.png
+  curves.png  metrics.json  checkpoints/{best.weights.h5, last.weights.h5, last.json}
+
+checkpoints/last.* (weights, optimizer state, early-stopping state) are written atomically at the
+end of every epoch, so an interrupted or killed run continues with `resume(run_dir)`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -19,14 +24,14 @@ import nucleiseg
 from nucleiseg.config import TrainConfig, write_json
 from nucleiseg.data import (centre_crops, crop_weights, labels_to_classes, make_crop_dataset,
                             make_train_dataset, make_val_dataset, prepare_arrays, split_names)
-from nucleiseg.errors import DataError, UsageError
+from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
 from nucleiseg.evaluate import evaluate_images, model_segmenter
 from nucleiseg.infer import show_predictions
 from nucleiseg.io import bundled_sample, find_samples, load_samples
 from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
 from nucleiseg.preprocess import image_kind, normalize_image
-from nucleiseg.saving import save_model
+from nucleiseg.saving import load_model, save_model
 from nucleiseg.viz import pick_examples, plot_curves
 
 
@@ -73,19 +78,22 @@ def load_training_data(data_dir: Path, skip_bad: bool, log):
     return loaded, skipped
 
 
-def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, val_names):
+def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, val_names,
+                  seed: int | None = None):
     """Training dataset (endless), steps per epoch, and validation arrays (x, y).
 
     'resize': whole images resized to image_size. 'crops': random native-resolution crops of
     image_size, rare kinds drawn more often; validation on one centre crop per image.
+    `seed` (default config.seed) drives shuffling, crops and augmentation.
     """
+    seed = config.seed if seed is None else seed
     if config.sampling == "resize":
         def arrays(names):
             return prepare_arrays([by_name[n][0] for n in names], [by_name[n][1] for n in names],
                                   config.image_size, config.target)
 
         x_train, y_train = arrays(train_names)
-        train_ds, steps = make_train_dataset(x_train, y_train, config.batch_size, config.seed,
+        train_ds, steps = make_train_dataset(x_train, y_train, config.batch_size, seed,
                                              config.augment)
         validation = arrays(val_names)
     else:
@@ -97,24 +105,99 @@ def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, 
         weights = crop_weights([im.shape[:2] for im in train_images],
                                [kinds[n] for n in train_names], config.image_size)
         train_ds = make_crop_dataset(train_images, train_targets, config.image_size,
-                                     config.batch_size, config.seed, config.augment, weights)
+                                     config.batch_size, seed, config.augment, weights)
         steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
                              / config.image_size**2 / config.batch_size))
         validation = centre_crops(*native(val_names), config.image_size)
     return train_ds, config.steps_per_epoch or steps, validation
 
 
+class EarlyStoppingFrom(keras.callbacks.EarlyStopping):
+    """EarlyStopping that starts from a saved state (best value, epochs without improvement),
+    so a resumed run stops exactly when the uninterrupted one would have."""
+
+    def __init__(self, state: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.state = state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.state.get("best") is not None:
+            self.best = self.state["best"]
+            self.wait = self.state["wait"]
+            self.best_epoch = self.state["best_epoch"] - 1
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """At the end of every epoch with a finite loss, write the weights with the optimizer state
+    (last.weights.h5) and the epoch and early-stopping state (last.json), each atomically."""
+
+    def __init__(self, folder: Path, early_stopping: EarlyStoppingFrom, seconds_before=0.0):
+        super().__init__()
+        self.folder, self.early_stopping = Path(folder), early_stopping
+        self.seconds_before, self.started = seconds_before, time.perf_counter()
+        self.nan_epoch = None
+
+    def seconds(self) -> float:
+        """Training time of the whole run, earlier sessions included."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", math.nan))):
+            self.nan_epoch = epoch + 1
+            return
+        weights = self.folder / "last.weights.h5"
+        partial = self.folder / "last.partial.weights.h5"
+        self.model.save_weights(partial, overwrite=True)
+        os.replace(partial, weights)
+        stopper = self.early_stopping
+        best = None if stopper.best is None else float(stopper.best)
+        write_json(self.folder / "last.json", {
+            "epochs_done": epoch + 1, "best": best if best is None or math.isfinite(best) else None,
+            "best_epoch": stopper.best_epoch + 1, "wait": stopper.wait,
+            "seconds": round(self.seconds(), 1)})
+
+
+def truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep the header and the first `epochs_done` rows of history.csv (a killed run may have
+    logged an epoch whose backup it never wrote)."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        write_text_atomic(path, "".join(lines[:1 + epochs_done]))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """history.csv as {column: values}, over all epochs of the run, resumed or not."""
+    lines = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
+    header, rows = lines[0], lines[1:]
+    return {key: [float(row[i]) for row in rows] for i, key in enumerate(header) if key != "epoch"}
+
+
 def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | None = None,
-          skip_bad: bool = False, verbose="auto", log=print,
-          command: str | None = None) -> tuple[Path, dict]:
+          skip_bad: bool = False, verbose="auto", log=print, command: str | None = None,
+          init_model: Path | None = None) -> tuple[Path, dict]:
     """Train a U-Net as configured; returns (run directory, the model's record).
-    `command` (the command line that asked for this run) is kept in the record."""
+
+    `command` (the command line that asked for this run) is kept in the record; `init_model`
+    (a saved model of the same architecture) gives the starting weights, for fine-tuning.
+    """
     check_image_size(config.image_size)
     data_dir = Path(data_dir) if data_dir is not None else bundled_sample("train")
+    initial = initial_weights(init_model, config) if init_model is not None else None
     loaded, skipped = load_training_data(data_dir, skip_bad, log)
     run_dir = new_run_dir(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
-    keras.utils.set_random_seed(config.seed)
+    write_json(run_dir / "run.json", {
+        "data": str(data_dir), "skip_bad": skip_bad, "command": command,
+        "init_model": None if init_model is None else str(init_model),
+        "nucleiseg_version": nucleiseg.__version__,
+        "created": dt.datetime.now().isoformat(timespec="seconds")})
 
     by_name = {sample.name: (image, labels) for sample, image, labels in loaded}
     kinds = {name: image_kind(image) for name, (image, _) in by_name.items()}
@@ -124,43 +207,139 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
              "skipped": [f"{name}: {why}" for name, why in skipped]}
     write_json(run_dir / "split.json", split)
     log(f"{len(train_names)} training and {len(val_names)} validation images from {data_dir}")
+    (run_dir / "checkpoints").mkdir()
+    return fit_run(run_dir, config, by_name, kinds, train_names, val_names, verbose, log,
+                   initial_weights=initial)
 
-    train_ds, steps, (x_val, y_val) = make_datasets(config, by_name, kinds, train_names,
-                                                    val_names)
-    log(f"{steps} steps of {config.batch_size} per epoch")
 
-    val_ds = make_val_dataset(x_val, y_val, config.batch_size)
-    model = compile_model(build_unet(
+def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
+    """Continue an interrupted run from its last completed epoch, with the same configuration,
+    data and split, weights, optimizer state (so the learning-rate schedule goes on) and
+    early-stopping state. Crops and augmentations are drawn afresh from seed + epochs done."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"{run_dir}: not a training run directory (no config.json)")
+    if (run_dir / "model.keras").exists():
+        raise UsageError(f"{run_dir}: this run has finished (model.keras exists); "
+                         "nothing to resume")
+    try:
+        config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        run = json.loads((run_dir / "run.json").read_text())
+        split = json.loads((run_dir / "split.json").read_text())
+        state = json.loads((run_dir / "checkpoints" / "last.json").read_text())
+    except FileNotFoundError as exc:
+        raise UsageError(f"{run_dir}: cannot resume, {Path(exc.filename).name} is missing "
+                         "(the run stopped before its first epoch ended: start it again)") from None
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise DataError(f"{run_dir}: cannot resume, a run file is damaged ({exc})") from None
+    data_dir = Path(run["data"])
+    loaded, _ = load_training_data(data_dir, run.get("skip_bad", False), log)
+    by_name = {sample.name: (image, labels) for sample, image, labels in loaded}
+    missing = sorted(set(split["train"] + split["val"]) - set(by_name))
+    if missing:
+        raise DataError(f"{data_dir}: {len(missing)} images of the run's split are gone "
+                        f"(first: {missing[0]}); cannot resume on other data")
+    log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
+    return fit_run(run_dir, config, by_name, split["kinds"], split["train"], split["val"],
+                   verbose, log, state=state)
+
+
+def initial_weights(path: Path, config: TrainConfig) -> list:
+    """Weights of a saved model, checked to fit the architecture `config` builds."""
+    source, record = load_model(path)
+    expected = build_model(config)
+    shapes = [tuple(w.shape) for w in source.weights]
+    if shapes != [tuple(w.shape) for w in expected.weights]:
+        theirs = record.get("config", {})
+        raise UsageError(
+            f"{path}: its architecture differs from this run's (it has target "
+            f"{theirs.get('target')!r}, decoder filters {theirs.get('decoder_filters')}, "
+            f"encoder alpha {theirs.get('encoder_alpha')}); use the same --target, "
+            "--decoder-filters and --encoder-alpha to start from it")
+    return source.get_weights()
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and backend seeds, and deterministic TensorFlow ops: the same seed gives
+    the same weights on the same CPU (GPU kernels may still differ)."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_model(config: TrainConfig, decay_steps: int | None = None) -> keras.Model:
+    return compile_model(build_unet(
         num_classes=config.num_classes, encoder_weights=config.encoder_weights,
         freeze_encoder=config.freeze_encoder, encoder_alpha=config.encoder_alpha,
         decoder_filters=config.decoder_filters, dropout=config.dropout,
         bn_momentum=config.bn_momentum,
-    ), config.learning_rate, config.boundary_weight,
-        decay_steps=config.epochs * steps if config.lr_schedule == "cosine" else None)
+    ), config.learning_rate, config.boundary_weight, decay_steps=decay_steps)
+
+
+def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, train_names,
+            val_names, verbose, log, state: dict | None = None,
+            initial_weights: list | None = None) -> tuple[Path, dict]:
+    """Fit (from scratch, from `initial_weights`, or from a resume `state`), then evaluate and
+    save the model with its record."""
+    epochs_done = state["epochs_done"] if state else 0
+    # A resumed run draws new crops and augmentations rather than replaying epoch 1's.
+    seed_everything(config.seed + epochs_done)
+    train_ds, steps, (x_val, y_val) = make_datasets(config, by_name, kinds, train_names,
+                                                    val_names, seed=config.seed + epochs_done)
+    log(f"{steps} steps of {config.batch_size} per epoch")
+    val_ds = make_val_dataset(x_val, y_val, config.batch_size)
+    model = build_model(config, config.epochs * steps if config.lr_schedule == "cosine" else None)
+    checkpoints = run_dir / "checkpoints"
+    if state:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(checkpoints / "last.weights.h5")
+        truncate_history(run_dir / "history.csv", epochs_done)
+    elif initial_weights is not None:
+        model.set_weights(initial_weights)
+
     shown = pick_examples([kinds[name] for name in val_names])
-    best_weights = run_dir / "checkpoints" / "best.weights.h5"
-    best_weights.parent.mkdir()
+    best_weights = checkpoints / "best.weights.h5"
     monitor = config.early_stopping_monitor
+    early_stopping = EarlyStoppingFrom(
+        state, monitor=monitor, patience=config.early_stopping_patience,
+        restore_best_weights=False,
+        start_from_epoch=math.ceil(config.early_stopping_warmup_steps / steps))
+    backup = EpochBackup(checkpoints, early_stopping, (state or {}).get("seconds", 0.0))
     callbacks = [
-        keras.callbacks.ModelCheckpoint(best_weights, monitor=monitor, save_best_only=True,
-                                        save_weights_only=True),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=config.early_stopping_patience, restore_best_weights=True,
-            start_from_epoch=math.ceil(config.early_stopping_warmup_steps / steps)),
-        keras.callbacks.CSVLogger(run_dir / "history.csv"),
+        keras.callbacks.ModelCheckpoint(
+            best_weights, monitor=monitor, save_best_only=True, save_weights_only=True,
+            initial_value_threshold=state.get("best") if state else None),
+        early_stopping,
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(run_dir / "history.csv", append=bool(state)),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
         DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs"),
+        backup,
     ]
-    started = time.perf_counter()
-    history = model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs,
-                        validation_data=val_ds, callbacks=callbacks, shuffle=False,
-                        verbose=verbose)
-    seconds = time.perf_counter() - started
+    try:
+        model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs,
+                  initial_epoch=epochs_done, validation_data=val_ds, callbacks=callbacks,
+                  shuffle=False, verbose=verbose)
+    except KeyboardInterrupt:
+        last = checkpoints / "last.json"
+        done = json.loads(last.read_text())["epochs_done"] if last.exists() else 0
+        if not done:
+            raise Interrupted(f"{run_dir}: interrupted before the first epoch ended; "
+                              "nothing to resume, start again") from None
+        raise Interrupted(f"{run_dir}: interrupted after epoch {done} of {config.epochs}; "
+                          f"continue with: nucleiseg train --resume {run_dir}") from None
+    seconds = backup.seconds()
+    if backup.nan_epoch is not None and not best_weights.exists():
+        raise TrainingError(
+            f"{run_dir}: the loss became NaN in epoch {backup.nan_epoch}, before any epoch "
+            "finished; no model was saved. Try a lower --learning-rate")
     model.load_weights(best_weights)  # the best epoch, also when early stopping never fired
 
-    history = {key: [float(v) for v in values] for key, values in history.history.items()}
-    best_epoch = int(np.argmin(history[monitor]) if monitor == "val_loss"
-                     else np.argmax(history[monitor])) + 1
+    history = read_history(run_dir / "history.csv")
+    best_epoch = int(np.nanargmin(history[monitor]) if monitor == "val_loss"
+                     else np.nanargmax(history[monitor])) + 1
     at_input_size = {k: float(v) for k, v in
                      model.evaluate(val_ds, return_dict=True, verbose=0).items()}
     native_report, _ = evaluate_images(model_segmenter(model, config.to_dict()),
@@ -174,18 +353,27 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
         "best_epoch": best_epoch,
         "training_seconds": round(seconds, 1),
     }
+    if backup.nan_epoch is not None:
+        metrics["stopped"] = f"loss became NaN in epoch {backup.nan_epoch}"
     write_json(run_dir / "metrics.json", metrics)
     plot_curves(history, run_dir / "curves.png")
+    run = json.loads((run_dir / "run.json").read_text())
     record = {
         "nucleiseg_version": nucleiseg.__version__,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": command,
+        "command": run["command"],
+        "init_model": run.get("init_model"),
         "config": config.to_dict(),
-        "data": str(data_dir),
-        "split": {"train": train_names, "val": val_names},
+        "data": run["data"],
+        "split": {"train": list(train_names), "val": list(val_names)},
         "metrics": {k: v for k, v in metrics.items() if k != "validation_native"}
         | {"validation_native": {k: v for k, v in native_report.items() if k != "per_image"}},
     }
     save_model(model, run_dir / "model.keras", record)
     log(f"run saved to {run_dir}")
+    if backup.nan_epoch is not None:
+        raise TrainingError(
+            f"the loss became NaN in epoch {backup.nan_epoch}; training stopped and the best "
+            f"model (epoch {best_epoch}) was saved to {run_dir / 'model.keras'}. "
+            "Try a lower --learning-rate")
     return run_dir, record
