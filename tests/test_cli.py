@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,77 @@ def test_evaluate_classical_baseline(paired_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == "classical Otsu + watershed" and report["loss"] is None
     assert report["ap_50"] == 1.0 and report["images"] == 6
+
+
+@pytest.mark.slow
+def test_predict_resume_does_only_what_is_missing(trained_run, tmp_path, capsys):
+    _, _, model = trained_run
+    for seed in range(3):
+        write_image(tmp_path / "in" / f"im{seed}.png", make_disks(seed=30 + seed)[0])
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(model), str(tmp_path / "in"), "--out", str(out)]
+    assert main(argv) == 0
+    full_summary = (out / "summary.csv").read_text()
+    full_measurements = (out / "measurements.csv").read_text()
+    # An interrupted run: im2 lost its overlay, the run tables were never written.
+    (out / "im2_overlay.png").unlink()
+    (out / "measurements.csv").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("im[01]_*")}
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done before") == 2 and "2 of them from an earlier run" in printed
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("im[01]_*")} == kept
+    assert (out / "im2_overlay.png").exists()
+    assert (out / "measurements.csv").read_text() == full_measurements
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[:3] for r in rows] == [r.split(",")[:3] for r in full_summary.splitlines()]
+    assert main([*argv, "--resume", "--overwrite"]) == 2
+
+
+@pytest.mark.slow
+def test_interrupted_predict_leaves_complete_files_only(trained_run, tmp_path):
+    from nucleiseg.infer import predict_files
+    from nucleiseg.saving import load_model
+
+    for seed in range(2):
+        write_image(tmp_path / "in" / f"im{seed}.png", make_disks(seed=40 + seed)[0])
+    model, record = load_model(trained_run[2])
+
+    def interrupt_after_first(message):
+        if message.startswith("[1/2]"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(model, record, [tmp_path / "in"], tmp_path / "out",
+                      progress=interrupt_after_first)
+    left = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert left == ["im0_labels.tif", "im0_mask.png", "im0_overlay.png"]  # no partial tables
+
+
+@pytest.mark.slow
+def test_predict_handles_spaces_and_non_utf8_file_names(trained_run, tmp_path):
+    import os
+
+    _, _, model = trained_run
+    folder = os.fsdecode(bytes(tmp_path) + b"/my images")
+    write_image(Path(folder) / os.fsdecode(b"caf\xe9 1.png"), make_disks(seed=50)[0])
+    out = tmp_path / "out put"
+    result = subprocess.run([sys.executable, "-m", "nucleiseg", "predict", "--model", str(model),
+                             folder, "--out", str(out)], capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert b"caf\\udce9 1.png" in result.stdout  # printed escaped, never a UnicodeEncodeError
+    assert (out / os.fsdecode(b"caf\xe9 1_labels.tif")).exists()
+    assert "caf\\udce9 1.png" in (out / "summary.csv").read_text()
+
+
+def test_labels_switch_to_32_bits_above_65535_nuclei(tmp_path):
+    import tifffile
+
+    from nucleiseg.infer import label_image_dtype
+    from nucleiseg.io import write_tiff
+
+    assert label_image_dtype(65535) == np.uint16 and label_image_dtype(65536) == np.uint32
+    labels = np.arange(70_000, dtype=np.uint32).reshape(280, 250)
+    write_tiff(tmp_path / "many_labels.tif", labels.astype(label_image_dtype(int(labels.max()))))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "many_labels.tif"), labels)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -173,3 +175,77 @@ def test_outputs_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------- bad files, one by one
+
+
+def truncated(path, fraction=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def png_claiming(path, width, height):
+    """A valid small PNG whose header is patched to claim width x height (a decompression
+    bomb would decode to that size)."""
+    import struct
+    import zlib
+
+    write_image(path, np.zeros((8, 8), np.uint8))
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+NOISE = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: write_image(d / "a.png", NOISE) and truncated(d / "a.png"), "cannot read as an image"),
+    (lambda d: write_image(d / "a.jpg", NOISE) and truncated(d / "a.jpg"), "cannot read as an image"),
+    (lambda d: write_image(d / "a.tif", NOISE) and truncated(d / "a.tif"), "cannot read as an image"),
+    (lambda d: (d / "a.jpg").write_bytes(b"") or d / "a.jpg", "empty file"),
+    (lambda d: (d / "a.tif").write_bytes(b"") or d / "a.tif", "empty file"),
+    (lambda d: write_image(d / "a.png", np.zeros((1, 1), np.uint8)), "image is too small \\(1x1"),
+    (lambda d: write_image(d / "a.tif", np.zeros((1, 40), np.uint16)), "image is too small \\(1x40"),
+    (lambda d: write_image(d / "a.tif", np.zeros((5, 16, 16), np.uint8)), "a stack of images"),
+    (lambda d: write_image(d / "a.tif", np.zeros((2, 3, 16, 16), np.uint8)), "a stack of images"),
+    (lambda d: write_image(d / "a.tif", np.full((8, 8), np.nan, np.float32)),
+     "64 pixel values are NaN or infinite"),
+    (lambda d: write_image(d / "a.tif", np.array([[0, np.inf], [1, 2]], np.float64)),
+     "1 pixel values are NaN or infinite"),
+    (lambda d: png_claiming(d / "a.png", 200_000, 100_000), "header claims 200000x100000 pixels"),
+    (lambda d: (d / "a.png").mkdir() or d / "a.png", "not a file"),
+])
+def test_bad_image_files_give_a_message_naming_the_file(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(DataError, match=f"{path.name}: {message}"):
+        read_image(path)
+
+
+def test_size_limit_applies_to_tiff_and_can_be_raised(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "big.tif", np.zeros((40, 50), np.uint8))
+    monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", "1000")
+    with pytest.raises(DataError, match="big.tif: header claims 50x40 pixels"):
+        read_image(path)
+    monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", "2000")
+    assert read_image(path).shape == (40, 50, 1)
+
+
+def test_label_masks_with_more_nuclei_than_16_bits_hold(tmp_path):
+    labels = np.zeros((600, 600), np.uint32)
+    labels[::2, ::2] = np.arange(1, 300 * 300 + 1, dtype=np.uint32).reshape(300, 300)
+    read = read_label_mask(write_image(tmp_path / "many.tif", labels))
+    assert read.max() == 90_000 and np.array_equal(read, labels)
+
+
+def test_file_names_with_spaces_and_non_utf8_bytes(tmp_path):
+    import os
+
+    folder = os.fsdecode(bytes(tmp_path) + b"/caf\xe9 images")
+    path = write_image(Path(folder) / os.fsdecode(b"nucl\xe9i 1.png"), NOISE)
+    assert find_images([folder]) == [path]
+    assert read_image(path).shape == (64, 64, 3)

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a model.keras file (default: the bundled pretrained model)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--resume", action="store_true",
+                         help="keep images whose outputs exist (an interrupted run) and do "
+                         "the rest; the CSV files cover all images")
     add_prediction_options(predict)
     return parser
 
@@ -242,9 +245,11 @@ def run_predict(args) -> int:
     model, record = load_model(args.model)
     options, instance_options = prediction_options(args, record)
     results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
-                            instance_options)
+                            instance_options, resume=args.resume)
     failed = [r for r in results if r.error]
-    print(f"{len(results) - len(failed)} images segmented into {args.out} "
+    resumed = sum(r.resumed for r in results)
+    kept = f", {resumed} of them from an earlier run" if resumed else ""
+    print(f"{len(results) - len(failed)} images segmented into {args.out}{kept} "
           f"({sum(r.nuclei for r in results)} nuclei; measurements.csv, summary.csv)")
     if failed:
         print(f"{len(failed)} failed:", file=sys.stderr)
@@ -281,6 +286,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         if args.command != "eda" and not args.debug and "tensorflow" not in sys.modules:

@@ -12,7 +12,7 @@ import numpy as np
 from nucleiseg.errors import DataError, UsageError
 from nucleiseg.instances import (InstanceOptions, instance_options_from,
                                  labels_from_probabilities)
-from nucleiseg.io import find_images, read_image, write_png, write_tiff
+from nucleiseg.io import CsvStream, find_images, read_image, write_png, write_tiff
 from nucleiseg.preprocess import normalize_image, resize_image
 
 
@@ -106,29 +106,17 @@ class PredictionResult:
     mean_area: float = 0.0
     seconds: float = 0.0
     error: str | None = None
+    resumed: bool = False  # outputs were already there (--resume)
 
 
 RUN_OUTPUTS = ("measurements.csv", "summary.csv")
+SUMMARY_COLUMNS = ("image", "nuclei", "mean_area", "seconds", "error")
 
 
 def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
     stem = Path(image_path).stem
     return {"labels": out_dir / f"{stem}_labels.tif", "mask": out_dir / f"{stem}_mask.png",
             "overlay": out_dir / f"{stem}_overlay.png"}
-
-
-def write_csv(path: Path, rows: list[dict], columns) -> None:
-    import csv
-
-    from nucleiseg.io import atomic_write
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
 
 
 def segment_image(model, image: np.ndarray, config: dict,
@@ -139,64 +127,140 @@ def segment_image(model, image: np.ndarray, config: dict,
     return labels_from_probabilities(probabilities, instance_options)
 
 
-def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = False,
-                  options: PredictOptions | None = None,
-                  instance_options: InstanceOptions | None = None, progress=print):
-    """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei),
-    <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at the image's own size; for the
-    run: measurements.csv (one row per nucleus) and summary.csv (one row per image).
+def label_image_dtype(count: int):
+    """uint16 (what most viewers expect) unless more nuclei than it can number."""
+    return np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32
 
-    A file that cannot be read is reported and skipped; the others are still processed.
-    Without `instance_options`, the model's tuned post-processing (from its record) is used.
-    Returns a list of PredictionResult.
-    """
-    from nucleiseg.instances import COLUMNS, measure_nuclei
-    from nucleiseg.viz import overlay
 
-    images = find_images(inputs)
-    instance_options = instance_options or instance_options_from(record)
+def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse inputs that would write the same outputs, and existing outputs unless
+    --overwrite (replace them) or --resume (keep complete ones) says what to do."""
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other")
     stems: dict[str, Path] = {}
     for path in images:
         if path.stem in stems:
             raise UsageError(f"two inputs would write the same outputs: {stems[path.stem]} and "
                              f"{path} (both named {path.stem!r})")
         stems[path.stem] = path
-    out_dir = Path(out_dir)
-    if not overwrite:
+    if not overwrite and not resume:
         planned = [p for image in images for p in output_paths(image, out_dir).values()]
         existing = [p for p in planned + [out_dir / name for name in RUN_OUTPUTS] if p.exists()]
         if existing:
-            raise UsageError(f"{existing[0]}: output exists ({len(existing)} in all); "
-                             "pass --overwrite to replace outputs")
+            raise UsageError(f"{existing[0]}: output exists ({len(existing)} in all); pass "
+                             "--resume to keep complete outputs and do the rest, or "
+                             "--overwrite to replace them")
+
+
+def previous_seconds(out_dir: Path) -> dict[str, str]:
+    """Per-image times from an earlier run's summary.csv (for --resume), if there is one."""
+    import csv
+
+    try:
+        with open(out_dir / "summary.csv", newline="", encoding="utf-8",
+                  errors="backslashreplace") as handle:
+            return {row["image"]: row["seconds"] for row in csv.DictReader(handle)}
+    except (OSError, KeyError, csv.Error):
+        return {}
+
+
+def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = False,
+                  options: PredictOptions | None = None,
+                  instance_options: InstanceOptions | None = None, progress=print,
+                  resume: bool = False):
+    """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei;
+    uint32 above 65,535 nuclei), <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at
+    the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
+    (one row per image, failures included).
+
+    A file that cannot be read is reported and skipped; the others are still processed.
+    With `resume`, images whose three outputs exist are not predicted again (their rows are
+    measured from the saved labels). Every file is written atomically. Without
+    `instance_options`, the model's tuned post-processing (from its record) is used.
+    Returns a list of PredictionResult.
+    """
+    from nucleiseg.instances import COLUMNS
+
+    images = find_images(inputs)
+    instance_options = instance_options or instance_options_from(record)
+    out_dir = Path(out_dir)
+    plan_outputs(images, out_dir, overwrite, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, measurements = [], []
-    for index, path in enumerate(images, start=1):
-        start = time.perf_counter()
-        try:
-            image = read_image(path)
-            normalised = normalize_image(image)  # once: for the model and for the overlay
-            labels = labels_from_probabilities(
-                probabilities_of_normalised(model, normalised, record["config"], options),
-                instance_options)
-            if labels.max() > np.iinfo(np.uint16).max:
-                raise DataError(f"{path}: {labels.max()} nuclei found, more than a 16-bit label "
-                                "image can hold; split the image into smaller pieces")
-        except DataError as error:
-            results.append(PredictionResult(path, error=str(error)))
-            progress(f"[{index}/{len(images)}] skipped: {error}")
-            continue
-        paths = output_paths(path, out_dir)
-        write_tiff(paths["labels"], labels.astype(np.uint16))
-        write_png(paths["mask"], ((labels > 0) * 255).astype(np.uint8))
-        write_png(paths["overlay"], overlay(normalised, labels))
-        rows = measure_nuclei(labels, image)
-        measurements += [{"image": path.name, **row} for row in rows]
-        mean_area = float(np.mean([row["area"] for row in rows])) if rows else 0.0
-        results.append(PredictionResult(path, len(rows), mean_area, time.perf_counter() - start))
-        progress(f"[{index}/{len(images)}] {path.name}: {len(rows)} nuclei")
-    write_csv(out_dir / "measurements.csv", measurements, ("image", *COLUMNS))
-    write_csv(out_dir / "summary.csv",
-              [{"image": r.image.name, "nuclei": r.nuclei, "mean_area": round(r.mean_area, 2),
-                "seconds": round(r.seconds, 3), "error": r.error or ""} for r in results],
-              ("image", "nuclei", "mean_area", "seconds", "error"))
+    earlier = previous_seconds(out_dir) if resume else {}
+    measurements = CsvStream(out_dir / "measurements.csv", ("image", *COLUMNS))
+    summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
+    results = []
+    try:
+        for index, path in enumerate(images, start=1):
+            name = display_name(path)
+            paths = output_paths(path, out_dir)
+            done = resume and all(p.exists() for p in paths.values())
+            try:
+                result, rows = (measure_saved(path, paths["labels"], earlier) if done else
+                                segment_file(model, record, path, paths, options,
+                                             instance_options))
+            except DataError as error:
+                result, rows = PredictionResult(path, error=str(error)), []
+                progress(f"[{index}/{len(images)}] skipped: {display_name(error)}")
+            else:
+                how = "done before, " if done else ""
+                progress(f"[{index}/{len(images)}] {name}: {how}{result.nuclei} nuclei")
+            results.append(result)
+            measurements.write({"image": name, **row} for row in rows)
+            summary.write([{"image": name, "nuclei": result.nuclei,
+                            "mean_area": round(result.mean_area, 2),
+                            "seconds": round(result.seconds, 3), "error": result.error or ""}])
+    except BaseException:
+        measurements.discard()
+        summary.discard()
+        raise
+    measurements.commit()
+    summary.commit()
     return results
+
+
+def display_name(item) -> str:
+    """A file name or message printable on any terminal (non-UTF-8 bytes escaped)."""
+    text = item.name if isinstance(item, Path) else str(item)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options):
+    """Read, predict, separate, write the three images; (PredictionResult, measurement rows)."""
+    from nucleiseg.instances import measure_nuclei
+    from nucleiseg.viz import overlay
+
+    start = time.perf_counter()
+    image = read_image(path)
+    try:
+        normalised = normalize_image(image)  # once: for the model and for the overlay
+        labels = labels_from_probabilities(
+            probabilities_of_normalised(model, normalised, record["config"], options),
+            instance_options)
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to segment this "
+                        f"{image.shape[1]}x{image.shape[0]} image; try a smaller --tile") from None
+    count = int(labels.max())
+    write_tiff(paths["labels"], labels.astype(label_image_dtype(count)))
+    write_png(paths["mask"], ((labels > 0) * 255).astype(np.uint8))
+    write_png(paths["overlay"], overlay(normalised, labels))
+    rows = measure_nuclei(labels, image)
+    return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start), rows
+
+
+def measure_saved(path: Path, labels_path: Path, earlier: dict):
+    """Rows of an image whose outputs an earlier run wrote (--resume)."""
+    from nucleiseg.instances import measure_nuclei
+    from nucleiseg.io import read_array
+
+    image, labels = read_image(path), read_array(labels_path)
+    if labels.shape != image.shape[:2]:
+        raise DataError(f"{labels_path}: does not match {path.name} (another image's output?); "
+                        "delete it or use --overwrite")
+    rows = measure_nuclei(labels, image)
+    seconds = float(earlier.get(display_name(path), 0.0) or 0.0)
+    return PredictionResult(path, len(rows), mean_area(rows), seconds, resumed=True), rows
+
+
+def mean_area(rows) -> float:
+    return float(np.mean([row["area"] for row in rows])) if rows else 0.0

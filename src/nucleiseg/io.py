@@ -60,6 +60,54 @@ def _image_files(folder: Path) -> list[Path]:
 # ---------------------------------------------------------------- reading pixels
 
 
+MAX_PIXELS = 16384 * 16384  # per image; NUCLEISEG_MAX_PIXELS overrides
+STACK_AXES = "ZTIQR"  # tifffile's axes for planes, time points, pages: not one image
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("NUCLEISEG_MAX_PIXELS", MAX_PIXELS))
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    """Refuse an image whose header claims more pixels than we would decode (a damaged file or
+    a decompression bomb), before any pixel is decoded."""
+    if height * width > max_pixels():
+        raise file_error(path, f"header claims {width}x{height} pixels, more than the limit of "
+                         f"{max_pixels():,} (damaged file or decompression bomb?); set "
+                         "NUCLEISEG_MAX_PIXELS to read larger images")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape, axes = series.shape, series.axes
+        stacked = [(axis, n) for axis, n in zip(axes, shape) if axis in STACK_AXES and n > 1]
+        if stacked or len(shape) > 3:
+            sizes = " x ".join(f"{n} ({axis})" for axis, n in zip(axes, shape))
+            raise file_error(path, f"a stack of images ({sizes}, tifffile axes {axes!r}), not "
+                             "one 2-D image; save each plane as its own file")
+        spatial = [n for axis, n in zip(axes, shape) if axis in "YX"]
+        if len(spatial) == 2:
+            _check_size(path, *spatial)
+        return series.asarray()
+
+
+def _read_other(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # our own, clearer guard below replaces Pillow's warning
+    with Image.open(path) as opened:  # reads the header only
+        width, height = opened.size
+        frames = getattr(opened, "n_frames", 1)
+    _check_size(path, height, width)
+    if frames > 1:
+        raise file_error(path, f"{frames} frames (an animation or stack), not one 2-D image")
+    return iio.imread(path)
+
+
 def read_array(path: Path) -> np.ndarray:
     """Read an image file as stored (any dtype); DataError naming the file if it can't be read."""
     path = Path(path)
@@ -71,20 +119,20 @@ def read_array(path: Path) -> np.ndarray:
         raise file_error(path, "empty file (0 bytes)")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
+            array = _read_tiff(path)
         else:
-            import imageio.v3 as iio
-
-            array = iio.imread(path)
+            array = _read_other(path)
+    except DataError:
+        raise
+    except MemoryError:
+        raise file_error(path, "not enough memory to read this image") from None
     except Exception as exc:  # every decoder has its own exception types
         raise file_error(path, f"cannot read as an image ({type(exc).__name__}: {exc})") from None
     return np.asarray(array)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as H x W x C (C = 1, 3 or 4), any of uint8/uint16/float."""
+    """Read an image as H x W x C (C = 1, 3 or 4), any of uint8/uint16/float (finite)."""
     array = read_array(path)
     if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # channels-first TIFF
@@ -100,6 +148,11 @@ def read_image(path: Path) -> np.ndarray:
         array = array.astype(np.uint8)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise file_error(path, f"unsupported pixel type {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise file_error(path, f"{bad} pixel values are NaN or infinite; replace them "
+                             "(e.g. with 0) before segmenting")
     return array
 
 
@@ -316,14 +369,14 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from others
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide outputs from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -339,3 +392,31 @@ def write_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
 
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib"))
+
+
+class CsvStream:
+    """A CSV written row by row to a hidden partial file and renamed into place by `commit`:
+    memory stays flat over any number of rows, and an interrupted run leaves no half table.
+    Names that are not valid UTF-8 are written with backslash escapes."""
+
+    def __init__(self, path: Path, columns):
+        import csv
+
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.handle = open(self.partial, "w", newline="", encoding="utf-8",
+                           errors="backslashreplace")
+        self.writer = csv.DictWriter(self.handle, fieldnames=list(columns))
+        self.writer.writeheader()
+
+    def write(self, rows) -> None:
+        self.writer.writerows(rows)
+
+    def commit(self) -> None:
+        self.handle.close()
+        os.chmod(self.partial, 0o666 & ~current_umask())
+        os.replace(self.partial, self.path)
+
+    def discard(self) -> None:
+        self.handle.close()
+        self.partial.unlink(missing_ok=True)

@@ -63,22 +63,42 @@ def pixel_counts(true_mask: np.ndarray, pred_mask: np.ndarray) -> PixelCounts:
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.55, ..., 0.95
 
 
-def instance_ious(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
-    """IoU of every true nucleus (rows) with every predicted nucleus (columns); 0 = background.
-    Label values need not be consecutive."""
+def overlapping_pairs(true_labels: np.ndarray, pred_labels: np.ndarray):
+    """IoU of every overlapping (true, predicted) pair of nuclei, as sparse triples.
+
+    Returns (true_ids, pred_ids, pairs) where true_ids / pred_ids are the non-zero labels and
+    `pairs` is a (K, 3) float array of rows (index into true_ids, index into pred_ids, IoU).
+    Memory grows with the number of pixels and overlapping pairs, never with
+    (true nuclei x predicted nuclei), so label images with 100,000 nuclei are fine.
+    """
     true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
     if true_labels.shape != pred_labels.shape:
         raise ValueError(f"shapes differ: true {true_labels.shape}, predicted {pred_labels.shape}")
     true_ids, true_index = np.unique(true_labels, return_inverse=True)
     pred_ids, pred_index = np.unique(pred_labels, return_inverse=True)
-    overlap = np.bincount(true_index.ravel() * len(pred_ids) + pred_index.ravel(),
-                          minlength=len(true_ids) * len(pred_ids)).reshape(len(true_ids),
-                                                                          len(pred_ids))
-    true_area, pred_area = overlap.sum(axis=1), overlap.sum(axis=0)
-    keep_true, keep_pred = true_ids != 0, pred_ids != 0
-    intersection = overlap[keep_true][:, keep_pred].astype(np.float64)
-    union = true_area[keep_true][:, None] + pred_area[keep_pred][None, :] - intersection
-    return intersection / np.maximum(union, 1)
+    true_index, pred_index = true_index.ravel(), pred_index.ravel()
+    true_area = np.bincount(true_index, minlength=len(true_ids))
+    pred_area = np.bincount(pred_index, minlength=len(pred_ids))
+    codes, intersection = np.unique(true_index.astype(np.int64) * len(pred_ids) + pred_index,
+                                    return_counts=True)
+    rows, cols = np.divmod(codes, len(pred_ids))
+    # Drop background: index 0 is label 0 when present (np.unique sorts).
+    true_zero, pred_zero = int(true_ids[0] == 0), int(pred_ids[0] == 0)
+    keep = (rows >= true_zero) & (cols >= pred_zero)
+    rows, cols, intersection = rows[keep], cols[keep], intersection[keep]
+    union = true_area[rows] + pred_area[cols] - intersection
+    pairs = np.stack([rows - true_zero, cols - pred_zero, intersection / union], axis=1)
+    return true_ids[true_zero:], pred_ids[pred_zero:], pairs
+
+
+def instance_ious(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+    """IoU of every true nucleus (rows) with every predicted nucleus (columns), dense; labels
+    sorted, 0 = background, values need not be consecutive. For many nuclei use
+    overlapping_pairs."""
+    true_ids, pred_ids, pairs = overlapping_pairs(true_labels, pred_labels)
+    ious = np.zeros((len(true_ids), len(pred_ids)))
+    ious[pairs[:, 0].astype(int), pairs[:, 1].astype(int)] = pairs[:, 2]
+    return ious
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +152,9 @@ def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray,
     thresholds = tuple(round(float(t), 2) for t in thresholds)
     if min(thresholds) < 0.5:
         raise ValueError("IoU thresholds below 0.5 need an assignment step; use >= 0.5")
-    ious = instance_ious(true_labels, pred_labels)
-    n_true, n_pred = ious.shape
-    tp = tuple(int(np.count_nonzero((ious > t).any(axis=1))) for t in thresholds)
+    true_ids, pred_ids, pairs = overlapping_pairs(true_labels, pred_labels)
+    n_true, n_pred = len(true_ids), len(pred_ids)
+    # Above IoU 0.5 a pair is the only match of both its nuclei: count pairs, not rows.
+    tp = tuple(int(np.count_nonzero(pairs[:, 2] > t)) for t in thresholds)
     return InstanceScores(thresholds, tp, tuple(n_pred - t for t in tp),
                           tuple(n_true - t for t in tp))
