@@ -157,12 +157,14 @@ normalizable = st.builds(lambda shape, dtype: (shape, dtype),
                          st.tuples(st.integers(0, 12), st.integers(0, 12)).flatmap(
                              lambda hw: st.sampled_from([hw, (*hw, 1), (*hw, 3), (*hw, 4)])),
                          st.sampled_from(DTYPES + [np.int64, np.float16]))
-finite_or_not = st.one_of(st.floats(-1e30, 1e30, width=32), st.sampled_from([np.nan, np.inf, -np.inf]))
+# float32/64 up to 2**100 (far beyond real data); larger ones hit the xfail below.
+finite_or_not = st.one_of(st.floats(-2.0**100, 2.0**100, width=32),
+                          st.sampled_from([np.nan, np.inf, -np.inf]))
 
 
 @FUZZ
 @given(normalizable.flatmap(lambda sd: hnp.arrays(
-    sd[1], sd[0], elements=finite_or_not if np.dtype(sd[1]).kind == "f" else None)))
+    sd[1], sd[0], elements=finite_or_not if sd[1] in (np.float32, np.float64) else None)))
 def test_normalize_image_gives_finite_float32_rgb_in_unit_range(image):
     before = image.copy()
     with warnings.catch_warnings():
