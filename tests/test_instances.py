@@ -77,3 +77,46 @@ def test_tuned_postprocessing_from_the_record_and_overrides():
     assert tuned.foreground_threshold == InstanceOptions().foreground_threshold
     overridden = instance_options_from(record, min_size=5, marker_threshold=None)
     assert overridden.min_size == 5 and overridden.marker_threshold == 0.7
+
+
+def global_watershed_reference(probabilities, options):
+    """The straightforward whole-image version (watershed over all regions at once)."""
+    from scipy import ndimage
+    from skimage.measure import label
+    from skimage.segmentation import relabel_sequential, watershed
+
+    foreground = probabilities[..., 0] < 255 - round(options.foreground_threshold * 255)
+    foreground = ndimage.binary_fill_holes(foreground)
+    interior = probabilities[..., 1]
+    markers = label((interior > round(options.marker_threshold * 255)) & foreground,
+                    connectivity=1)
+    labels = watershed(-interior.astype(np.int16), markers, mask=foreground)
+    orphans = label(foreground & (labels == 0), connectivity=1)
+    labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    too_small = np.bincount(labels.ravel()) < options.min_size
+    too_small[0] = False
+    labels[too_small[labels]] = 0
+    return relabel_sequential(labels)[0]
+
+
+def same_partition(a, b):
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(pairs[0]) == len(np.unique(a)) == len(np.unique(b))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_by_region_equals_one_whole_image_watershed(seed):
+    """Processing each foreground region in its own box gives the same nuclei as a
+    watershed over the whole image, numbered in another order."""
+    from scipy import ndimage
+
+    from nucleiseg.instances import quantise_probabilities
+
+    rng = np.random.default_rng(seed)
+    logits = ndimage.gaussian_filter(rng.normal(size=(120, 90, 3)), (3, 3, 0)) * 12
+    probabilities = quantise_probabilities(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))
+    options = InstanceOptions(foreground_threshold=0.5, marker_threshold=0.6, min_size=4)
+    labels = labels_from_probabilities(probabilities, options)
+    reference = global_watershed_reference(probabilities, options)
+    assert labels.max() == reference.max() > 3
+    assert same_partition(labels, reference)

@@ -2,8 +2,8 @@ import imageio.v3 as iio
 import numpy as np
 
 from conftest import make_disks
-from nucleiseg.preprocess import normalize_image
-from nucleiseg.viz import display, overlay, pick_examples, plot_curves, prediction_grid
+from nucleiseg.preprocess import intensity_range, normalize_image
+from nucleiseg.viz import display, outline_overlay, pick_examples, plot_curves, prediction_grid
 
 
 def test_figures_are_written_as_png_files(tmp_path):
@@ -19,11 +19,16 @@ def test_figures_are_written_as_png_files(tmp_path):
 
 def test_overlay_draws_outlines_only():
     image, labels = make_disks(seed=2)
-    out = overlay(normalize_image(image), labels)
+    out = outline_overlay(image, labels, *intensity_range(image))
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     red = np.all(out == [255, 51, 51], axis=-1)
     assert red.any() and not red[labels == 0].any()  # inner outlines, inside the nuclei
     assert red.sum() < (labels > 0).sum()
+    grey = np.round(normalize_image(image) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(out[~red], grey[~red])  # the image itself, normalised
+    # Built in strips of 5 rows, it is the same picture.
+    np.testing.assert_array_equal(outline_overlay(image, labels, *intensity_range(image), rows=5),
+                                  out)
 
 
 def test_examples_show_one_image_of_each_kind_first():

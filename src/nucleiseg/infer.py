@@ -13,7 +13,8 @@ from nucleiseg.errors import DataError, UsageError
 from nucleiseg.instances import (InstanceOptions, instance_options_from,
                                  labels_from_probabilities)
 from nucleiseg.io import CsvStream, find_images, read_image, write_png, write_tiff
-from nucleiseg.preprocess import normalize_image, resize_image
+from nucleiseg.preprocess import (apply_intensity_range, intensity_range, normalize_image,
+                                  resize_image)
 
 
 def create_mask(logits: np.ndarray) -> np.ndarray:
@@ -91,6 +92,25 @@ def probabilities_of_normalised(model, normalised: np.ndarray, config: dict,
     return probabilities
 
 
+def predict_quantised(model, image: np.ndarray, config: dict,
+                      options: PredictOptions | None = None) -> np.ndarray:
+    """predict_probabilities as uint8 (0..255), in bounded memory for native-resolution models:
+    tiles are normalised one by one with the image's intensity range, and the blended
+    probabilities are stored quantised. What `predict` and `segment_image` use."""
+    from nucleiseg.instances import quantise_probabilities
+    from nucleiseg.tiling import predict_tiled
+
+    options = options or PredictOptions()
+    if config.get("sampling", "resize") == "resize" or options.scale != 1.0:
+        return quantise_probabilities(predict_probabilities(model, image, config, options))
+    low, high = intensity_range(image)
+    return predict_tiled(probability_function(model, options.tta), image,
+                         int(model.output_shape[-1]), options.tile, options.overlap,
+                         options.batch_size,
+                         prepare=lambda crop: apply_intensity_range(crop, low, high),
+                         dtype=np.uint8)
+
+
 def show_predictions(model, images: np.ndarray, masks: np.ndarray, path: Path) -> None:
     """Predict model-ready images and draw input / true mask / predicted mask rows to `path`
     (the original's `show_predictions`, to a file instead of a window)."""
@@ -123,8 +143,8 @@ def segment_image(model, image: np.ndarray, config: dict,
                   options: PredictOptions | None = None,
                   instance_options: InstanceOptions | None = None) -> np.ndarray:
     """Raw image -> int32 label image of separated nuclei (0 = background)."""
-    probabilities = predict_probabilities(model, image, config, options)
-    return labels_from_probabilities(probabilities, instance_options)
+    return labels_from_probabilities(predict_quantised(model, image, config, options),
+                                     instance_options)
 
 
 def label_image_dtype(count: int):
@@ -228,22 +248,22 @@ def display_name(item) -> str:
 def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options):
     """Read, predict, separate, write the three images; (PredictionResult, measurement rows)."""
     from nucleiseg.instances import measure_nuclei
-    from nucleiseg.viz import overlay
+    from nucleiseg.viz import outline_overlay
 
     start = time.perf_counter()
     image = read_image(path)
     try:
-        normalised = normalize_image(image)  # once: for the model and for the overlay
-        labels = labels_from_probabilities(
-            probabilities_of_normalised(model, normalised, record["config"], options),
-            instance_options)
+        labels = segment_image(model, image, record["config"], options, instance_options)
     except MemoryError:
         raise DataError(f"{path}: not enough memory to segment this "
                         f"{image.shape[1]}x{image.shape[0]} image; try a smaller --tile") from None
     count = int(labels.max())
     write_tiff(paths["labels"], labels.astype(label_image_dtype(count)))
-    write_png(paths["mask"], ((labels > 0) * 255).astype(np.uint8))
-    write_png(paths["overlay"], overlay(normalised, labels))
+    mask = (labels > 0).view(np.uint8)
+    mask *= 255
+    write_png(paths["mask"], mask)
+    del mask
+    write_png(paths["overlay"], outline_overlay(image, labels, *intensity_range(image)))
     rows = measure_nuclei(labels, image)
     return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start), rows
 

@@ -128,7 +128,10 @@ def read_array(path: Path) -> np.ndarray:
         raise file_error(path, "not enough memory to read this image") from None
     except Exception as exc:  # every decoder has its own exception types
         raise file_error(path, f"cannot read as an image ({type(exc).__name__}: {exc})") from None
-    return np.asarray(array)
+    array = np.asarray(array)
+    if array.size == 0:
+        raise file_error(path, f"no pixels (shape {array.shape})")
+    return array
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -181,6 +184,8 @@ def read_label_mask(path: Path) -> np.ndarray:
         from skimage.measure import label
 
         return label(array > 0, connectivity=1).astype(np.int32)
+    if values[-1] > np.iinfo(np.int32).max:  # renumber 1..N (0 stays background)
+        return np.searchsorted(values, array).astype(np.int32) + (values[0] != 0)
     return array.astype(np.int32)
 
 

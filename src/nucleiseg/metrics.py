@@ -74,6 +74,8 @@ def overlapping_pairs(true_labels: np.ndarray, pred_labels: np.ndarray):
     true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
     if true_labels.shape != pred_labels.shape:
         raise ValueError(f"shapes differ: true {true_labels.shape}, predicted {pred_labels.shape}")
+    if true_labels.size == 0:
+        return np.zeros(0, true_labels.dtype), np.zeros(0, pred_labels.dtype), np.zeros((0, 3))
     true_ids, true_index = np.unique(true_labels, return_inverse=True)
     pred_ids, pred_index = np.unique(pred_labels, return_inverse=True)
     true_index, pred_index = true_index.ravel(), pred_index.ravel()

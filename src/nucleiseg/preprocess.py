@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 IMAGE_KINDS = ("fluorescence", "histology", "brightfield")
@@ -21,22 +23,45 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+EXACT_PIXELS = 1 << 22  # percentiles over every pixel up to 4 MP, a regular subsample above
+
+
+def intensity_range(image: np.ndarray, percentiles=PERCENTILES) -> tuple[float, float]:
+    """The (low, high) per-image percentiles (over all channels, so colours keep their
+    balance) that normalisation maps to 0 and 1. Above EXACT_PIXELS they are taken on a regular
+    grid of about that many pixels, so large images need no image-sized float copy."""
+    image = np.asarray(image)
+    step = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / EXACT_PIXELS)))
+    sample = to_rgb(image[::step, ::step]).astype(np.float32)
+    values = sample[np.isfinite(sample)]
+    if values.size == 0:
+        return 0.0, 0.0
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    return low, high
+
+
+def apply_intensity_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] to [0, 1] (clipped) as float32 H x W x 3; non-finite pixels become 0.
+    Works on any crop of an image, so large images can be normalised tile by tile."""
+    rgb = to_rgb(np.asarray(image))
+    if np.issubdtype(rgb.dtype, np.floating):  # in float64, so huge values cannot overflow
+        scaled = (np.clip(rgb, low, high, dtype=np.float64) - low) / max(high - low, 1e-6)
+        scaled = scaled.astype(np.float32)
+        scaled[~np.isfinite(rgb)] = 0.0
+        return np.clip(scaled, 0.0, 1.0, out=scaled)
+    scaled = rgb.astype(np.float32)
+    scaled -= np.float32(low)
+    scaled /= np.float32(max(high - low, 1e-6))
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
 def normalize_image(image: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:
     """Any 8/16-bit or float image -> float32 H x W x 3 in [0, 1].
 
-    Scales by per-image percentiles (over all channels, so colours keep their balance) instead
-    of dividing by 255, so 16-bit and float data give the same model input as 8-bit data.
-    Non-finite pixels become 0.
+    Scales by per-image percentiles (intensity_range) instead of dividing by 255, so 16-bit and
+    float data give the same model input as 8-bit data. Non-finite pixels become 0.
     """
-    rgb = to_rgb(np.asarray(image)).astype(np.float32, copy=False)
-    finite = np.isfinite(rgb)
-    values = rgb[finite] if not finite.all() else rgb
-    if values.size == 0:
-        return np.zeros(rgb.shape, np.float32)
-    low, high = (float(v) for v in np.percentile(values, percentiles))
-    scaled = ((rgb - np.float32(low)) / np.float32(max(high - low, 1e-6))).astype(np.float32)
-    scaled[~finite] = 0.0
-    return np.clip(scaled, 0.0, 1.0, out=scaled)
+    return apply_intensity_range(image, *intensity_range(image, percentiles))
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

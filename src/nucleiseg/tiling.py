@@ -45,12 +45,20 @@ def pad_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def predict_tiled(predict_batch, image: np.ndarray, num_classes: int, tile: int = 512,
-                  overlap: int = 64, batch_size: int = 4) -> np.ndarray:
-    """Class probabilities (H, W, num_classes) float32 for a normalised (H, W, 3) image.
+                  overlap: int = 64, batch_size: int = 4, prepare=None,
+                  dtype=np.float32) -> np.ndarray:
+    """Class probabilities (H, W, num_classes) for an (H, W, C) image.
 
     `predict_batch(tiles)` maps (N, t, t, 3) float32 to (N, t, t, num_classes) probabilities.
-    An image no larger than a tile is predicted whole (padded to a multiple of 32).
+    `prepare(crop)`, if given, turns each raw crop into a normalised float32 (t, t, 3) tile, so a
+    large image is never normalised (copied as float32) whole. With dtype uint8 the result is
+    quantised to 0..255 (a quarter of float32's memory). An image no larger than a tile is
+    predicted whole (padded to a multiple of 32).
     """
+    from nucleiseg.instances import quantise_probabilities
+
+    prepare = prepare or (lambda crop: crop)
+    finish = quantise_probabilities if dtype == np.uint8 else (lambda p: p)
     height, width = image.shape[:2]
     tile_h = min(tile, round_up(height))
     tile_w = min(tile, round_up(width))
@@ -62,24 +70,25 @@ def predict_tiled(predict_batch, image: np.ndarray, num_classes: int, tile: int 
     top_w, left_w = (weight.shape[0] - tile_h) // 2, (weight.shape[1] - tile_w) // 2
     weight = weight[top_w:top_w + tile_h, left_w:left_w + tile_w, None]
 
-    out = np.empty((full_h, full_w, num_classes), np.float32)
+    out = np.empty((full_h, full_w, num_classes), dtype)
     acc = np.zeros((tile_h, full_w, num_classes), np.float32)
     acc_weight = np.zeros((tile_h, full_w, 1), np.float32)
     top = 0
     for row in rows:
         shift = row - top
         if shift:  # rows [top, row) receive no more tiles: finish them, roll the window down
-            out[top:row] = acc[:shift] / acc_weight[:shift]
+            out[top:row] = finish(acc[:shift] / acc_weight[:shift])
             acc[:-shift], acc[-shift:] = acc[shift:], 0.0
             acc_weight[:-shift], acc_weight[-shift:] = acc_weight[shift:], 0.0
             top = row
         for start in range(0, len(cols), batch_size):
             chunk = cols[start:start + batch_size]
-            tiles = np.stack([padded[row:row + tile_h, col:col + tile_w] for col in chunk])
+            tiles = np.stack([prepare(padded[row:row + tile_h, col:col + tile_w])
+                              for col in chunk])
             for col, probabilities in zip(chunk, predict_batch(tiles)):
                 acc[:, col:col + tile_w] += probabilities * weight
                 acc_weight[:, col:col + tile_w] += weight
-    out[top:] = acc[:full_h - top] / acc_weight[:full_h - top]
+    out[top:] = finish(acc[:full_h - top] / acc_weight[:full_h - top])
     return out[:height, :width]
 
 

@@ -105,13 +105,22 @@ def sample_grid(images, labels, path: Path, names=None, kinds=None) -> None:
     _save(figure, path)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour=(1.0, 0.2, 0.2)) -> np.ndarray:
-    """Outlines of the mask (or label image) drawn over a normalised image -> uint8 RGB."""
+def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: float,
+                    colour=(255, 51, 51), rows: int = 512) -> np.ndarray:
+    """uint8 RGB of a raw image (mapped from [low, high] as in normalisation) with the outline
+    of every labelled nucleus drawn, built strip by strip: no image-sized float arrays."""
     from skimage.segmentation import find_boundaries
 
-    rgb = np.array(image, dtype=np.float32, copy=True)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=-1)
-    outline = find_boundaries(np.asarray(mask), mode="inner")
-    rgb[outline] = colour
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+    from nucleiseg.preprocess import apply_intensity_range
+
+    height = labels.shape[0]
+    out = np.empty((*labels.shape, 3), np.uint8)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        above, below = max(top - 1, 0), min(bottom + 1, height)  # outlines need a neighbour row
+        strip = apply_intensity_range(image[top:bottom], low, high)
+        out[top:bottom] = np.round(strip * 255).astype(np.uint8)
+        outline = find_boundaries(labels[above:below], mode="inner")[top - above:
+                                                                      top - above + bottom - top]
+        out[top:bottom][outline] = colour
+    return out
