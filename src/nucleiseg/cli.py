@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import signal
 import sys
@@ -15,7 +14,8 @@ from pathlib import Path
 
 from nucleiseg import __version__
 from nucleiseg.config import (ENCODER_WEIGHTS, LR_SCHEDULES, MONITORS, SAMPLINGS, TARGETS,
-                              TrainConfig)
+                              TrainConfig, check_image_size)
+from nucleiseg.engines import import_tensorflow_quietly
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.infer import PredictOptions
 from nucleiseg.instances import InstanceOptions, instance_options_from
@@ -116,7 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--resume", action="store_true",
                          help="keep images whose outputs exist (an interrupted run) and do "
                          "the rest; the CSV files cover all images")
+    predict.add_argument("--engine", choices=("auto", "keras", "onnx", "tflite"), default="auto",
+                         help="what runs the model: auto = ONNX Runtime when installed and an "
+                         "up-to-date .onnx export lies beside the model (the bundled one has "
+                         "it), else Keras (default %(default)s)")
     add_prediction_options(predict)
+
+    export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite")
+    export.add_argument("--model", type=Path,
+                        help="a model.keras file (default: the bundled pretrained model)")
+    export.add_argument("--format", required=True, choices=("savedmodel", "onnx", "tflite"))
+    export.add_argument("--out", type=Path, required=True,
+                        help="output file (.onnx, .tflite) or folder (savedmodel); put it "
+                        "beside the .keras file with the same name for predict --engine")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return parser
 
 
@@ -149,8 +162,6 @@ def add_prediction_options(parser) -> None:
 def prediction_options(args, record: dict | None):
     """PredictOptions and InstanceOptions from the command line, the model's tuned
     post-processing filling in what the command line leaves out."""
-    from nucleiseg.model import check_image_size
-
     check_image_size(args.tile)
     if not 0 <= args.overlap < args.tile:
         raise UsageError(f"--overlap must be between 0 and the tile size; got {args.overlap}")
@@ -239,10 +250,11 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
+    from nucleiseg.engines import load_engine
     from nucleiseg.infer import predict_files
-    from nucleiseg.saving import load_model
 
-    model, record = load_model(args.model)
+    model, record = load_engine(args.model, args.engine)
+    print(f"engine: {model.name}")
     options, instance_options = prediction_options(args, record)
     results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
                             instance_options, resume=args.resume)
@@ -259,27 +271,20 @@ def run_predict(args) -> int:
     return 0
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up log (oneDNN, absl notices) sent to /dev/null.
+def run_export(args) -> int:
+    from nucleiseg.export import export_model
 
-    TF_CPP_MIN_LOG_LEVEL no longer silences those lines; Python errors still surface.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    export_model(args.model, args.format, args.out, overwrite=args.overwrite)
+    return 0
 
 
 def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predict": run_predict,
+            "export": run_export}
+NEEDS_TENSORFLOW = ("train", "evaluate", "export")  # predict imports it only for --engine keras
 
 
 def main(argv=None) -> int:
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
             stream.reconfigure(errors="backslashreplace")
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
-        if args.command != "eda" and not args.debug and "tensorflow" not in sys.modules:
+        if args.command in NEEDS_TENSORFLOW and not args.debug:
             import_tensorflow_quietly()
         return COMMANDS[args.command](args)
     except NucleisegError as error:

@@ -13,12 +13,25 @@ MONITORS = ("val_loss", "val_foreground_iou", "val_accuracy")
 TARGETS = {"binary": 2, "boundary": 3}  # target -> number of classes
 SAMPLINGS = ("resize", "crops")
 LR_SCHEDULES = ("constant", "cosine")
+SIZE_MULTIPLE = 32  # the U-Net halves its input five times
 
 
 def check_choice(name: str, value, choices) -> None:
     """Raise a UsageError listing the valid choices (MONAI's look_up_option, in small)."""
     if value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def check_image_size(size: int) -> None:
+    """The encoder halves the size five times: it must be a positive multiple of 32."""
+    if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
+        below = max(SIZE_MULTIPLE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        above = below + SIZE_MULTIPLE if below <= size else below
+        choices = sorted({below, above})
+        raise UsageError(
+            f"image size {size} is not a multiple of {SIZE_MULTIPLE}; nearest sizes that work: "
+            + " or ".join(map(str, choices))
+        )
 
 
 @dataclasses.dataclass(frozen=True)

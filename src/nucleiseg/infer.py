@@ -48,11 +48,15 @@ class PredictOptions:
 
 
 def probability_function(model, tta: int = 1):
-    """(N, t, t, 3) normalised tiles -> (N, t, t, C) softmax probabilities, inference mode."""
+    """(N, t, t, 3) normalised tiles -> (N, t, t, C) softmax probabilities, inference mode.
+    `model`: a Keras model or an Engine (nucleiseg.engines)."""
+    from nucleiseg.engines import as_engine
     from nucleiseg.tiling import with_test_time_augmentation
 
+    engine = as_engine(model)
+
     def predict_batch(tiles):
-        return softmax(np.asarray(model(tiles, training=False), dtype=np.float32))
+        return softmax(np.asarray(engine.predict_logits(tiles), dtype=np.float32))
 
     return predict_batch if tta == 1 else with_test_time_augmentation(predict_batch, tta)
 
@@ -71,6 +75,7 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
 def probabilities_of_normalised(model, normalised: np.ndarray, config: dict,
                                 options: PredictOptions | None = None) -> np.ndarray:
     """predict_probabilities for an image already through normalize_image."""
+    from nucleiseg.engines import as_engine
     from nucleiseg.tiling import predict_tiled
 
     options = options or PredictOptions()
@@ -84,7 +89,7 @@ def probabilities_of_normalised(model, normalised: np.ndarray, config: dict,
         small = resize_image(normalised, (size, size))[None]
         probabilities = resize_image(predict_batch(small)[0], normalised.shape[:2])
     else:
-        num_classes = int(model.output_shape[-1])
+        num_classes = as_engine(model).num_classes
         probabilities = predict_tiled(predict_batch, normalised, num_classes, options.tile,
                                       options.overlap, options.batch_size)
     if options.scale != 1.0:
@@ -97,15 +102,19 @@ def predict_quantised(model, image: np.ndarray, config: dict,
     """predict_probabilities as uint8 (0..255), in bounded memory for native-resolution models:
     tiles are normalised one by one with the image's intensity range, and the blended
     probabilities are stored quantised. What `predict` and `segment_image` use."""
+    from nucleiseg.engines import as_engine
     from nucleiseg.instances import quantise_probabilities
     from nucleiseg.tiling import predict_tiled
 
+    model = as_engine(model)
     options = options or PredictOptions()
     if config.get("sampling", "resize") == "resize" or options.scale != 1.0:
         return quantise_probabilities(predict_probabilities(model, image, config, options))
+    image = np.asarray(image)
+    image = image[..., None] if image.ndim == 2 else image
     low, high = intensity_range(image)
     return predict_tiled(probability_function(model, options.tta), image,
-                         int(model.output_shape[-1]), options.tile, options.overlap,
+                         model.num_classes, options.tile, options.overlap,
                          options.batch_size,
                          prepare=lambda crop: apply_intensity_range(crop, low, high),
                          dtype=np.uint8)
@@ -199,8 +208,10 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     `instance_options`, the model's tuned post-processing (from its record) is used.
     Returns a list of PredictionResult.
     """
+    from nucleiseg.engines import as_engine
     from nucleiseg.instances import COLUMNS
 
+    model = as_engine(model)
     images = find_images(inputs)
     instance_options = instance_options or instance_options_from(record)
     out_dir = Path(out_dir)

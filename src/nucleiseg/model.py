@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from nucleiseg.config import SIZE_MULTIPLE, check_image_size  # noqa: F401  (re-exported)
 from nucleiseg.errors import NucleisegError, UsageError
 
 # Encoder taps, shallow to deep: strides 2, 4, 8, 16 and 32.
@@ -14,20 +15,7 @@ ENCODER_SKIPS = (
     "block_13_expand_relu",
     "block_16_project",
 )
-SIZE_MULTIPLE = 32
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
-
-
-def check_image_size(size: int) -> None:
-    """The encoder halves the size five times: it must be a positive multiple of 32."""
-    if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
-        below = max(SIZE_MULTIPLE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
-        above = below + SIZE_MULTIPLE if below <= size else below
-        choices = sorted({below, above})
-        raise UsageError(
-            f"image size {size} is not a multiple of {SIZE_MULTIPLE}; nearest sizes that work: "
-            + " or ".join(map(str, choices))
-        )
 
 
 def build_encoder(encoder_weights: str = "none", alpha: float = 1.0,

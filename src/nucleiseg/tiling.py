@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nucleiseg.model import SIZE_MULTIPLE
+from nucleiseg.config import SIZE_MULTIPLE
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -1,0 +1,151 @@
+"""`nucleiseg export`: a trained .keras model as a SavedModel, ONNX or TFLite file.
+
+Every export has dynamic batch, height and width (any multiple of 32), carries the model's
+record (see nucleiseg.engines) with the SHA-256 of the .keras file it came from, is checked
+against Keras on a test batch before it is kept, and is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from nucleiseg.engines import (RECORD_KEY, file_digest, onnx_engine, tflite_engine,
+                               tflite_record_path)
+from nucleiseg.errors import NucleisegError, UsageError
+from nucleiseg.io import current_umask
+
+FORMATS = ("savedmodel", "onnx", "tflite")
+SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite"}
+TOLERANCE = 1e-4  # largest allowed difference of softmax probabilities from Keras
+ONNX_OPSET = 17
+
+
+class ExportError(NucleisegError):
+    """The converter failed, or its output disagrees with the Keras model."""
+
+    exit_code = 1
+
+
+def input_signature():
+    import keras
+
+    return [keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name="image")]
+
+
+def export_model(model_path: Path | None, fmt: str, out: Path, overwrite: bool = False,
+                 log=print) -> dict:
+    """Export, check and write; returns {"path", "format", "max_difference", "bytes"}."""
+    from nucleiseg.saving import load_model, resolve_model_path
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    out = Path(out)
+    if fmt in SUFFIXES and out.suffix != SUFFIXES[fmt]:
+        raise UsageError(f"{out}: a {fmt} export must end in {SUFFIXES[fmt]}")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out}: exists; pass --overwrite to replace it")
+    source = resolve_model_path(model_path)
+    model, record = load_model(source)
+    record = record | {"exported_from": {"file": source.name, "sha256": file_digest(source)},
+                       "export_format": fmt}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        built = {"savedmodel": build_savedmodel, "onnx": build_onnx,
+                 "tflite": build_tflite}[fmt](model, record, work)
+        difference = check_against_keras(model, fmt, built)
+        if difference > TOLERANCE:
+            raise ExportError(f"{out}: the {fmt} export differs from the Keras model by "
+                              f"{difference:.2g} in probability (tolerance {TOLERANCE})")
+        install(built, out, fmt, record)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size = (sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir()
+            else out.stat().st_size)
+    log(f"{fmt} export written to {out} ({size / 1e6:.1f} MB; largest difference from Keras "
+        f"{difference:.1e} in probability)")
+    return {"path": str(out), "format": fmt, "max_difference": difference, "bytes": size}
+
+
+def build_savedmodel(model, record: dict, work: Path) -> Path:
+    folder = work / "saved_model"
+    model.export(str(folder), format="tf_saved_model", input_signature=input_signature(),
+                 verbose=False)
+    (folder / f"{RECORD_KEY}.json").write_text(json.dumps(record, indent=2))
+    return folder
+
+
+def build_onnx(model, record: dict, work: Path) -> Path:
+    try:
+        import onnx
+    except ImportError:
+        raise UsageError("ONNX export needs tf2onnx and onnx: pip install 'nucleiseg[export]'") from None
+    path = work / "model.onnx"
+    with warnings.catch_warnings():  # tf2onnx's numpy-2 notices
+        warnings.simplefilter("ignore", FutureWarning)
+        model.export(str(path), format="onnx", input_signature=input_signature(),
+                     opset_version=ONNX_OPSET, verbose=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = RECORD_KEY, json.dumps(record)
+    onnx.save(proto, str(path))
+    return path
+
+
+def build_tflite(model, record: dict, work: Path) -> Path:
+    import tensorflow as tf
+
+    folder = build_savedmodel(model, record, work)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops
+    path = work / "model.tflite"
+    path.write_bytes(converter.convert())
+    tflite_record_path(path).write_text(json.dumps(record, indent=2))
+    return path
+
+
+def check_against_keras(model, fmt: str, built: Path) -> float:
+    """Largest softmax difference from Keras on two tile sizes (dynamic shapes exercised)."""
+    from nucleiseg.infer import softmax
+
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        served = tf.saved_model.load(str(built)).signatures["serving_default"]
+        predict = lambda x: next(iter(served(image=tf.constant(x)).values())).numpy()  # noqa: E731
+    else:
+        predict = (onnx_engine if fmt == "onnx" else tflite_engine)(built).predict_logits
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for shape in ((2, 64, 96, 3), (1, 128, 128, 3)):
+        tiles = rng.random(shape, dtype=np.float32)
+        expected = softmax(np.asarray(model.predict_on_batch(tiles)))
+        worst = max(worst, float(np.abs(softmax(predict(tiles)) - expected).max()))
+    return worst
+
+
+def install(built: Path, out: Path, fmt: str, record: dict) -> None:
+    """Move the checked export into place (replacing an old one only at the last moment)."""
+    if fmt == "tflite":
+        sidecar = tflite_record_path(out)
+        os.replace(tflite_record_path(built), sidecar.with_name(f".{sidecar.name}.tmp"))
+        os.replace(built, out)
+        os.replace(sidecar.with_name(f".{sidecar.name}.tmp"), sidecar)
+        return
+    if built.is_dir():
+        os.chmod(built, 0o777 & ~current_umask())  # mkdtemp made it private
+    if out.is_dir():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(built, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, out)

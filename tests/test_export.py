@@ -1,0 +1,107 @@
+"""Exports (SavedModel, ONNX, TFLite) and the engines that run them."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, disk_samples, make_disks, write_image, write_paired
+from nucleiseg.config import TrainConfig
+from nucleiseg.errors import UsageError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from nucleiseg.train import train
+
+    root = tmp_path_factory.mktemp("export")
+    data = write_paired(root / "data", disk_samples(8))
+    config = TrainConfig(image_size=64, sampling="crops", target="boundary", epochs=1,
+                         batch_size=4, steps_per_epoch=2, **TINY_MODEL)
+    run, _ = train(config, data, root / "run", verbose=0, log=lambda *_: None)
+    return run / "model.keras"
+
+
+@pytest.mark.parametrize("fmt,name", [("onnx", "model.onnx"), ("tflite", "model.tflite"),
+                                      ("savedmodel", "model_savedmodel")])
+def test_exports_agree_with_keras_and_carry_the_record(tiny_model, tmp_path, fmt, name):
+    pytest.importorskip("tf2onnx" if fmt == "onnx" else "tensorflow")
+    from nucleiseg.engines import load_engine, read_export_record
+    from nucleiseg.export import export_model
+    from nucleiseg.infer import predict_quantised
+    from nucleiseg.saving import load_model
+
+    keras_model = tmp_path / "model.keras"
+    shutil.copy(tiny_model, keras_model)
+    out = tmp_path / name
+    result = export_model(keras_model, fmt, out, log=lambda *_: None)
+    assert result["max_difference"] < 1e-4
+    record = read_export_record(out)
+    assert record["config"]["target"] == "boundary" and record["export_format"] == fmt
+    with pytest.raises(UsageError, match="exists; pass --overwrite"):
+        export_model(keras_model, fmt, out, log=lambda *_: None)
+    if fmt == "savedmodel":
+        return
+    model, keras_record = load_model(keras_model)
+    engine, _ = load_engine(keras_model, fmt)
+    assert engine.name == fmt
+    image = make_disks((150, 130), seed=3)[0]  # not a multiple of 32: padded, then cut back
+    expected = predict_quantised(model, image, keras_record["config"])
+    got = predict_quantised(engine, image, record["config"])
+    assert np.abs(expected.astype(int) - got).max() <= 1  # 1/255 of probability
+
+
+def test_auto_engine_uses_an_up_to_date_onnx_export_only(tiny_model, tmp_path):
+    pytest.importorskip("tf2onnx")
+    from nucleiseg.engines import load_engine
+    from nucleiseg.export import export_model
+
+    keras_model = tmp_path / "model.keras"
+    shutil.copy(tiny_model, keras_model)
+    assert load_engine(keras_model)[0].name == "keras"
+    with pytest.raises(UsageError, match="no up-to-date onnx export.*nucleiseg export"):
+        load_engine(keras_model, "onnx")
+    export_model(keras_model, "onnx", tmp_path / "model.onnx", log=lambda *_: None)
+    assert load_engine(keras_model)[0].name == "onnx"
+    assert load_engine(keras_model, "keras")[0].name == "keras"
+    with keras_model.open("ab") as handle:  # the .keras file changed: its export is stale
+        handle.write(b"\0")
+    assert load_engine(keras_model)[0].name == "keras"
+
+
+def test_the_bundled_model_ships_an_up_to_date_onnx_export():
+    pytest.importorskip("onnxruntime")
+    from nucleiseg.engines import matching_export
+    from nucleiseg.saving import bundled_model_path
+
+    assert matching_export(bundled_model_path(), ".onnx") is not None
+
+
+def test_predict_with_onnx_needs_no_tensorflow(tmp_path):
+    pytest.importorskip("onnxruntime")
+    write_image(tmp_path / "in" / "a.png", make_disks(seed=4)[0])
+    code = ("import sys; from nucleiseg.cli import main; "
+            f"code = main(['predict', {str(tmp_path / 'in')!r}, '--out', {str(tmp_path / 'out')!r}]); "
+            "print(code, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.splitlines()[-1] == "0 False", result.stdout + result.stderr
+    assert "engine: onnx" in result.stdout
+    assert (tmp_path / "out" / "a_labels.tif").exists()
+
+
+def test_export_refuses_a_wrong_suffix_and_a_non_model(tmp_path):
+    from nucleiseg.errors import DataError
+    from nucleiseg.export import export_model
+
+    with pytest.raises(UsageError, match="must end in .onnx"):
+        export_model(None, "onnx", tmp_path / "model.bin")
+    (tmp_path / "fake.keras").write_text("not a model")
+    with pytest.raises(DataError, match="fake.keras: not a nucleiseg model"):
+        export_model(tmp_path / "fake.keras", "tflite", tmp_path / "m.tflite")
+    assert not list(tmp_path.glob("m.tflite*")) and not list(tmp_path.glob(".m.tflite*"))
