@@ -41,7 +41,7 @@ class Stopwatch:
         return timed
 
 
-def run_child(module_args: list[str], timeout: float = 1800) -> tuple[dict, float]:
+def run_child(module_args: list[str]) -> tuple[dict, float]:
     """Run `python -m benchmarks.<...>` in a fresh process; returns (the JSON it prints last,
     its peak resident memory in MB from the kernel's accounting)."""
     process = subprocess.Popen([sys.executable, "-m", *module_args], stdout=subprocess.PIPE,

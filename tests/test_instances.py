@@ -120,3 +120,33 @@ def test_region_by_region_equals_one_whole_image_watershed(seed):
     reference = global_watershed_reference(probabilities, options)
     assert labels.max() == reference.max() > 3
     assert same_partition(labels, reference)
+
+
+def test_measurements_match_scikit_image_regionprops():
+    from skimage.measure import regionprops_table
+
+    from nucleiseg.instances import COLUMNS
+
+    image, labels = make_disks((300, 400), seed=3)
+    labels = labels.astype(np.int32)
+    labels[labels == 2] = 0  # numbering with a gap
+    rows = measure_nuclei(labels, image)
+    expected = regionprops_table(labels, intensity_image=np.asarray(image, np.float64),
+                                 properties=("label", "area", "centroid", "bbox",
+                                             "equivalent_diameter_area", "eccentricity",
+                                             "intensity_mean"))
+    names = ("label", "area", "centroid-0", "centroid-1", "bbox-0", "bbox-1", "bbox-2", "bbox-3",
+             "equivalent_diameter_area", "eccentricity", "intensity_mean")
+    assert len(rows) == len(expected["label"]) >= 3
+    for column, name in zip(COLUMNS, names):
+        np.testing.assert_allclose([row[column] for row in rows], expected[name], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fill_holes_is_binary_fill_holes(seed):
+    from scipy import ndimage
+
+    from nucleiseg.instances import fill_holes
+
+    mask = np.random.default_rng(seed).random((60, 50)) < 0.55
+    np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))

@@ -11,6 +11,8 @@ def test_tiles_cover_the_image_and_the_last_is_flush(length, tile, overlap):
     starts = tile_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + tile == length
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    if length > tile:  # the fewest tiles that can overlap enough
+        assert len(starts) == -(-(length - overlap) // (tile - overlap))
 
 
 def test_gaussian_weights_peak_in_the_centre_and_never_reach_zero():

@@ -35,3 +35,13 @@ def test_examples_show_one_image_of_each_kind_first():
     assert pick_examples(["fluo", "fluo", "histo", "fluo", "bright"]) == [0, 2, 4]
     assert pick_examples(["fluo", "fluo"]) == [0, 1]
     assert pick_examples(["fluo"] * 5, count=4) == [0, 1, 2, 3]
+
+
+def test_inner_outlines_are_scikit_image_inner_boundaries():
+    from skimage.segmentation import find_boundaries
+
+    from nucleiseg.viz import inner_outlines
+
+    _, labels = make_disks((90, 70), seed=5)
+    labels[40:45, :] = 7  # a band touching the edges and other nuclei
+    np.testing.assert_array_equal(inner_outlines(labels), find_boundaries(labels, mode="inner"))

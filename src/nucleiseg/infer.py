@@ -23,8 +23,12 @@ def create_mask(logits: np.ndarray) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis, float32, with as few temporaries as possible."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    out -= out.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
@@ -44,7 +48,7 @@ class PredictOptions:
     overlap: int = 64
     scale: float = 1.0
     tta: int = 1  # 1 (none), 4 (flips) or 8 (flips and 90-degree rotations)
-    batch_size: int = 4
+    batch_size: int = 1  # tiles per model call: larger is no faster on CPU, and needs more memory
 
 
 def probability_function(model, tta: int = 1):

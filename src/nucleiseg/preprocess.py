@@ -43,16 +43,20 @@ def intensity_range(image: np.ndarray, percentiles=PERCENTILES) -> tuple[float, 
 def apply_intensity_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map [low, high] to [0, 1] (clipped) as float32 H x W x 3; non-finite pixels become 0.
     Works on any crop of an image, so large images can be normalised tile by tile."""
-    rgb = to_rgb(np.asarray(image))
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:  # grey: scale one channel, then repeat it
+        return np.repeat(apply_intensity_range(image[..., 0], low, high)[..., :1], 3, axis=-1)
+    rgb = to_rgb(image) if image.ndim == 3 else image[..., None]
     if np.issubdtype(rgb.dtype, np.floating):  # in float64, so huge values cannot overflow
         scaled = (np.clip(rgb, low, high, dtype=np.float64) - low) / max(high - low, 1e-6)
         scaled = scaled.astype(np.float32)
         scaled[~np.isfinite(rgb)] = 0.0
-        return np.clip(scaled, 0.0, 1.0, out=scaled)
-    scaled = rgb.astype(np.float32)
-    scaled -= np.float32(low)
-    scaled /= np.float32(max(high - low, 1e-6))
-    return np.clip(scaled, 0.0, 1.0, out=scaled)
+    else:
+        scaled = rgb.astype(np.float32)
+        scaled -= np.float32(low)
+        scaled /= np.float32(max(high - low, 1e-6))
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+    return scaled if scaled.shape[-1] == 3 else np.repeat(scaled, 3, axis=-1)
 
 
 def normalize_image(image: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:

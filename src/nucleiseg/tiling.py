@@ -9,19 +9,21 @@ with the image area.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from nucleiseg.config import SIZE_MULTIPLE
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering [0, length) with tiles of `tile`, overlapping by >= `overlap`;
-    the last tile ends exactly at `length`. Needs length >= tile."""
+    """Start offsets covering [0, length) with the fewest tiles of `tile` that overlap by at
+    least `overlap`, spread evenly: the first starts at 0, the last ends exactly at `length`."""
     if length <= tile:
         return [0]
-    step = max(1, tile - overlap)
-    starts = list(range(0, length - tile, step))
-    return starts + [length - tile]
+    count = math.ceil((length - overlap) / max(1, tile - overlap))
+    count = max(count, 2)
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
 def gaussian_weights(tile: int, sigma_fraction: float = 1 / 8, floor: float = 1e-3) -> np.ndarray:

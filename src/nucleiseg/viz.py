@@ -109,8 +109,6 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: flo
                     colour=(255, 51, 51), rows: int = 512) -> np.ndarray:
     """uint8 RGB of a raw image (mapped from [low, high] as in normalisation) with the outline
     of every labelled nucleus drawn, built strip by strip: no image-sized float arrays."""
-    from skimage.segmentation import find_boundaries
-
     from nucleiseg.preprocess import apply_intensity_range
 
     height = labels.shape[0]
@@ -120,7 +118,20 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: flo
         above, below = max(top - 1, 0), min(bottom + 1, height)  # outlines need a neighbour row
         strip = apply_intensity_range(image[top:bottom], low, high)
         out[top:bottom] = np.round(strip * 255).astype(np.uint8)
-        outline = find_boundaries(labels[above:below], mode="inner")[top - above:
-                                                                      top - above + bottom - top]
+        outline = inner_outlines(labels[above:below])[top - above:top - above + bottom - top]
         out[top:bottom][outline] = colour
     return out
+
+
+def inner_outlines(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a nucleus with a 4-neighbour of another value: scikit-image's
+    find_boundaries(mode="inner"), by comparing shifted arrays (several times faster)."""
+    edge = np.zeros(labels.shape, bool)
+    vertical = labels[1:] != labels[:-1]
+    horizontal = labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge &= labels != 0
+    return edge

@@ -1,0 +1,192 @@
+"""End-to-end prediction (read, normalise, tiled model, blend, separate nuclei, measure, write)
+with the shipped model, per stage and per engine; the classical pipeline beside it; peak memory.
+
+Each case runs `nucleiseg.infer.predict_files` itself, in a fresh process
+(`python -m benchmarks.prediction ENGINE IMAGES`), with its stages timed by wrapping the library
+functions it calls. IMAGES: "dsb-val" (the shipped model's 85 validation images, never trained
+on), "synthetic-4096" / "synthetic-8192" (one mosaic image), "many-N" (N small images, resident
+memory sampled as they go).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Stopwatch, run_child, synthetic_image
+
+STAGES = ("read", "normalise", "model", "blend", "separate", "measure", "write")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]:
+    from nucleiseg.io import find_samples
+    from nucleiseg.saving import bundled_model_path, read_record
+    from nucleiseg.io import read_image, write_png
+
+    if images == "dsb-val":
+        wanted = set(read_record(bundled_model_path())["split"]["val"])
+        samples, _ = find_samples(data_dir, skip_bad=True)
+        return [s.image_path for s in samples if s.name in wanted]
+    if images.startswith("synthetic-"):
+        size = int(images.split("-")[1])
+        path = folder / f"synthetic_{size}.png"
+        write_png(path, synthetic_image(size, data_dir))
+        return [path]
+    count = int(images.split("-")[1])  # many-N: N small crops of a mosaic
+    mosaic = synthetic_image(1024, data_dir)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        top, left = rng.integers(0, 1024 - 96, 2)
+        paths.append(folder / "in" / f"img{i:05d}.png")
+        write_png(paths[-1], mosaic[top:top + 96, left:left + 96])
+    return paths
+
+
+def instrument(watch: Stopwatch):
+    """Wrap the functions predict_files calls so each stage's time is counted."""
+    import nucleiseg.infer as infer
+    import nucleiseg.instances as instances
+    import nucleiseg.tiling as tiling
+    import nucleiseg.viz as viz
+
+    infer.read_image = watch.wrap("read", infer.read_image)
+    infer.apply_intensity_range = watch.wrap("normalise", infer.apply_intensity_range)
+    infer.intensity_range = watch.wrap("normalise", infer.intensity_range)
+    infer.labels_from_probabilities = watch.wrap("separate", infer.labels_from_probabilities)
+    instances.measure_nuclei = watch.wrap("measure", instances.measure_nuclei)
+    infer.write_tiff = watch.wrap("write", infer.write_tiff)
+    infer.write_png = watch.wrap("write", infer.write_png)
+    viz.outline_overlay = watch.wrap("write", viz.outline_overlay)
+    tiling.predict_tiled = watch.wrap("tiled", tiling.predict_tiled)
+
+
+def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
+    from nucleiseg.engines import Engine, load_engine, import_tensorflow_quietly
+    from nucleiseg.infer import PredictOptions, predict_files
+
+    if engine_name == "keras":
+        import_tensorflow_quietly()
+    watch = Stopwatch()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        paths = write_inputs(images, data_dir, folder)
+        megapixels = 0.0
+        from nucleiseg.io import read_image
+
+        for path in paths[:2000]:
+            image = read_image(path)
+            megapixels += image.shape[0] * image.shape[1] / 1e6
+        megapixels *= len(paths) / min(len(paths), 2000)
+        model_path = folder / "tflite" / "nuclei_dsb2018.tflite" if engine_name == "tflite" else None
+        if model_path is not None:
+            from nucleiseg.export import export_model
+
+            import_tensorflow_quietly()
+            export_model(None, "tflite", model_path, log=lambda *_: None)
+        started = time.perf_counter()
+        engine, record = load_engine(model_path, "auto" if model_path else engine_name)
+        load_seconds = time.perf_counter() - started
+        engine = Engine(engine.name, watch.wrap("model", engine.predict_logits),
+                        engine.num_classes)
+        instrument(watch)
+        samples = []
+
+        def progress(message):
+            done = len(samples) + 1
+            if images.startswith("many-") and done % max(1, len(paths) // 20) == 0:
+                samples.append((done, round(rss_mb(), 1)))
+            elif not images.startswith("many-"):
+                samples.append((done, round(rss_mb(), 1)))
+
+        started = time.perf_counter()
+        results = predict_files(engine, record, [p.parent for p in paths[:1]] if
+                                images.startswith("many-") else paths, folder / "out",
+                                options=PredictOptions(), progress=progress)
+        seconds = time.perf_counter() - started
+    stages = dict(watch.seconds)
+    # Tiled prediction = normalising tiles + the model + blending; blending is the rest.
+    stages["blend"] = stages.pop("tiled", 0.0) - stages.get("model", 0.0) - \
+        stages.get("normalise", 0.0)
+    return {"engine": engine.name, "images": images, "files": len(results),
+            "megapixels": round(megapixels, 2), "seconds": round(seconds, 2),
+            "megapixels_per_second": round(megapixels / seconds, 3),
+            "load_seconds": round(load_seconds, 2),
+            "nuclei": sum(r.nuclei for r in results),
+            "stages": {k: round(stages.get(k, 0.0), 2) for k in STAGES},
+            "rss_samples_mb": samples}
+
+
+def classical(data_dir: Path) -> dict:
+    """Speed and quality of the classical pipeline and of the shipped model (ONNX engine when
+    available) on the shipped model's validation images."""
+    from nucleiseg.engines import load_engine
+    from nucleiseg.evaluate import classical_segmenter, evaluate_images
+    from nucleiseg.infer import predict_quantised
+    from nucleiseg.instances import instance_options_from, labels_from_probabilities
+    from nucleiseg.io import find_samples, load_samples
+    from nucleiseg.saving import bundled_model_path, read_record
+
+    wanted = set(read_record(bundled_model_path())["split"]["val"])
+    samples, _ = find_samples(data_dir, skip_bad=True)
+    loaded, _ = load_samples([s for s in samples if s.name in wanted])
+    names = [s.name for s, _, _ in loaded]
+    images, labels = [i for _, i, _ in loaded], [lab for _, _, lab in loaded]
+    megapixels = sum(i.shape[0] * i.shape[1] for i in images) / 1e6
+    engine, record = load_engine(None)
+    options = instance_options_from(record)
+
+    def model_segmenter(image):
+        return labels_from_probabilities(predict_quantised(engine, image, record["config"]),
+                                         options), None
+
+    rows = []
+    for method, segment in (("classical Otsu + watershed", classical_segmenter),
+                            (f"shipped model ({engine.name})", model_segmenter)):
+        started = time.perf_counter()
+        report, _ = evaluate_images(segment, images, labels, names)
+        seconds = time.perf_counter() - started  # segmentation + metrics
+        rows.append({"method": method, "images": len(images),
+                     "megapixels_per_second": round(megapixels / seconds, 3),
+                     **{k: round(report[k], 4) for k in ("foreground_iou", "ap_50", "dsb_score")}})
+    return {"rows": rows}
+
+
+def run(data_dir: Path | None, quick: bool = False) -> dict:
+    have_data = data_dir is not None and Path(data_dir).is_dir()
+    out = {"engines": [], "memory": [], "classical": None}
+    sets = (["dsb-val"] if have_data else []) + ["synthetic-4096"]
+    for images in sets:
+        for engine in ("keras", "onnx", "tflite"):
+            result, peak = run_child(["benchmarks.prediction", engine, images, str(data_dir)])
+            out["engines"].append(result | {"peak_rss_mb": round(peak)})
+            print(f"  predict {images} {engine}: {result['megapixels_per_second']} MP/s, "
+                  f"peak {peak:.0f} MB", flush=True)
+    for images in ("synthetic-8192", f"many-{1000 if quick else 10000}"):
+        result, peak = run_child(["benchmarks.prediction", "auto", images, str(data_dir)])
+        out["memory"].append(result | {"peak_rss_mb": round(peak)})
+        print(f"  memory {images}: peak {peak:.0f} MB, {result['megapixels_per_second']} MP/s",
+              flush=True)
+    if have_data:
+        out["classical"], _ = run_child(["benchmarks.prediction", "classical", "dsb-val",
+                                         str(data_dir)])
+    return out
+
+
+if __name__ == "__main__":
+    engine_name, images, data = sys.argv[1], sys.argv[2], sys.argv[3]
+    data_dir = None if data == "None" else Path(data)
+    result = classical(data_dir) if engine_name == "classical" else measure(engine_name, images,
+                                                                             data_dir)
+    print(json.dumps(result))
