@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 
+from nucleiseg.export import export_model
 from nucleiseg.saving import bundled_model_path, load_model, save_model
 
 SUMMARY_KEYS = ("images", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "ap_75",
@@ -46,6 +47,8 @@ def main() -> None:
         }
     path = bundled_model_path()
     save_model(inference, path, record)
+    # Its ONNX export beside it: what `nucleiseg predict` runs when onnxruntime is installed.
+    export_model(path, "onnx", path.with_suffix(".onnx"), overwrite=True)
 
     split = json.loads((args.run_dir / "split.json").read_text())
     kinds = split["kinds"]
@@ -61,7 +64,10 @@ def main() -> None:
         f"{len(split['train'])} training images ({count(split['train'])}), "
         f"{len(split['val'])} validation images ({count(split['val'])}), never trained on.", "",
         "Configuration:", "", "```json", json.dumps(record["config"], indent=2), "```", "",
-        "Training:", "", "```json", json.dumps(record["metrics"], indent=2), "```",
+        "Training:", "", "```json", json.dumps(record["metrics"], indent=2), "```", "",
+        f"`{path.with_suffix('.onnx').name}` is its ONNX export (`nucleiseg export`), checked "
+        "against it on test tiles; `nucleiseg predict` runs it with ONNX Runtime when that is "
+        "installed.",
     ]
     if "postprocessing" in record:
         lines += ["", "Post-processing (tuned with scripts/tune_postprocessing.py on training "
