@@ -74,12 +74,32 @@ def test_auto_engine_uses_an_up_to_date_onnx_export_only(tiny_model, tmp_path):
     assert load_engine(keras_model)[0].name == "keras"
 
 
-def test_the_bundled_model_ships_an_up_to_date_onnx_export():
+def test_the_bundled_model_ships_up_to_date_onnx_exports():
     pytest.importorskip("onnxruntime")
-    from nucleiseg.engines import matching_export
+    from nucleiseg.engines import load_engine, matching_export
     from nucleiseg.saving import bundled_model_path
 
-    assert matching_export(bundled_model_path(), ".onnx") is not None
+    assert matching_export(bundled_model_path(), "onnx") is not None
+    assert matching_export(bundled_model_path(), "onnx-int8") is not None
+    assert load_engine(None)[0].name == "onnx-int8"  # the fastest, picked by default
+
+
+def test_int8_export_keeps_the_classes_and_is_preferred(tmp_path):
+    pytest.importorskip("tf2onnx")
+    from nucleiseg.engines import load_engine
+    from nucleiseg.export import export_model
+    from nucleiseg.saving import bundled_model_path
+
+    keras_model = tmp_path / "nuclei.keras"
+    shutil.copy(bundled_model_path(), keras_model)
+    export_model(keras_model, "onnx", tmp_path / "nuclei.onnx", log=lambda *_: None)
+    result = export_model(keras_model, "onnx-int8", tmp_path / "nuclei.int8.onnx",
+                          log=lambda *_: None)
+    assert result["max_difference"] < 0.01  # share of calibration pixels changing class
+    assert result["bytes"] < 0.5 * (tmp_path / "nuclei.onnx").stat().st_size
+    engine, record = load_engine(keras_model)
+    assert engine.name == "onnx-int8" and record["config"]["target"] == "boundary"
+    assert load_engine(keras_model, "onnx")[0].name == "onnx"
 
 
 def test_predict_with_onnx_needs_no_tensorflow(tmp_path):

@@ -5,9 +5,11 @@ exports (`nucleiseg export`) carry the model's record (configuration, tuned post
 where they came from): inside the ONNX file's metadata, in `<file>.tflite.json` beside a TFLite
 file, in `nucleiseg.json` inside a SavedModel folder.
 
+Exports beside `name.keras` are found by name: `name.onnx`, `name.int8.onnx`, `name.tflite`.
 With engine "auto", a `.keras` model runs on ONNX Runtime when onnxruntime is installed and an
-up-to-date `.onnx` export lies beside it (the bundled model ships with one): on 2 CPU cores it
-is the fastest engine measured (README, Speed). ONNX Runtime and TFLite need no TensorFlow.
+up-to-date export lies beside it (the bundled model ships with both ONNX exports), the int8 one
+first: on 2 CPU cores it is the fastest engine measured (README, Speed and memory). ONNX Runtime
+and TFLite need no TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import numpy as np
 
 from nucleiseg.errors import UsageError, file_error
 
-ENGINES = ("auto", "keras", "onnx", "tflite")
-EXPORT_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
+ENGINES = ("auto", "keras", "onnx", "onnx-int8", "tflite")
+AUTO_ORDER = ("onnx-int8", "onnx")  # fastest first (README, Speed and memory)
 RECORD_KEY = "nucleiseg"  # ONNX metadata key; also the SavedModel's nucleiseg.json
 
 
@@ -166,9 +168,23 @@ def onnx_available() -> bool:
     return True
 
 
-def matching_export(keras_path: Path, suffix: str) -> Path | None:
-    """The export with `suffix` beside a .keras model, if it was made from this very file."""
-    export = Path(keras_path).with_suffix(suffix)
+def export_path(keras_path: Path, engine: str) -> Path:
+    """Where the `engine` export of a .keras model lies (name.onnx, name.int8.onnx, ...)."""
+    keras_path = Path(keras_path)
+    suffix = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "tflite": ".tflite"}[engine]
+    return keras_path.with_name(keras_path.stem + suffix)
+
+
+def engine_of_export(path: Path) -> str | None:
+    name = Path(path).name
+    if name.endswith(".int8.onnx"):
+        return "onnx-int8"
+    return {".onnx": "onnx", ".tflite": "tflite"}.get(Path(path).suffix)
+
+
+def matching_export(keras_path: Path, engine: str) -> Path | None:
+    """The `engine` export beside a .keras model, if it was made from this very file."""
+    export = export_path(keras_path, engine)
     if not export.exists():
         return None
     try:
@@ -185,20 +201,20 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     path = resolve_model_path(model_path)
-    kind = EXPORT_SUFFIXES.get(path.suffix)
+    kind = engine_of_export(path)
     if kind is not None or path.is_dir():
         if path.is_dir():
             raise UsageError(f"{path}: a SavedModel is for serving elsewhere; predict with the "
                              ".keras model, or an .onnx or .tflite export")
         if engine not in ("auto", kind):
             raise UsageError(f"{path}: a {kind} export runs with --engine {kind}, not {engine}")
-        record = read_export_record(path)
-        return (onnx_engine(path) if kind == "onnx" else tflite_engine(path)), record
+        return open_export(path, kind), read_export_record(path)
     record = read_record(path)
     if engine == "auto":
-        export = matching_export(path, ".onnx") if onnx_available() else None
-        if export is not None:
-            return onnx_engine(export), record
+        for candidate in AUTO_ORDER if onnx_available() else ():
+            export = matching_export(path, candidate)
+            if export is not None:
+                return open_export(export, candidate), record
         engine = "keras"
     if engine == "keras":
         import_tensorflow_quietly()
@@ -206,12 +222,19 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
 
         model, record = load_model(path)
         return keras_engine(model), record
-    suffix = {"onnx": ".onnx", "tflite": ".tflite"}[engine]
-    export = matching_export(path, suffix)
+    if engine.startswith("onnx") and not onnx_available():
+        raise UsageError(f"--engine {engine} needs onnxruntime: pip install 'nucleiseg[onnx]'")
+    export = matching_export(path, engine)
     if export is None:
-        raise UsageError(f"{path}: no up-to-date {engine} export beside it ({path.with_suffix(suffix).name}); "
+        wanted = export_path(path, engine)
+        raise UsageError(f"{path}: no up-to-date {engine} export beside it ({wanted.name}); "
                          f"make one with: nucleiseg export --model {path} --format {engine} "
-                         f"--out {path.with_suffix(suffix)}")
-    if engine == "onnx" and not onnx_available():
-        raise UsageError("--engine onnx needs onnxruntime: pip install 'nucleiseg[onnx]'")
-    return (onnx_engine(export) if engine == "onnx" else tflite_engine(export)), record
+                         f"--out {wanted}")
+    return open_export(export, engine), record
+
+
+def open_export(path: Path, engine: str) -> Engine:
+    if engine == "tflite":
+        return tflite_engine(path)
+    opened = onnx_engine(path)
+    return dataclasses.replace(opened, name=engine)

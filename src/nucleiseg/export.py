@@ -7,6 +7,8 @@ against Keras on a test batch before it is kept, and is written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,9 +23,10 @@ from nucleiseg.engines import (RECORD_KEY, file_digest, onnx_engine, tflite_engi
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.io import current_umask
 
-FORMATS = ("savedmodel", "onnx", "tflite")
-SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite"}
+FORMATS = ("savedmodel", "onnx", "onnx-int8", "tflite")
+SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "tflite": ".tflite"}
 TOLERANCE = 1e-4  # largest allowed difference of softmax probabilities from Keras
+INT8_TOLERANCE = 0.01  # int8: largest allowed share of calibration pixels whose class changes
 ONNX_OPSET = 17
 
 
@@ -40,14 +43,18 @@ def input_signature():
 
 
 def export_model(model_path: Path | None, fmt: str, out: Path, overwrite: bool = False,
-                 log=print) -> dict:
-    """Export, check and write; returns {"path", "format", "max_difference", "bytes"}."""
+                 log=print, calibration: Path | None = None) -> dict:
+    """Export, check and write; returns {"path", "format", "max_difference", "bytes"}.
+
+    onnx-int8: the ONNX export quantised to int8 (nucleiseg.quantize), calibrated on 32 crops
+    of the labelled or plain images in `calibration` (default: the bundled training sample);
+    checked by the share of calibration pixels whose most likely class changes."""
     from nucleiseg.saving import load_model, resolve_model_path
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out = Path(out)
-    if fmt in SUFFIXES and out.suffix != SUFFIXES[fmt]:
+    if fmt in SUFFIXES and not out.name.endswith(SUFFIXES[fmt]):
         raise UsageError(f"{out}: a {fmt} export must end in {SUFFIXES[fmt]}")
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: exists; pass --overwrite to replace it")
@@ -58,19 +65,26 @@ def export_model(model_path: Path | None, fmt: str, out: Path, overwrite: bool =
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        built = {"savedmodel": build_savedmodel, "onnx": build_onnx,
-                 "tflite": build_tflite}[fmt](model, record, work)
-        difference = check_against_keras(model, fmt, built)
-        if difference > TOLERANCE:
-            raise ExportError(f"{out}: the {fmt} export differs from the Keras model by "
-                              f"{difference:.2g} in probability (tolerance {TOLERANCE})")
+        if fmt == "onnx-int8":
+            built, difference = build_int8(model, record, work, calibration)
+            if difference > INT8_TOLERANCE:
+                raise ExportError(f"{out}: the int8 model changes the class of {difference:.1%} "
+                                  f"of calibration pixels (tolerance {INT8_TOLERANCE:.0%})")
+        else:
+            built = {"savedmodel": build_savedmodel, "onnx": build_onnx,
+                     "tflite": build_tflite}[fmt](model, record, work)
+            difference = check_against_keras(model, fmt, built)
+            if difference > TOLERANCE:
+                raise ExportError(f"{out}: the {fmt} export differs from the Keras model by "
+                                  f"{difference:.2g} in probability (tolerance {TOLERANCE})")
         install(built, out, fmt, record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     size = (sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir()
             else out.stat().st_size)
-    log(f"{fmt} export written to {out} ({size / 1e6:.1f} MB; largest difference from Keras "
-        f"{difference:.1e} in probability)")
+    measure = ("share of calibration pixels whose class changes" if fmt == "onnx-int8" else
+               "largest difference from Keras in probability")
+    log(f"{fmt} export written to {out} ({size / 1e6:.1f} MB; {measure}: {difference:.1e})")
     return {"path": str(out), "format": fmt, "max_difference": difference, "bytes": size}
 
 
@@ -97,6 +111,26 @@ def build_onnx(model, record: dict, work: Path) -> Path:
     entry.key, entry.value = RECORD_KEY, json.dumps(record)
     onnx.save(proto, str(path))
     return path
+
+
+def build_int8(model, record: dict, work: Path, calibration: Path | None):
+    """(path of the int8 ONNX model, share of calibration pixels whose class changes)."""
+    from nucleiseg.infer import softmax
+    from nucleiseg.io import bundled_sample, find_images, read_image
+    from nucleiseg.preprocess import normalize_image
+    from nucleiseg.quantize import calibration_tiles, quantize_onnx
+
+    folder = calibration if calibration is not None else bundled_sample("train")
+    paths = find_images([folder])[:64]
+    tiles = calibration_tiles([normalize_image(read_image(p)) for p in paths], count=32)
+    fp32 = build_onnx(model, record, work)
+    path = work / "model.int8.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints calibration progress
+        quantize_onnx(fp32, path, tiles)
+    session = onnx_engine(path)
+    expected = np.argmax(np.asarray(model.predict_on_batch(tiles[:8])), axis=-1)
+    changed = float(np.mean(np.argmax(session.predict_logits(tiles[:8]), axis=-1) != expected))
+    return path, changed
 
 
 def build_tflite(model, record: dict, work: Path) -> Path:
