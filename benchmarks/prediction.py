@@ -101,14 +101,12 @@ def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
         engine = Engine(engine.name, watch.wrap("model", engine.predict_logits),
                         engine.num_classes)
         instrument(watch)
-        samples = []
+        samples, done = [], [0]
 
-        def progress(message):
-            done = len(samples) + 1
-            if images.startswith("many-") and done % max(1, len(paths) // 20) == 0:
-                samples.append((done, round(rss_mb(), 1)))
-            elif not images.startswith("many-"):
-                samples.append((done, round(rss_mb(), 1)))
+        def progress(message):  # resident memory after 20 evenly spaced images
+            done[0] += 1
+            if done[0] % max(1, len(paths) // 20) == 0:
+                samples.append((done[0], round(rss_mb(), 1)))
 
         started = time.perf_counter()
         results = predict_files(engine, record, [p.parent for p in paths[:1]] if
@@ -168,7 +166,7 @@ def run(data_dir: Path | None, quick: bool = False) -> dict:
     out = {"engines": [], "memory": [], "classical": None}
     sets = (["dsb-val"] if have_data else []) + ["synthetic-4096"]
     for images in sets:
-        for engine in ("keras", "onnx", "tflite"):
+        for engine in ("keras", "onnx", "onnx-int8", "tflite"):
             result, peak = run_child(["benchmarks.prediction", engine, images, str(data_dir)])
             out["engines"].append(result | {"peak_rss_mb": round(peak)})
             print(f"  predict {images} {engine}: {result['megapixels_per_second']} MP/s, "

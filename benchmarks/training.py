@@ -43,8 +43,8 @@ def measure(case: str, size: int, data_dir: Path | None) -> dict:
     sampling, batch, steps, model_config = CASES[size]
     config = TrainConfig(image_size=size, sampling=sampling, batch_size=batch, **model_config)
     images, labels = load_images(data_dir)
-    if case == "pipeline":
-        seed_everything(config.seed)  # as nucleiseg train does (deterministic ops)
+    if case.startswith("pipeline"):  # as nucleiseg train does (--deterministic or not)
+        seed_everything(config.seed, deterministic=case == "pipeline-deterministic")
     if sampling == "resize":
         x, y = prepare_arrays(images, labels, size, config.target)
     else:
@@ -77,7 +77,7 @@ def measure(case: str, size: int, data_dir: Path | None) -> dict:
 def run(data_dir: Path | None, quick: bool = False) -> list[dict]:
     rows = []
     for size in CASES:
-        for case in ("naive", "pipeline"):
+        for case in ("naive", "pipeline", "pipeline-deterministic"):
             result, peak = run_child(["benchmarks.training", case, str(size), str(data_dir)])
             rows.append(result | {"peak_rss_mb": round(peak)})
             print(f"  training {size} px {case}: {result['images_per_second']} images/s",

@@ -125,7 +125,7 @@ def test_same_seed_gives_same_split_and_same_weights_after_one_epoch(tmp_path):
 
     data = write_paired(tmp_path / "data", disk_samples(12, shape=(64, 64)))
     config = TrainConfig(image_size=64, epochs=1, batch_size=4, steps_per_epoch=3,
-                         **TINY_MODEL)
+                         deterministic=True, **TINY_MODEL)
     weights, splits = [], []
     for name in ("a", "b"):
         run, _ = train(config, data, tmp_path / name, verbose=0, log=quiet)

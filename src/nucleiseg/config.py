@@ -55,6 +55,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     val_fraction: float = 0.3
     seed: int = 123
+    deterministic: bool = False  # deterministic TensorFlow ops: same seed, same weights (CPU)
     augment: bool = True
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5

@@ -259,11 +259,12 @@ def initial_weights(path: Path, config: TrainConfig) -> list:
     return source.get_weights()
 
 
-def seed_everything(seed: int) -> None:
-    """Python, NumPy and backend seeds, and deterministic TensorFlow ops: the same seed gives
-    the same weights on the same CPU (GPU kernels may still differ)."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Python, NumPy and backend seeds; with `deterministic`, TensorFlow's deterministic ops
+    too, so the same seed gives the same weights on the same CPU (about 10% slower at 256 px;
+    README, Speed and memory)."""
     keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":
+    if deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -285,7 +286,7 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
     save the model with its record."""
     epochs_done = state["epochs_done"] if state else 0
     # A resumed run draws new crops and augmentations rather than replaying epoch 1's.
-    seed_everything(config.seed + epochs_done)
+    seed_everything(config.seed + epochs_done, config.deterministic)
     train_ds, steps, (x_val, y_val) = make_datasets(config, by_name, kinds, train_names,
                                                     val_names, seed=config.seed + epochs_done)
     log(f"{steps} steps of {config.batch_size} per epoch")
