@@ -32,7 +32,7 @@ def rss_mb() -> float:
 def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]:
     from nucleiseg.io import find_samples
     from nucleiseg.saving import bundled_model_path, read_record
-    from nucleiseg.io import read_image, write_png
+    from nucleiseg.io import write_png
 
     if images == "dsb-val":
         wanted = set(read_record(bundled_model_path())["split"]["val"])

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from conftest import make_disks
 from nucleiseg.data import (Augment, labels_to_classes, make_train_dataset, make_val_dataset,

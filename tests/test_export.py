@@ -1,6 +1,5 @@
 """Exports (SavedModel, ONNX, TFLite) and the engines that run them."""
 
-import json
 import shutil
 import subprocess
 import sys

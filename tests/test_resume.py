@@ -1,7 +1,6 @@
 """Interrupted, killed and NaN trainings; repeatability. These run real training processes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

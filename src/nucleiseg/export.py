@@ -115,7 +115,6 @@ def build_onnx(model, record: dict, work: Path) -> Path:
 
 def build_int8(model, record: dict, work: Path, calibration: Path | None):
     """(path of the int8 ONNX model, share of calibration pixels whose class changes)."""
-    from nucleiseg.infer import softmax
     from nucleiseg.io import bundled_sample, find_images, read_image
     from nucleiseg.preprocess import normalize_image
     from nucleiseg.quantize import calibration_tiles, quantize_onnx
