@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-augment", action="store_true", help="no random flips/rotations")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic TensorFlow ops: the same --seed gives the same "
-                       "weights on CPU (about 10%% slower)")
+                       "weights on CPU")
     train.add_argument("--monitor", choices=MONITORS, default=DEFAULTS.early_stopping_monitor,
                        help="early stopping and best-checkpoint metric (default %(default)s)")
     train.add_argument("--patience", type=int, default=DEFAULTS.early_stopping_patience)

@@ -261,8 +261,8 @@ def initial_weights(path: Path, config: TrainConfig) -> list:
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Python, NumPy and backend seeds; with `deterministic`, TensorFlow's deterministic ops
-    too, so the same seed gives the same weights on the same CPU (about 10% slower at 256 px;
-    README, Speed and memory)."""
+    too, so the same seed gives the same weights on the same CPU (opt-in: some GPU kernels
+    have no deterministic version)."""
     keras.utils.set_random_seed(seed)
     if deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
