@@ -62,3 +62,16 @@ def test_image_kind(bright, colour, expected):
     if colour:
         image[..., 1] = image[..., 1] // 2
     assert image_kind(image) == expected
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_normalising_by_table_gives_exactly_the_arithmetic_values(dtype):
+    from nucleiseg.preprocess import apply_intensity_range, scale_integers, to_rgb
+
+    top = np.iinfo(dtype).max
+    image = np.random.default_rng(1).integers(0, top, (40, 30, 3), endpoint=True).astype(dtype)
+    low, high = 0.13 * top, 0.87 * top
+    np.testing.assert_array_equal(apply_intensity_range(image, low, high),
+                                  scale_integers(to_rgb(image), low, high))
+    np.testing.assert_array_equal(apply_intensity_range(image[..., :1], low, high),
+                                  scale_integers(to_rgb(image[..., :1]), low, high))

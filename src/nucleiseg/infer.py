@@ -102,10 +102,12 @@ def probabilities_of_normalised(model, normalised: np.ndarray, config: dict,
 
 
 def predict_quantised(model, image: np.ndarray, config: dict,
-                      options: PredictOptions | None = None) -> np.ndarray:
+                      options: PredictOptions | None = None,
+                      intensity: tuple[float, float] | None = None) -> np.ndarray:
     """predict_probabilities as uint8 (0..255), in bounded memory for native-resolution models:
     tiles are normalised one by one with the image's intensity range, and the blended
-    probabilities are stored quantised. What `predict` and `segment_image` use."""
+    probabilities are stored quantised. What `predict` and `segment_image` use. `intensity`:
+    the image's intensity_range, when the caller has it already."""
     from nucleiseg.engines import as_engine
     from nucleiseg.instances import quantise_probabilities
     from nucleiseg.tiling import predict_tiled
@@ -116,7 +118,7 @@ def predict_quantised(model, image: np.ndarray, config: dict,
         return quantise_probabilities(predict_probabilities(model, image, config, options))
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image
-    low, high = intensity_range(image)
+    low, high = intensity if intensity is not None else intensity_range(image)
     return predict_tiled(probability_function(model, options.tta), image,
                          model.num_classes, options.tile, options.overlap,
                          options.batch_size,
@@ -154,10 +156,11 @@ def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
 
 def segment_image(model, image: np.ndarray, config: dict,
                   options: PredictOptions | None = None,
-                  instance_options: InstanceOptions | None = None) -> np.ndarray:
+                  instance_options: InstanceOptions | None = None,
+                  intensity: tuple[float, float] | None = None) -> np.ndarray:
     """Raw image -> int32 label image of separated nuclei (0 = background)."""
-    return labels_from_probabilities(predict_quantised(model, image, config, options),
-                                     instance_options)
+    return labels_from_probabilities(
+        predict_quantised(model, image, config, options, intensity), instance_options)
 
 
 def label_image_dtype(count: int):
@@ -267,8 +270,10 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
 
     start = time.perf_counter()
     image = read_image(path)
+    intensity = intensity_range(image)  # once, for the model and for the overlay
     try:
-        labels = segment_image(model, image, record["config"], options, instance_options)
+        labels = segment_image(model, image, record["config"], options, instance_options,
+                               intensity)
     except MemoryError:
         raise DataError(f"{path}: not enough memory to segment this "
                         f"{image.shape[1]}x{image.shape[0]} image; try a smaller --tile") from None
@@ -278,7 +283,7 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     mask *= 255
     write_png(paths["mask"], mask)
     del mask
-    write_png(paths["overlay"], outline_overlay(image, labels, *intensity_range(image)))
+    write_png(paths["overlay"], outline_overlay(image, labels, *intensity))
     rows = measure_nuclei(labels, image)
     return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start), rows
 

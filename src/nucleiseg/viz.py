@@ -109,15 +109,22 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: flo
                     colour=(255, 51, 51), rows: int = 512) -> np.ndarray:
     """uint8 RGB of a raw image (mapped from [low, high] as in normalisation) with the outline
     of every labelled nucleus drawn, built strip by strip: no image-sized float arrays."""
-    from nucleiseg.preprocess import apply_intensity_range
+    from nucleiseg.preprocess import apply_intensity_range, intensity_table, to_rgb
 
+    image = np.asarray(image)
+    image = image[..., None] if image.ndim == 2 else image
+    table = (np.round(intensity_table(image.dtype, low, high) * 255).astype(np.uint8)
+             if image.dtype in (np.uint8, np.uint16) else None)  # 8/16-bit: by look-up
     height = labels.shape[0]
     out = np.empty((*labels.shape, 3), np.uint8)
     for top in range(0, height, rows):
         bottom = min(top + rows, height)
         above, below = max(top - 1, 0), min(bottom + 1, height)  # outlines need a neighbour row
-        strip = apply_intensity_range(image[top:bottom], low, high)
-        out[top:bottom] = np.round(strip * 255).astype(np.uint8)
+        if table is not None:
+            out[top:bottom] = table[to_rgb(image[top:bottom])]
+        else:
+            strip = apply_intensity_range(image[top:bottom], low, high)
+            out[top:bottom] = np.round(strip * 255).astype(np.uint8)
         outline = inner_outlines(labels[above:below])[top - above:top - above + bottom - top]
         out[top:bottom][outline] = colour
     return out
