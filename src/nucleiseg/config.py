@@ -102,7 +102,7 @@ class TrainConfig:
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically: a temporary file renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    from nucleiseg.io import atomic_write
+
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))

@@ -79,7 +79,7 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def onnx_engine(path: Path) -> Engine:
+def onnx_session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -87,9 +87,13 @@ def onnx_engine(path: Path) -> Engine:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return Engine("onnx", lambda tiles: session.run(None, {name: tiles})[0],
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_engine(path: Path, session=None, name: str = "onnx") -> Engine:
+    session = session or onnx_session(path)
+    source = session.get_inputs()[0].name
+    return Engine(name, lambda tiles: session.run(None, {source: tiles})[0],
                   int(session.get_outputs()[0].shape[-1]))
 
 
@@ -136,8 +140,9 @@ def tflite_record_path(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + ".json")
 
 
-def read_export_record(path: Path) -> dict:
-    """The record an export carries (see the module docstring)."""
+def read_export_record(path: Path, session=None) -> dict:
+    """The record an export carries (see the module docstring); `session`: an ONNX Runtime
+    session of `path` already open."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "no such model file")
@@ -146,11 +151,7 @@ def read_export_record(path: Path) -> dict:
             return json.loads((path / f"{RECORD_KEY}.json").read_text())
         if path.suffix == ".tflite":
             return json.loads(tflite_record_path(path).read_text())
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = session or onnx_session(path)
         return json.loads(session.get_modelmeta().custom_metadata_map[RECORD_KEY])
     except ImportError as exc:
         raise UsageError(f"{path}: reading ONNX models needs onnxruntime ({exc}); "
@@ -158,6 +159,14 @@ def read_export_record(path: Path) -> dict:
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise file_error(path, f"not a nucleiseg export ({type(exc).__name__}: {exc}); "
                          "make one with nucleiseg export") from None
+
+
+def open_export(path: Path, engine: str) -> tuple[Engine, dict]:
+    """(engine, record) of an export file; an ONNX file is opened once for both."""
+    if engine == "tflite":
+        return tflite_engine(path), read_export_record(path)
+    session = onnx_session(path)
+    return onnx_engine(path, session, engine), read_export_record(path, session)
 
 
 def onnx_available() -> bool:
@@ -182,16 +191,17 @@ def engine_of_export(path: Path) -> str | None:
     return {".onnx": "onnx", ".tflite": "tflite"}.get(Path(path).suffix)
 
 
-def matching_export(keras_path: Path, engine: str) -> Path | None:
-    """The `engine` export beside a .keras model, if it was made from this very file."""
+def matching_export(keras_path: Path, engine: str) -> Engine | None:
+    """The `engine` export beside a .keras model, opened, if it was made from this very file."""
     export = export_path(keras_path, engine)
     if not export.exists():
         return None
     try:
-        source = read_export_record(export).get("exported_from", {})
-    except Exception:
+        opened, record = open_export(export, engine)
+    except Exception:  # unreadable or foreign: not this model's export
         return None
-    return export if source.get("sha256") == file_digest(keras_path) else None
+    source = record.get("exported_from", {})
+    return opened if source.get("sha256") == file_digest(keras_path) else None
 
 
 def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[Engine, dict]:
@@ -208,13 +218,13 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
                              ".keras model, or an .onnx or .tflite export")
         if engine not in ("auto", kind):
             raise UsageError(f"{path}: a {kind} export runs with --engine {kind}, not {engine}")
-        return open_export(path, kind), read_export_record(path)
+        return open_export(path, kind)
     record = read_record(path)
     if engine == "auto":
         for candidate in AUTO_ORDER if onnx_available() else ():
-            export = matching_export(path, candidate)
-            if export is not None:
-                return open_export(export, candidate), record
+            opened = matching_export(path, candidate)
+            if opened is not None:
+                return opened, record
         engine = "keras"
     if engine == "keras":
         import_tensorflow_quietly()
@@ -224,17 +234,10 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
         return keras_engine(model), record
     if engine.startswith("onnx") and not onnx_available():
         raise UsageError(f"--engine {engine} needs onnxruntime: pip install 'nucleiseg[onnx]'")
-    export = matching_export(path, engine)
-    if export is None:
+    opened = matching_export(path, engine)
+    if opened is None:
         wanted = export_path(path, engine)
         raise UsageError(f"{path}: no up-to-date {engine} export beside it ({wanted.name}); "
                          f"make one with: nucleiseg export --model {path} --format {engine} "
                          f"--out {wanted}")
-    return open_export(export, engine), record
-
-
-def open_export(path: Path, engine: str) -> Engine:
-    if engine == "tflite":
-        return tflite_engine(path)
-    opened = onnx_engine(path)
-    return dataclasses.replace(opened, name=engine)
+    return opened, record

@@ -73,17 +73,12 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
     training size; a model trained on native-resolution crops predicts in overlapping tiles.
     `options.scale` resizes the input first (e.g. 0.5 for nuclei twice the training size).
     """
-    return probabilities_of_normalised(model, normalize_image(image), config, options)
-
-
-def probabilities_of_normalised(model, normalised: np.ndarray, config: dict,
-                                options: PredictOptions | None = None) -> np.ndarray:
-    """predict_probabilities for an image already through normalize_image."""
     from nucleiseg.engines import as_engine
     from nucleiseg.tiling import predict_tiled
 
     options = options or PredictOptions()
     predict_batch = probability_function(model, options.tta)
+    normalised = normalize_image(image)
     native_shape = normalised.shape[:2]
     if options.scale != 1.0:
         shape = tuple(max(1, round(n * options.scale)) for n in native_shape)

@@ -27,7 +27,7 @@ from nucleiseg.data import (centre_crops, crop_weights, labels_to_classes, make_
 from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
 from nucleiseg.evaluate import evaluate_images, model_segmenter
 from nucleiseg.infer import show_predictions
-from nucleiseg.io import bundled_sample, find_samples, load_samples
+from nucleiseg.io import atomic_write, bundled_sample, find_samples, load_samples
 from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
 from nucleiseg.preprocess import image_kind, normalize_image
@@ -163,13 +163,8 @@ def truncate_history(path: Path, epochs_done: int) -> None:
     logged an epoch whose backup it never wrote)."""
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
-        write_text_atomic(path, "".join(lines[:1 + epochs_done]))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        text = "".join(lines[:1 + epochs_done])
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
