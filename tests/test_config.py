@@ -20,6 +20,9 @@ def test_round_trips_through_json(tmp_path):
     ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1"),
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"steps_per_epoch": 0}, "steps_per_epoch must be at least 1"),
+    ({"sampling": "crops", "zoom_augment": 0.5}, "zoom_augment must be at least 1"),
+    ({"zoom_augment": 1.5}, "work on random crops: add --sampling crops"),
+    ({"intensity_augment": True}, "work on random crops"),
 ])
 def test_bad_values_name_the_choices(changes, message):
     with pytest.raises(UsageError, match=message):

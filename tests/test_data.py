@@ -1,8 +1,10 @@
 import numpy as np
 
 from conftest import make_disks
+from scipy import ndimage
+
 from nucleiseg.data import (Augment, labels_to_classes, make_train_dataset, make_val_dataset,
-                            prepare_arrays, split_names)
+                            prepare_arrays, random_crops, random_intensity, split_names)
 
 
 def test_split_is_deterministic_disjoint_and_order_free():
@@ -80,3 +82,56 @@ def test_datasets_batch_repeat_and_align():
         np.testing.assert_array_equal((np.asarray(x)[..., 0] > 0.5).astype(np.uint8), np.asarray(y))
     val = list(make_val_dataset(images, masks, batch_size=4))
     assert [len(x) for x, _ in val] == [4, 4, 2]
+
+
+def _disk_grid(size=512, step=40, radius=10):
+    """A grey image of equal disks on a grid (value 1 inside) and its instance labels."""
+    yy, xx = np.mgrid[:size, :size]
+    dy, dx = (yy % step) - step // 2, (xx % step) - step // 2
+    inside = dy**2 + dx**2 <= radius**2
+    labels = np.where(inside, (yy // step) * (size // step) + xx // step + 1, 0).astype(np.int32)
+    image = np.repeat(inside[..., None], 3, -1).astype(np.float32)
+    return image, labels
+
+
+def _median_whole_area(classes):
+    """Median pixel area of the foreground objects that do not touch the crop's border."""
+    objects, _ = ndimage.label(classes > 0)
+    border = np.unique(np.concatenate([objects[0], objects[-1], objects[:, 0], objects[:, -1]]))
+    areas = np.bincount(objects.ravel())[1:]
+    inner = [a for i, a in enumerate(areas, start=1) if i not in border]
+    return float(np.median(inner))
+
+
+def test_zoomed_crops_change_nucleus_size_and_keep_image_and_target_aligned():
+    image, labels = _disk_grid()
+    crops = random_crops([image], None, 128, seed=0, labels=[labels], target="boundary", zoom=2.0)
+    areas = []
+    for _ in range(30):
+        x, y = next(crops)
+        assert x.shape == (128, 128, 3) and y.shape == (128, 128) and y.dtype == np.uint8
+        assert set(np.unique(y)) <= {0, 1, 2} and (y == 2).any()  # boundary made per crop
+        assert np.mean((x[..., 0] > 0.5) != (y > 0)) < 0.02  # image and target zoomed alike
+        areas.append(_median_whole_area(y))
+    assert max(areas) / min(areas) > 2.0  # disks of area ~317 seen from ~1/4 to ~4 times that
+
+    plain = random_crops([image], None, 128, seed=0, labels=[labels], target="boundary")
+    plain_areas = [_median_whole_area(next(plain)[1]) for _ in range(10)]
+    assert max(plain_areas) == min(plain_areas)
+
+
+def test_random_intensity_stays_in_range_and_keeps_grey_grey():
+    rng = np.random.default_rng(0)
+    grey = np.repeat(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64, 1), 3, -1)
+    colour = grey * np.array([0.9, 0.5, 0.7], np.float32)
+    inverted = 0
+    for _ in range(50):
+        out = random_intensity(grey, rng)
+        assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+        assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])
+        assert not np.allclose(out, grey, atol=0.01)
+        inverted += out[0, 0, 0] > out[-1, -1, 0]  # the dark corner became the bright one
+        tinted = random_intensity(colour, rng)
+        ratio = tinted[32, 32] / np.maximum(colour[32, 32], 1e-6)
+        assert not np.allclose(ratio, ratio[0], rtol=1e-3)  # stain channels scaled apart
+    assert 3 <= inverted <= 20  # about 20% of the crops

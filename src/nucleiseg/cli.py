@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bn-momentum", type=float, default=DEFAULTS.bn_momentum,
                        help="encoder BatchNorm momentum (Keras default 0.999 fails from scratch)")
     train.add_argument("--no-augment", action="store_true", help="no random flips/rotations")
+    train.add_argument("--zoom-augment", type=float, default=DEFAULTS.zoom_augment,
+                       metavar="FACTOR", help="with --sampling crops: zoom each crop by a random "
+                       "factor between 1/FACTOR and FACTOR (default %(default)s: off)")
+    train.add_argument("--intensity-augment", action="store_true",
+                       help="with --sampling crops: random stain gain, contrast, brightness, "
+                       "gamma and inversion of each crop")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic TensorFlow ops: the same --seed gives the same "
                        "weights on CPU")
@@ -213,7 +219,8 @@ def run_train(args) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         deterministic=args.deterministic,
-        augment=not args.no_augment, early_stopping_monitor=args.monitor,
+        augment=not args.no_augment, zoom_augment=args.zoom_augment,
+        intensity_augment=args.intensity_augment, early_stopping_monitor=args.monitor,
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
     )
     from nucleiseg.train import train

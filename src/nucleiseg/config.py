@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 123
     deterministic: bool = False  # deterministic TensorFlow ops: same seed, same weights (CPU)
     augment: bool = True
+    zoom_augment: float = 1.0  # crops zoomed by a random factor in [1/zoom, zoom] (1: off)
+    intensity_augment: bool = False  # random gain, contrast, brightness, gamma, inversion
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5
     early_stopping_warmup_steps: int = 200  # no early stop before this many training steps
@@ -76,6 +78,11 @@ class TrainConfig:
             raise UsageError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UsageError(f"steps_per_epoch must be at least 1; got {self.steps_per_epoch}")
+        if self.zoom_augment < 1.0:
+            raise UsageError(f"zoom_augment must be at least 1 (1: off); got {self.zoom_augment}")
+        if self.sampling != "crops" and (self.zoom_augment != 1.0 or self.intensity_augment):
+            raise UsageError("zoom and intensity augmentation work on random crops: "
+                             "add --sampling crops")
         for name in ("epochs", "batch_size", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")

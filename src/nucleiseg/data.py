@@ -90,16 +90,47 @@ def crop_weights(shapes, kinds, crop: int, power: float = 0.5) -> np.ndarray:
     return weights / weights.sum()
 
 
-def random_crops(images, targets, crop: int, seed: int, weights=None):
-    """Endless generator of (image crop, target crop) at native resolution."""
+def random_crops(images, targets, crop: int, seed: int, weights=None, *, labels=None,
+                 target: str = "boundary", zoom: float = 1.0, intensity: bool = False):
+    """Endless generator of (image crop, target crop) at native resolution.
+
+    With `labels` (instance label images, used instead of `targets`), class targets are made
+    per crop, after an optional random zoom by a log-uniform factor in [1/zoom, zoom] (nuclei of
+    other sizes than the training images'). `intensity` adds random_intensity to each crop.
+    """
     rng = np.random.default_rng(seed)
+    sources = targets if labels is None else labels
+    log_zoom = math.log(max(zoom, 1.0))
     while True:
         index = rng.choice(len(images), p=weights)
-        image, target = pad_to(images[index], crop), pad_to(targets[index], crop)
-        top = rng.integers(0, image.shape[0] - crop + 1)
-        left = rng.integers(0, image.shape[1] - crop + 1)
-        yield (image[top:top + crop, left:left + crop],
-               target[top:top + crop, left:left + crop])
+        factor = math.exp(rng.uniform(-log_zoom, log_zoom)) if log_zoom else 1.0
+        window = max(1, round(crop / factor))
+        image, source = pad_to(images[index], window), pad_to(sources[index], window)
+        top = rng.integers(0, image.shape[0] - window + 1)
+        left = rng.integers(0, image.shape[1] - window + 1)
+        image_crop = image[top:top + window, left:left + window]
+        target_crop = source[top:top + window, left:left + window]
+        if window != crop:
+            image_crop = resize_image(image_crop, (crop, crop))
+            target_crop = resize_labels(target_crop, (crop, crop))
+        if labels is not None:
+            target_crop = labels_to_classes(target_crop, target)
+        if intensity:
+            image_crop = random_intensity(image_crop, rng)
+        yield image_crop, target_crop
+
+
+def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random appearance change of a normalised [0, 1] RGB crop, for stains, microscopes and
+    exposures the training images lack: per-channel gain (stain colour; colour crops only), contrast, brightness
+    and gamma; 20% of the crops also inverted (dark nuclei on a light background and back)."""
+    colour = not np.array_equal(image[..., 0], image[..., 1])
+    out = image * rng.uniform(0.9, 1.1, size=3).astype(np.float32) if colour else image
+    out = (out - 0.5) * rng.uniform(0.75, 1.25) + 0.5 + rng.uniform(-0.1, 0.1)
+    out = np.clip(out, 0.0, 1.0) ** np.float32(math.exp(rng.uniform(-0.4, 0.4)))
+    if rng.random() < 0.2:
+        out = 1.0 - out
+    return out.astype(np.float32)
 
 
 def centre_crops(images, targets, crop: int):
@@ -168,12 +199,14 @@ def make_train_dataset(images, masks, batch_size: int, seed: int, augment: bool 
 
 
 def make_crop_dataset(images, targets, crop: int, batch_size: int, seed: int,
-                      augment: bool = True, weights=None):
-    """Random native-resolution crops: generate -> batch -> augment -> prefetch (endless)."""
+                      augment: bool = True, weights=None, **crop_options):
+    """Random native-resolution crops: generate -> batch -> augment -> prefetch (endless).
+
+    `crop_options` go to random_crops (labels, target, zoom, intensity)."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_generator(
-        lambda: random_crops(images, targets, crop, seed, weights),
+        lambda: random_crops(images, targets, crop, seed, weights, **crop_options),
         output_signature=(tf.TensorSpec((crop, crop, 3), tf.float32),
                           tf.TensorSpec((crop, crop), tf.uint8)),
     ).batch(batch_size)

@@ -101,11 +101,14 @@ def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, 
             return ([normalize_image(by_name[n][0]) for n in names],
                     [labels_to_classes(by_name[n][1], config.target) for n in names])
 
-        train_images, train_targets = native(train_names)
+        # Targets are made per crop from the instance labels, after the crop's random zoom.
+        train_images = [normalize_image(by_name[n][0]) for n in train_names]
         weights = crop_weights([im.shape[:2] for im in train_images],
                                [kinds[n] for n in train_names], config.image_size)
-        train_ds = make_crop_dataset(train_images, train_targets, config.image_size,
-                                     config.batch_size, seed, config.augment, weights)
+        train_ds = make_crop_dataset(
+            train_images, None, config.image_size, config.batch_size, seed, config.augment,
+            weights, labels=[by_name[n][1] for n in train_names], target=config.target,
+            zoom=config.zoom_augment, intensity=config.intensity_augment)
         steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
                              / config.image_size**2 / config.batch_size))
         validation = centre_crops(*native(val_names), config.image_size)
