@@ -3,8 +3,9 @@ import numpy as np
 from conftest import make_disks
 from scipy import ndimage
 
-from nucleiseg.data import (Augment, labels_to_classes, make_train_dataset, make_val_dataset,
-                            prepare_arrays, random_crops, random_intensity, split_names)
+from nucleiseg.data import (Augment, contact_pixels, labels_to_classes, make_train_dataset,
+                            make_val_dataset, prepare_arrays, random_crops, random_intensity,
+                            split_names)
 
 
 def test_split_is_deterministic_disjoint_and_order_free():
@@ -135,3 +136,37 @@ def test_random_intensity_stays_in_range_and_keeps_grey_grey():
         ratio = tinted[32, 32] / np.maximum(colour[32, 32], 1e-6)
         assert not np.allclose(ratio, ratio[0], rtol=1e-3)  # stain channels scaled apart
     assert 3 <= inverted <= 20  # about 20% of the crops
+
+
+def test_contact_pixels_mark_where_nuclei_touch_and_nowhere_else():
+    labels = np.zeros((40, 60), np.int32)
+    labels[10:30, 5:20] = 1
+    labels[10:30, 20:35] = 2  # touches nucleus 1 along column 20
+    labels[10:30, 45:55] = 3  # alone
+    contact = contact_pixels(labels, radius=2)
+    assert contact[10:30, 18:22].all()  # two pixels either side of the shared edge
+    assert not contact[:, :17].any() and not contact[:, 23:].any()
+    assert not contact[:8].any() and not contact[32:].any()
+    gap = labels.copy()
+    gap[:, 20] = 0  # a one-pixel background gap is weighted too
+    assert contact_pixels(gap)[10:30, 20].all()
+    assert not contact_pixels(np.zeros((8, 8), np.uint16)).any()
+
+
+def test_crops_with_contact_weights_keep_weights_aligned_through_augmentation():
+    labels = np.zeros((64, 64), np.int32)
+    labels[8:40, 8:30], labels[8:40, 30:50] = 1, 2
+    image = np.repeat((labels > 0)[..., None], 3, -1).astype(np.float32)
+    crops = random_crops([image], None, 64, seed=0, labels=[labels], target="boundary",
+                         contact_weight=5.0)
+    x, y, w = next(crops)
+    assert w.dtype == np.float32 and set(np.unique(w)) == {1.0, 5.0}
+    assert np.array_equal(w == 5.0, contact_pixels(labels))
+    batch = [np.stack([a] * 8) for a in (x, y, w)]
+    images, masks, weights = (np.asarray(t) for t in Augment(seed=3)(*batch))
+    symmetries = [lambda a, k=k, t=t: np.rot90(a.T if t else a, k) for k in range(4)
+                  for t in (False, True)]
+    for image_out, mask_out, weight_out in zip(images, masks, weights):
+        assert np.array_equal(image_out[..., 0] > 0.5, mask_out > 0)
+        moved = [f for f in symmetries if np.array_equal(f(y), mask_out)]
+        assert moved and any(np.array_equal(f(w), weight_out) for f in moved)

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "so touching nuclei can be separated (default %(default)s)")
     train.add_argument("--boundary-weight", type=float, default=DEFAULTS.boundary_weight,
                        help="loss weight of the boundary class (default %(default)s)")
+    train.add_argument("--contact-weight", type=float, default=DEFAULTS.contact_weight,
+                       help="with --sampling crops: loss weight of pixels within 2 px of two "
+                       "different nuclei, where touching nuclei must be split (default "
+                       "%(default)s: no extra weight)")
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=DEFAULTS.lr_schedule)
@@ -211,7 +215,8 @@ def run_train(args) -> int:
         return report_training(run_dir, record)
     config = TrainConfig(
         image_size=args.image_size, sampling=args.sampling, target=args.target,
-        boundary_weight=args.boundary_weight, lr_schedule=args.lr_schedule,
+        boundary_weight=args.boundary_weight, contact_weight=args.contact_weight,
+        lr_schedule=args.lr_schedule,
         encoder_weights=args.encoder_weights,
         freeze_encoder=args.freeze_encoder, encoder_alpha=args.encoder_alpha,
         decoder_filters=args.decoder_filters, dropout=args.dropout,

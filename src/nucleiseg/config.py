@@ -42,6 +42,7 @@ class TrainConfig:
     sampling: str = "resize"  # whole images resized to image_size, or random native crops
     target: str = "binary"  # background/nucleus, or background/interior/boundary
     boundary_weight: float = 1.0  # loss weight of the boundary class
+    contact_weight: float = 1.0  # extra loss weight where two nuclei touch (crops only)
     encoder_weights: str = "none"
     freeze_encoder: bool = False
     encoder_alpha: float = 1.0
@@ -80,9 +81,12 @@ class TrainConfig:
             raise UsageError(f"steps_per_epoch must be at least 1; got {self.steps_per_epoch}")
         if self.zoom_augment < 1.0:
             raise UsageError(f"zoom_augment must be at least 1 (1: off); got {self.zoom_augment}")
-        if self.sampling != "crops" and (self.zoom_augment != 1.0 or self.intensity_augment):
-            raise UsageError("zoom and intensity augmentation work on random crops: "
-                             "add --sampling crops")
+        if self.contact_weight <= 0:
+            raise UsageError(f"contact_weight must be positive; got {self.contact_weight}")
+        if self.sampling != "crops" and (self.zoom_augment != 1.0 or self.intensity_augment
+                                         or self.contact_weight != 1.0):
+            raise UsageError("zoom and intensity augmentation and contact weights work on random "
+                             "crops: add --sampling crops")
         for name in ("epochs", "batch_size", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")

@@ -56,6 +56,22 @@ def labels_to_classes(labels: np.ndarray, target: str = "binary") -> np.ndarray:
     return classes
 
 
+def contact_pixels(labels: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Pixels with two different nuclei within `radius` (a (2r+1)^2 window): the lines where
+    touching nuclei meet and the narrow gaps between them, nucleus and background pixels alike.
+    Weighted up in the loss (the U-Net paper's border weights, in small), they teach the
+    model the splits that the watershed needs."""
+    from scipy import ndimage
+
+    size = 2 * radius + 1
+    labels = np.asarray(labels)
+    largest = ndimage.maximum_filter(labels, size=size, mode="nearest")
+    empty = np.iinfo(labels.dtype).max if labels.dtype.kind in "iu" else np.inf
+    smallest = ndimage.minimum_filter(np.where(labels > 0, labels, empty), size=size,
+                                      mode="nearest")
+    return (smallest != empty) & (largest != smallest)
+
+
 def prepare_arrays(images, labels, image_size: int, target: str = "binary"):
     """Normalise and resize (images bilinear, masks nearest) to image_size x image_size.
 
@@ -91,12 +107,15 @@ def crop_weights(shapes, kinds, crop: int, power: float = 0.5) -> np.ndarray:
 
 
 def random_crops(images, targets, crop: int, seed: int, weights=None, *, labels=None,
-                 target: str = "boundary", zoom: float = 1.0, intensity: bool = False):
+                 target: str = "boundary", zoom: float = 1.0, intensity: bool = False,
+                 contact_weight: float = 1.0):
     """Endless generator of (image crop, target crop) at native resolution.
 
     With `labels` (instance label images, used instead of `targets`), class targets are made
     per crop, after an optional random zoom by a log-uniform factor in [1/zoom, zoom] (nuclei of
     other sizes than the training images'). `intensity` adds random_intensity to each crop.
+    A `contact_weight` other than 1 (needs `labels`) adds a third item, the per-pixel loss
+    weight: `contact_weight` on contact_pixels, 1 elsewhere.
     """
     rng = np.random.default_rng(seed)
     sources = targets if labels is None else labels
@@ -113,11 +132,18 @@ def random_crops(images, targets, crop: int, seed: int, weights=None, *, labels=
         if window != crop:
             image_crop = resize_image(image_crop, (crop, crop))
             target_crop = resize_labels(target_crop, (crop, crop))
+        pixel_weights = None
         if labels is not None:
+            if contact_weight != 1.0:
+                pixel_weights = np.where(contact_pixels(target_crop), np.float32(contact_weight),
+                                         np.float32(1.0))
             target_crop = labels_to_classes(target_crop, target)
         if intensity:
             image_crop = random_intensity(image_crop, rng)
-        yield image_crop, target_crop
+        if pixel_weights is None:
+            yield image_crop, target_crop
+        else:
+            yield image_crop, target_crop, pixel_weights
 
 
 def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -158,11 +184,13 @@ class Augment(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def call(self, images, masks, training=True):
+    def call(self, images, masks, weights=None, training=True):
         if not training:
-            return images, masks
-        masks = keras.ops.expand_dims(keras.ops.cast(masks, images.dtype), -1)
-        both = keras.ops.concatenate([images, masks], axis=-1)
+            return (images, masks) if weights is None else (images, masks, weights)
+        channels = [images, keras.ops.expand_dims(keras.ops.cast(masks, images.dtype), -1)]
+        if weights is not None:  # per-pixel loss weights move with the mask
+            channels.append(keras.ops.expand_dims(keras.ops.cast(weights, images.dtype), -1))
+        both = keras.ops.concatenate(channels, axis=-1)
         batch = keras.ops.shape(both)[0]
         square = both.shape[1] is not None and both.shape[1] == both.shape[2]
 
@@ -174,8 +202,10 @@ class Augment(keras.layers.Layer):
         both = maybe(lambda x: keras.ops.flip(x, axis=1), both)
         if square:
             both = maybe(lambda x: keras.ops.transpose(x, (0, 2, 1, 3)), both)
-        images, masks = both[..., :-1], both[..., -1]
-        return images, keras.ops.cast(keras.ops.round(masks), "uint8")
+        channels = images.shape[-1]
+        images, masks = both[..., :channels], both[..., channels]
+        masks = keras.ops.cast(keras.ops.round(masks), "uint8")
+        return (images, masks) if weights is None else (images, masks, both[..., channels + 1])
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -202,17 +232,19 @@ def make_crop_dataset(images, targets, crop: int, batch_size: int, seed: int,
                       augment: bool = True, weights=None, **crop_options):
     """Random native-resolution crops: generate -> batch -> augment -> prefetch (endless).
 
-    `crop_options` go to random_crops (labels, target, zoom, intensity)."""
+    `crop_options` go to random_crops (labels, target, zoom, intensity, contact_weight)."""
     import tensorflow as tf
 
+    signature = (tf.TensorSpec((crop, crop, 3), tf.float32), tf.TensorSpec((crop, crop), tf.uint8))
+    if crop_options.get("contact_weight", 1.0) != 1.0:  # (image, target, pixel weights)
+        signature += (tf.TensorSpec((crop, crop), tf.float32),)
     dataset = tf.data.Dataset.from_generator(
         lambda: random_crops(images, targets, crop, seed, weights, **crop_options),
-        output_signature=(tf.TensorSpec((crop, crop, 3), tf.float32),
-                          tf.TensorSpec((crop, crop), tf.uint8)),
+        output_signature=signature,
     ).batch(batch_size)
     if augment:
         augmenter = Augment(seed=seed)
-        dataset = dataset.map(lambda x, y: augmenter(x, y), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda *batch: augmenter(*batch), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
