@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--evaluation", type=Path, help="a `nucleiseg evaluate --json` report")
     parser.add_argument("--command", help="the training command, if the record lacks it")
+    parser.add_argument("--init-command", help="the command that trained the --init-model this "
+                        "run started from, if the record lacks it")
     parser.add_argument("--postprocessing", type=json.loads, default={},
                         help='tuned InstanceOptions as JSON, e.g. \'{"marker_threshold": 0.7}\'')
     args = parser.parse_args()
@@ -39,6 +41,8 @@ def main() -> None:
     inference.set_weights(model.get_weights())
     if args.command and not record.get("command"):
         record["command"] = args.command
+    if isinstance(record.get("init_model"), str):  # recorded by an older nucleiseg: path only
+        record["init_model"] = {"path": record["init_model"], "command": args.init_command}
     if args.postprocessing:
         record["postprocessing"] = args.postprocessing
     if args.evaluation:
@@ -71,7 +75,7 @@ def main() -> None:
         "# The bundled pretrained model", "",
         f"`{path.name}` ({path.stat().st_size / 2**20:.1f} MB): made by nucleiseg "
         f"{record['nucleiseg_version']} on {record['created']}.", "",
-        "Command:", "", "```", record.get("command", "(not recorded)"), "```", "",
+        *recipe_lines(record),
         f"Data: `{record['data']}` (DSB 2018 stage 1 training images, CC0).",
         f"Split (seed {split['seed']}, stratified by image kind): "
         f"{len(split['train'])} training images ({count(split['train'])}), "
@@ -92,6 +96,20 @@ def main() -> None:
                   json.dumps(record["evaluation"], indent=2), "```"]
     (path.parent / "MODEL.md").write_text("\n".join(lines) + "\n")
     print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
+def recipe_lines(record: dict) -> list[str]:
+    """The commands that made the model, first to last (fine-tuning starts from the one
+    before)."""
+    commands, step = [], record
+    while step:
+        commands.append(step.get("command") or "(not recorded)")
+        step = step.get("init_model")
+    if len(commands) == 1:
+        return ["Command:", "", "```", commands[0], "```", ""]
+    lines = [f"Commands (each of the {len(commands)} runs starts from the model of the one "
+             "before, `--init-model`):", "", "```"]
+    return lines + commands[::-1] + ["```", ""]
 
 
 if __name__ == "__main__":

@@ -173,11 +173,13 @@ def test_init_model_must_fit_the_architecture(tmp_path):
 
     data = write_paired(tmp_path / "data", disk_samples(8, shape=(64, 64)))
     config = TrainConfig(image_size=64, epochs=1, batch_size=4, steps_per_epoch=1, **TINY_MODEL)
-    first, _ = train(config, data, tmp_path / "first", verbose=0, log=quiet)
+    first, _ = train(config, data, tmp_path / "first", verbose=0, log=quiet,
+                     command="nucleiseg train --out first")
     # Fine-tuning from it works and starts from its weights...
     second, record = train(config, data, tmp_path / "second", verbose=0, log=quiet,
                            init_model=first / "model.keras")
-    assert record["init_model"] == str(first / "model.keras")
+    assert record["init_model"]["path"] == str(first / "model.keras")
+    assert record["init_model"]["command"] == "nucleiseg train --out first"  # the lineage
     # ...another architecture is refused before anything is written.
     other = TrainConfig.from_dict(config.to_dict() | {"target": "boundary"})
     with pytest.raises(UsageError, match="architecture differs.*--target"):

@@ -188,13 +188,14 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     """
     check_image_size(config.image_size)
     data_dir = Path(data_dir) if data_dir is not None else bundled_sample("train")
-    initial = initial_weights(init_model, config) if init_model is not None else None
+    initial, origin = (initial_weights(init_model, config) if init_model is not None
+                       else (None, None))
     loaded, skipped = load_training_data(data_dir, skip_bad, log)
     run_dir = new_run_dir(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
     write_json(run_dir / "run.json", {
         "data": str(data_dir), "skip_bad": skip_bad, "command": command,
-        "init_model": None if init_model is None else str(init_model),
+        "init_model": origin,
         "nucleiseg_version": nucleiseg.__version__,
         "created": dt.datetime.now().isoformat(timespec="seconds")})
 
@@ -243,8 +244,10 @@ def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
                    verbose, log, state=state)
 
 
-def initial_weights(path: Path, config: TrainConfig) -> list:
-    """Weights of a saved model, checked to fit the architecture `config` builds."""
+def initial_weights(path: Path, config: TrainConfig) -> tuple[list, dict]:
+    """Weights of a saved model, checked to fit the architecture `config` builds, and where
+    they came from (path, the command that trained them, and its own starting model), so a
+    fine-tuned model's record holds its whole recipe."""
     source, record = load_model(path)
     expected = build_model(config)
     shapes = [tuple(w.shape) for w in source.weights]
@@ -255,7 +258,9 @@ def initial_weights(path: Path, config: TrainConfig) -> list:
             f"{theirs.get('target')!r}, decoder filters {theirs.get('decoder_filters')}, "
             f"encoder alpha {theirs.get('encoder_alpha')}); use the same --target, "
             "--decoder-filters and --encoder-alpha to start from it")
-    return source.get_weights()
+    origin = {"path": str(path), "command": record.get("command"),
+              "init_model": record.get("init_model")}
+    return source.get_weights(), origin
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
