@@ -117,6 +117,8 @@ def random_crops(images, targets, crop: int, seed: int, weights=None, *, labels=
     A `contact_weight` other than 1 (needs `labels`) adds a third item, the per-pixel loss
     weight: `contact_weight` on contact_pixels, 1 elsewhere.
     """
+    if contact_weight != 1.0 and labels is None:
+        raise ValueError("contact weights are made from instance labels: pass labels")
     rng = np.random.default_rng(seed)
     sources = targets if labels is None else labels
     log_zoom = math.log(max(zoom, 1.0))
@@ -148,8 +150,9 @@ def random_crops(images, targets, crop: int, seed: int, weights=None, *, labels=
 
 def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random appearance change of a normalised [0, 1] RGB crop, for stains, microscopes and
-    exposures the training images lack: per-channel gain (stain colour; colour crops only), contrast, brightness
-    and gamma; 20% of the crops also inverted (dark nuclei on a light background and back)."""
+    exposures the training images lack: per-channel gain (stain colour; colour crops only),
+    contrast, brightness and gamma; 20% of the crops also inverted (dark nuclei on a light
+    background and back)."""
     colour = not np.array_equal(image[..., 0], image[..., 1])
     out = image * rng.uniform(0.9, 1.1, size=3).astype(np.float32) if colour else image
     out = (out - 0.5) * rng.uniform(0.75, 1.25) + 0.5 + rng.uniform(-0.1, 0.1)
