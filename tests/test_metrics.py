@@ -124,3 +124,22 @@ def test_instance_metrics_scale_to_more_nuclei_than_16_bits_hold():
     scores = match_instances(labels, shifted)
     n = int(labels.max())
     assert scores.tp[0] == n - 1 and scores.fn[0] == 1 and scores.fp[0] == 0
+
+
+def test_missed_causes_sorts_each_missed_nucleus_by_why():
+    from nucleiseg.metrics import missed_causes
+
+    true = np.zeros((60, 80), np.int32)
+    pred = np.zeros_like(true)
+    true[5:15, 5:15], true[5:15, 15:25] = 1, 2  # two touching nuclei...
+    pred[5:15, 5:25] = 1  # ...predicted as one (IoU 0.5 each: not a match)
+    true[30:33, 5:8] = 3  # 9 px, missed: small
+    true[30:40, 30:40] = 4  # nothing predicted there: not found
+    true[45:55, 5:15] = 5
+    pred[45:55, 11:21] = 2  # IoU 40/160: poor overlap
+    true[45:55, 50:60] = 6
+    pred[45:55, 50:60] = 3  # matched: not counted
+    causes = missed_causes(true, pred)
+    assert causes == {"merged": 2, "small": 1, "not found": 1, "poor overlap": 1}
+    assert missed_causes(true, np.zeros_like(true)) == {"small": 1, "not found": 5}
+    assert missed_causes(np.zeros_like(true), pred) == {}

@@ -7,6 +7,7 @@ Foreground IoU and Dice are pooled: counts are summed over all images, then divi
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 
@@ -160,3 +161,29 @@ def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray,
     tp = tuple(int(np.count_nonzero(pairs[:, 2] > t)) for t in thresholds)
     return InstanceScores(thresholds, tp, tuple(n_pred - t for t in tp),
                           tuple(n_true - t for t in tp))
+
+
+def missed_causes(true_labels: np.ndarray, predicted: np.ndarray, small: int = 30) -> Counter:
+    """Why the true nuclei that no prediction matches at IoU > 0.5 were missed, counted:
+    'merged' (the prediction overlapping it most overlaps another true nucleus too, or matches
+    one), 'small' (under `small` pixels), 'not found' (nothing overlaps it), 'poor overlap'."""
+    true_ids = np.unique(true_labels)
+    true_ids = true_ids[true_ids > 0]
+    causes = Counter()
+    if not len(true_ids):
+        return causes
+    ious = instance_ious(true_labels, predicted)  # rows: true_ids, columns: predicted nuclei
+    areas = np.bincount(np.searchsorted(true_ids, true_labels[true_labels > 0]),
+                        minlength=len(true_ids))
+    matched_pred = (ious > 0.5).any(axis=0)
+    for row in np.flatnonzero(~(ious > 0.5).any(axis=1)):
+        best = int(ious[row].argmax()) if ious.shape[1] else None
+        if areas[row] < small:
+            causes["small"] += 1
+        elif best is None or ious[row, best] == 0:
+            causes["not found"] += 1
+        elif matched_pred[best] or (ious[:, best] > 0).sum() > 1:
+            causes["merged"] += 1
+        else:
+            causes["poor overlap"] += 1
+    return causes
