@@ -35,8 +35,7 @@ def load_images(data_dir: Path | None, count: int = 64):
 
 def measure(case: str, size: int, data_dir: Path | None) -> dict:
     from nucleiseg.config import TrainConfig
-    from nucleiseg.data import (labels_to_classes, make_crop_dataset, make_train_dataset,
-                                prepare_arrays, random_crops)
+    from nucleiseg.data import make_crop_dataset, make_train_dataset, prepare_arrays, random_crops
     from nucleiseg.preprocess import normalize_image
     from nucleiseg.train import build_model, seed_everything
 
@@ -49,9 +48,8 @@ def measure(case: str, size: int, data_dir: Path | None) -> dict:
         x, y = prepare_arrays(images, labels, size, config.target)
     else:
         normalised = [normalize_image(image) for image in images]
-        targets = [labels_to_classes(label, config.target) for label in labels]
         if case == "naive":  # the crops, cut beforehand into arrays in memory
-            crops = random_crops(normalised, targets, size, seed=0)
+            crops = random_crops(normalised, labels, size, seed=0, target=config.target)
             pairs = [next(crops) for _ in range(batch * (steps + 2))]
             x, y = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     model = build_model(config)
@@ -64,7 +62,8 @@ def measure(case: str, size: int, data_dir: Path | None) -> dict:
         model.fit(x[2 * batch:], y[2 * batch:], batch_size=batch, epochs=1, verbose=0)
     else:
         dataset = (make_train_dataset(x, y, batch, config.seed)[0] if sampling == "resize" else
-                   make_crop_dataset(normalised, targets, size, batch, config.seed))
+                   make_crop_dataset(normalised, labels, size, batch, config.seed,
+                                     target=config.target))
         model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # compile
         start = time.perf_counter()
         model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)

@@ -106,7 +106,7 @@ def _median_whole_area(classes):
 
 def test_zoomed_crops_change_nucleus_size_and_keep_image_and_target_aligned():
     image, labels = _disk_grid()
-    crops = random_crops([image], None, 128, seed=0, labels=[labels], target="boundary", zoom=2.0)
+    crops = random_crops([image], [labels], 128, seed=0, target="boundary", zoom=2.0)
     areas = []
     for _ in range(30):
         x, y = next(crops)
@@ -116,7 +116,7 @@ def test_zoomed_crops_change_nucleus_size_and_keep_image_and_target_aligned():
         areas.append(_median_whole_area(y))
     assert max(areas) / min(areas) > 2.0  # disks of area ~317 seen from ~1/4 to ~4 times that
 
-    plain = random_crops([image], None, 128, seed=0, labels=[labels], target="boundary")
+    plain = random_crops([image], [labels], 128, seed=0, target="boundary")
     plain_areas = [_median_whole_area(next(plain)[1]) for _ in range(10)]
     assert max(plain_areas) == min(plain_areas)
 
@@ -157,7 +157,7 @@ def test_crops_with_contact_weights_keep_weights_aligned_through_augmentation():
     labels = np.zeros((64, 64), np.int32)
     labels[8:40, 8:30], labels[8:40, 30:50] = 1, 2
     image = np.repeat((labels > 0)[..., None], 3, -1).astype(np.float32)
-    crops = random_crops([image], None, 64, seed=0, labels=[labels], target="boundary",
+    crops = random_crops([image], [labels], 64, seed=0, target="boundary",
                          contact_weight=5.0)
     x, y, w = next(crops)
     assert w.dtype == np.float32 and set(np.unique(w)) == {1.0, 5.0}

@@ -106,27 +106,24 @@ def crop_weights(shapes, kinds, crop: int, power: float = 0.5) -> np.ndarray:
     return weights / weights.sum()
 
 
-def random_crops(images, targets, crop: int, seed: int, weights=None, *, labels=None,
-                 target: str = "boundary", zoom: float = 1.0, intensity: bool = False,
-                 contact_weight: float = 1.0):
-    """Endless generator of (image crop, target crop) at native resolution.
+def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: str = "binary",
+                 zoom: float = 1.0, intensity: bool = False, contact_weight: float = 1.0):
+    """Endless generator of (image crop, class-target crop) at native resolution.
 
-    With `labels` (instance label images, used instead of `targets`), class targets are made
-    per crop, after an optional random zoom by a log-uniform factor in [1/zoom, zoom] (nuclei of
-    other sizes than the training images'). `intensity` adds random_intensity to each crop.
-    A `contact_weight` other than 1 (needs `labels`) adds a third item, the per-pixel loss
-    weight: `contact_weight` on contact_pixels, 1 elsewhere.
+    Crops are cut from the images and their instance `labels`, optionally zoomed by a random
+    log-uniform factor in [1/zoom, zoom] (nuclei of other sizes than the training images'),
+    then each crop's `target` classes are made from its labels (so boundaries stay one pixel
+    wide at any zoom). `intensity` adds random_intensity to each crop. A `contact_weight`
+    other than 1 adds a third item, the per-pixel loss weight: `contact_weight` on
+    contact_pixels, 1 elsewhere.
     """
-    if contact_weight != 1.0 and labels is None:
-        raise ValueError("contact weights are made from instance labels: pass labels")
     rng = np.random.default_rng(seed)
-    sources = targets if labels is None else labels
     log_zoom = math.log(max(zoom, 1.0))
     while True:
         index = rng.choice(len(images), p=weights)
         factor = math.exp(rng.uniform(-log_zoom, log_zoom)) if log_zoom else 1.0
         window = max(1, round(crop / factor))
-        image, source = pad_to(images[index], window), pad_to(sources[index], window)
+        image, source = pad_to(images[index], window), pad_to(labels[index], window)
         top = rng.integers(0, image.shape[0] - window + 1)
         left = rng.integers(0, image.shape[1] - window + 1)
         image_crop = image[top:top + window, left:left + window]
@@ -135,11 +132,10 @@ def random_crops(images, targets, crop: int, seed: int, weights=None, *, labels=
             image_crop = resize_image(image_crop, (crop, crop))
             target_crop = resize_labels(target_crop, (crop, crop))
         pixel_weights = None
-        if labels is not None:
-            if contact_weight != 1.0:
-                pixel_weights = np.where(contact_pixels(target_crop), np.float32(contact_weight),
-                                         np.float32(1.0))
-            target_crop = labels_to_classes(target_crop, target)
+        if contact_weight != 1.0:
+            pixel_weights = np.where(contact_pixels(target_crop), np.float32(contact_weight),
+                                     np.float32(1.0))
+        target_crop = labels_to_classes(target_crop, target)
         if intensity:
             image_crop = random_intensity(image_crop, rng)
         if pixel_weights is None:
@@ -231,18 +227,18 @@ def make_train_dataset(images, masks, batch_size: int, seed: int, augment: bool 
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
-def make_crop_dataset(images, targets, crop: int, batch_size: int, seed: int,
+def make_crop_dataset(images, labels, crop: int, batch_size: int, seed: int,
                       augment: bool = True, weights=None, **crop_options):
     """Random native-resolution crops: generate -> batch -> augment -> prefetch (endless).
 
-    `crop_options` go to random_crops (labels, target, zoom, intensity, contact_weight)."""
+    `crop_options` go to random_crops (target, zoom, intensity, contact_weight)."""
     import tensorflow as tf
 
     signature = (tf.TensorSpec((crop, crop, 3), tf.float32), tf.TensorSpec((crop, crop), tf.uint8))
     if crop_options.get("contact_weight", 1.0) != 1.0:  # (image, target, pixel weights)
         signature += (tf.TensorSpec((crop, crop), tf.float32),)
     dataset = tf.data.Dataset.from_generator(
-        lambda: random_crops(images, targets, crop, seed, weights, **crop_options),
+        lambda: random_crops(images, labels, crop, seed, weights, **crop_options),
         output_signature=signature,
     ).batch(batch_size)
     if augment:

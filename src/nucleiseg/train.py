@@ -97,22 +97,23 @@ def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, 
                                              config.augment)
         validation = arrays(val_names)
     else:
-        def native(names):
-            return ([normalize_image(by_name[n][0]) for n in names],
-                    [labels_to_classes(by_name[n][1], config.target) for n in names])
+        def normalised(names):
+            return [normalize_image(by_name[n][0]) for n in names]
 
-        # Targets are made per crop from the instance labels, after the crop's random zoom.
-        train_images = [normalize_image(by_name[n][0]) for n in train_names]
+        train_images = normalised(train_names)
         weights = crop_weights([im.shape[:2] for im in train_images],
                                [kinds[n] for n in train_names], config.image_size)
         train_ds = make_crop_dataset(
-            train_images, None, config.image_size, config.batch_size, seed, config.augment,
-            weights, labels=[by_name[n][1] for n in train_names], target=config.target,
+            train_images, [by_name[n][1] for n in train_names], config.image_size,
+            config.batch_size, seed, config.augment, weights, target=config.target,
             zoom=config.zoom_augment, intensity=config.intensity_augment,
             contact_weight=config.contact_weight)
         steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
                              / config.image_size**2 / config.batch_size))
-        validation = centre_crops(*native(val_names), config.image_size)
+        validation = centre_crops(
+            normalised(val_names),
+            [labels_to_classes(by_name[n][1], config.target) for n in val_names],
+            config.image_size)
     return train_ds, config.steps_per_epoch or steps, validation
 
 
