@@ -1,6 +1,6 @@
 """Measure post-processing choices (thresholds, minimum size) of a trained model.
 
-    python scripts/tune_postprocessing.py MODEL DATA [--split train] [--count 60]
+    python scripts/tune_postprocessing.py MODEL DATA [--split train] [--count 60] [--kind K]
 
 Predicts the class probabilities of `count` images of the model's `split` once, then scores
 every combination of foreground threshold, marker threshold and minimum size (DSB score,
@@ -16,8 +16,9 @@ import numpy as np
 
 from nucleiseg.infer import predict_probabilities
 from nucleiseg.instances import InstanceOptions, labels_from_probabilities
-from nucleiseg.io import find_samples, load_samples
+from nucleiseg.io import find_samples, load_samples, read_image
 from nucleiseg.metrics import match_instances, pixel_counts
+from nucleiseg.preprocess import image_kind
 from nucleiseg.saving import load_model
 
 
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--split", default="train", choices=("train", "val"))
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", choices=("fluorescence", "histology", "brightfield"),
+                        help="only images of this kind (as `nucleiseg eda` classifies them)")
     floats = lambda text: [float(v) for v in text.split(",")]
     parser.add_argument("--foreground", type=floats, default=[0.4, 0.5, 0.6],
                         help="foreground thresholds to try, comma-separated")
@@ -39,6 +42,8 @@ def main() -> None:
     model, record = load_model(args.model)
     wanted = set(record["split"][args.split])
     samples = [s for s in find_samples(args.data)[0] if s.name in wanted]
+    if args.kind:
+        samples = [s for s in samples if image_kind(read_image(s.image_path)) == args.kind]
     rng = np.random.default_rng(args.seed)
     samples = [samples[i] for i in sorted(rng.choice(len(samples), min(args.count, len(samples)),
                                                      replace=False))]
@@ -57,7 +62,8 @@ def main() -> None:
             counts = pixel_counts(labels, predicted)
             pixels = counts if pixels is None else pixels + counts
         rows.append((np.mean(dsb), np.mean(ap50), pixels.foreground_iou, fg, marker, int(min_size)))
-    print(f"{len(cached)} {args.split} images of {args.data}")
+    print(f"{len(cached)} {args.split} images of {args.data}"
+          + (f" ({args.kind})" if args.kind else ""))
     print("| DSB score | AP@0.5 | foreground IoU | foreground thr. | marker thr. | min size |")
     print("|---|---|---|---|---|---|")
     for row in sorted(rows, reverse=True):

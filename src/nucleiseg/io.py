@@ -374,11 +374,17 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide outputs from others
-        os.replace(tmp, path)
+        publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish(partial: Path, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp's 0600 would hide outputs
+    from others) and rename it into place, in one step."""
+    os.chmod(partial, 0o666 & ~current_umask())
+    os.replace(partial, path)
 
 
 def current_umask() -> int:
@@ -422,8 +428,7 @@ class CsvStream:
 
     def commit(self) -> None:
         self.handle.close()
-        os.chmod(self.partial, 0o666 & ~current_umask())
-        os.replace(self.partial, self.path)
+        publish(self.partial, self.path)
 
     def discard(self) -> None:
         self.handle.close()
