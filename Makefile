@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_DIR := demo_output/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test test-fast clean pretrained
+.PHONY: install demo lint test test-fast clean pretrained
 
 install: $(INSTALLED)
 
@@ -35,7 +35,10 @@ demo: $(INSTALLED)
 	@echo "  test_predictions.png  that model on the test images: input / true / predicted nuclei"
 	@echo "  run_predictions/      that model's outputs for the test images"
 
-test: $(INSTALLED)
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check src scripts benchmarks tests
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: $(INSTALLED)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dsb2018-stage1-train"
+DEFAULT_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+                / "dsb2018-stage1-train")
 
 
 class Stopwatch:
@@ -28,7 +29,8 @@ class Stopwatch:
                 self.start = time.perf_counter()
 
             def __exit__(self, *exc):
-                watch.seconds[name] = watch.seconds.get(name, 0.0) + time.perf_counter() - self.start
+                elapsed = time.perf_counter() - self.start
+                watch.seconds[name] = watch.seconds.get(name, 0.0) + elapsed
 
         return _Lap()
 
@@ -51,7 +53,8 @@ def run_child(module_args: list[str]) -> tuple[dict, float]:
     stdout, stderr = process.stdout.read(), process.stderr.read()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(module_args)} failed ({process.returncode}):\n{stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(module_args)} failed ({process.returncode}):\n"
+                           f"{stderr[-3000:]}")
     return json.loads(stdout.strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 

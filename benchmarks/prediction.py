@@ -30,9 +30,8 @@ def rss_mb() -> float:
 
 
 def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]:
-    from nucleiseg.io import find_samples
+    from nucleiseg.io import find_samples, write_png
     from nucleiseg.saving import bundled_model_path, read_record
-    from nucleiseg.io import write_png
 
     if images == "dsb-val":
         wanted = set(read_record(bundled_model_path())["split"]["val"])
@@ -73,7 +72,7 @@ def instrument(watch: Stopwatch):
 
 
 def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
-    from nucleiseg.engines import Engine, load_engine, import_tensorflow_quietly
+    from nucleiseg.engines import Engine, import_tensorflow_quietly, load_engine
     from nucleiseg.infer import PredictOptions, predict_files
 
     if engine_name == "keras":
@@ -89,7 +88,8 @@ def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
             image = read_image(path)
             megapixels += image.shape[0] * image.shape[1] / 1e6
         megapixels *= len(paths) / min(len(paths), 2000)
-        model_path = folder / "tflite" / "nuclei_dsb2018.tflite" if engine_name == "tflite" else None
+        model_path = (folder / "tflite" / "nuclei_dsb2018.tflite" if engine_name == "tflite"
+                      else None)
         if model_path is not None:
             from nucleiseg.export import export_model
 

@@ -56,7 +56,8 @@ def measure(case: str, size: int, data_dir: Path | None) -> dict:
 
     if case == "naive":
         n = batch * steps
-        x, y = np.resize(x, (n + 2 * batch, *x.shape[1:])), np.resize(y, (n + 2 * batch, *y.shape[1:]))
+        x = np.resize(x, (n + 2 * batch, *x.shape[1:]))
+        y = np.resize(y, (n + 2 * batch, *y.shape[1:]))
         model.fit(x[:2 * batch], y[:2 * batch], batch_size=batch, epochs=1, verbose=0)  # compile
         start = time.perf_counter()
         model.fit(x[2 * batch:], y[2 * batch:], batch_size=batch, epochs=1, verbose=0)

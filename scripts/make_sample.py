@@ -61,7 +61,8 @@ def main(source: str, out: str = "src/nucleiseg/sample_data") -> None:
             write_png(out / part / "images" / f"{name}.png", image)
             write_png(out / part / "masks" / f"{name}.png",
                       labels.reshape(image.shape[:2]).astype(np.uint16))
-            lines.append(f"| {part}/{name} | {sample.name} | rows {window[0].start}-{window[0].stop}, "
+            lines.append(f"| {part}/{name} | {sample.name} | "
+                         f"rows {window[0].start}-{window[0].stop}, "
                          f"cols {window[1].start}-{window[1].stop} |")
     (out / "SOURCES.md").write_text(
         "# Bundled sample\n\n40 crops (at most 256x256, native resolution) of images from the 2018 "

@@ -10,7 +10,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dsb2018-stage1-train"
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+               / "dsb2018-stage1-train")
 
 
 def make_disks(shape=(64, 64), count=4, radius=(5, 9), seed=0, bright_background=False):
@@ -77,7 +78,8 @@ def write_dsb(root: Path, samples) -> Path:
 
 
 def disk_samples(count=6, shape=(64, 64), seed=0):
-    return [(f"img{i:02d}", *make_disks(shape, count=3 + i % 3, seed=seed + i)) for i in range(count)]
+    return [(f"img{i:02d}", *make_disks(shape, count=3 + i % 3, seed=seed + i))
+            for i in range(count)]
 
 
 @pytest.fixture

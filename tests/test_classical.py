@@ -1,6 +1,6 @@
 import numpy as np
-
 from conftest import make_disks
+
 from nucleiseg.classical import segment_classical
 from nucleiseg.metrics import match_instances
 

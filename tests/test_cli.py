@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import disk_samples, make_disks, write_dsb, write_image, write_paired
+
 from nucleiseg.cli import main
 
 TINY = ["--encoder-alpha", "0.35", "--decoder-filters", "32,16,16,8"]
@@ -56,10 +56,9 @@ def test_predict_writes_masks_at_native_size(trained_run, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["predict", "--model", str(model), str(tmp_path / "in"), str(tmp_path / "dsb"),
                  "--out", str(out)]) == 0
-    import imageio.v3 as iio
-
     import csv
 
+    import imageio.v3 as iio
     import tifffile
 
     labels = tifffile.imread(out / "big_labels.tif")

@@ -1,11 +1,18 @@
 import numpy as np
-
 from conftest import make_disks
 from scipy import ndimage
 
-from nucleiseg.data import (Augment, contact_pixels, labels_to_classes, make_train_dataset,
-                            make_val_dataset, prepare_arrays, random_crops, random_intensity,
-                            split_names)
+from nucleiseg.data import (
+    Augment,
+    contact_pixels,
+    labels_to_classes,
+    make_train_dataset,
+    make_val_dataset,
+    prepare_arrays,
+    random_crops,
+    random_intensity,
+    split_names,
+)
 
 
 def test_split_is_deterministic_disjoint_and_order_free():

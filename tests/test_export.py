@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import TINY_MODEL, disk_samples, make_disks, write_image, write_paired
+
 from nucleiseg.config import TrainConfig
 from nucleiseg.errors import UsageError
 
@@ -105,7 +105,8 @@ def test_predict_with_onnx_needs_no_tensorflow(tmp_path):
     pytest.importorskip("onnxruntime")
     write_image(tmp_path / "in" / "a.png", make_disks(seed=4)[0])
     code = ("import sys; from nucleiseg.cli import main; "
-            f"code = main(['predict', {str(tmp_path / 'in')!r}, '--out', {str(tmp_path / 'out')!r}]); "
+            f"code = main(['predict', {str(tmp_path / 'in')!r}, "
+            f"'--out', {str(tmp_path / 'out')!r}]); "
             "print(code, 'tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import make_disks
+
 from nucleiseg.data import labels_to_classes
 from nucleiseg.instances import InstanceOptions, labels_from_probabilities, measure_nuclei
 

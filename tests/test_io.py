@@ -2,11 +2,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_disks, write_dsb, write_image, write_paired
+
 from nucleiseg.errors import DataError
-from nucleiseg.io import (bundled_sample, detect_layout, find_images, find_samples, load_sample, load_samples,
-                          read_image, read_label_mask)
+from nucleiseg.io import (
+    bundled_sample,
+    detect_layout,
+    find_images,
+    find_samples,
+    load_sample,
+    load_samples,
+    read_image,
+    read_label_mask,
+)
 
 
 def test_paired_layout_pairs_by_name_not_listing_order(tmp_path):
@@ -204,13 +212,17 @@ NOISE = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda d: write_image(d / "a.png", NOISE) and truncated(d / "a.png"), "cannot read as an image"),
-    (lambda d: write_image(d / "a.jpg", NOISE) and truncated(d / "a.jpg"), "cannot read as an image"),
-    (lambda d: write_image(d / "a.tif", NOISE) and truncated(d / "a.tif"), "cannot read as an image"),
+    (lambda d: write_image(d / "a.png", NOISE) and truncated(d / "a.png"),
+     "cannot read as an image"),
+    (lambda d: write_image(d / "a.jpg", NOISE) and truncated(d / "a.jpg"),
+     "cannot read as an image"),
+    (lambda d: write_image(d / "a.tif", NOISE) and truncated(d / "a.tif"),
+     "cannot read as an image"),
     (lambda d: (d / "a.jpg").write_bytes(b"") or d / "a.jpg", "empty file"),
     (lambda d: (d / "a.tif").write_bytes(b"") or d / "a.tif", "empty file"),
     (lambda d: write_image(d / "a.png", np.zeros((1, 1), np.uint8)), "image is too small \\(1x1"),
-    (lambda d: write_image(d / "a.tif", np.zeros((1, 40), np.uint16)), "image is too small \\(1x40"),
+    (lambda d: write_image(d / "a.tif", np.zeros((1, 40), np.uint16)),
+     "image is too small \\(1x40"),
     (lambda d: write_image(d / "a.tif", np.zeros((5, 16, 16), np.uint8)), "a stack of images"),
     (lambda d: write_image(d / "a.tif", np.zeros((2, 3, 16, 16), np.uint8)), "a stack of images"),
     (lambda d: write_image(d / "a.tif", np.full((8, 8), np.nan, np.float32)),

@@ -1,8 +1,8 @@
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY_MODEL
+
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.model import ENCODER_SKIPS, build_encoder, build_unet, check_image_size
 
@@ -38,7 +38,8 @@ def test_every_batchnorm_momentum_is_set():
 
 @pytest.mark.parametrize("size,nearest", [(100, "96 or 128"), (20, "32"), (130, "128 or 160")])
 def test_bad_size_names_the_sizes_that_work(size, nearest):
-    with pytest.raises(UsageError, match=f"not a multiple of 32; nearest sizes that work: {nearest}"):
+    expected = f"not a multiple of 32; nearest sizes that work: {nearest}"
+    with pytest.raises(UsageError, match=expected):
         check_image_size(size)
 
 

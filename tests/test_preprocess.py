@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-
 from conftest import make_disks
-from nucleiseg.preprocess import (image_kind, normalize_image, resize_image, resize_labels,
-                                  to_rgb)
+
+from nucleiseg.preprocess import image_kind, normalize_image, resize_image, resize_labels, to_rgb
 
 
 def test_16_bit_and_8_bit_give_the_same_input():

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_disks, write_image
+
 from nucleiseg.saving import bundled_model_path, read_record
 
 pytestmark = [

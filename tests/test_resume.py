@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import TINY_MODEL, disk_samples, write_paired
+
 from nucleiseg.config import TrainConfig
 from nucleiseg.errors import TrainingError, UsageError
 

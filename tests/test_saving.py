@@ -3,8 +3,8 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY_MODEL
+
 from nucleiseg.errors import DataError
 from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet

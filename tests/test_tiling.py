@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 
-from nucleiseg.tiling import (gaussian_weights, predict_tiled, tile_starts,
-                              with_test_time_augmentation)
+from nucleiseg.tiling import (
+    gaussian_weights,
+    predict_tiled,
+    tile_starts,
+    with_test_time_augmentation,
+)
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(1000, 256, 32), (256, 256, 32), (300, 256, 64),
@@ -49,8 +53,8 @@ def test_position_independent_model_is_reproduced_exactly():
 def test_small_image_is_predicted_whole_and_tiled_agrees_with_whole():
     """With a real (context-using) network, tiles agree closely with whole-image prediction."""
     import keras
-
     from conftest import TINY_MODEL
+
     from nucleiseg.infer import probability_function
     from nucleiseg.model import build_unet
 
@@ -77,8 +81,8 @@ def test_test_time_augmentation_inverts_every_transform():
 @pytest.mark.parametrize("sampling", ["resize", "crops"])
 def test_probabilities_come_back_at_the_image_size_whatever_the_scale(sampling):
     import keras
-
     from conftest import TINY_MODEL
+
     from nucleiseg.infer import PredictOptions, predict_probabilities
     from nucleiseg.model import build_unet
 

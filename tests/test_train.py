@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import TINY_MODEL, disk_samples, write_paired
+
 from nucleiseg.config import TrainConfig
 from nucleiseg.errors import UsageError
 

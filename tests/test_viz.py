@@ -1,7 +1,7 @@
 import imageio.v3 as iio
 import numpy as np
-
 from conftest import make_disks
+
 from nucleiseg.preprocess import intensity_range, normalize_image
 from nucleiseg.viz import display, outline_overlay, pick_examples, plot_curves, prediction_grid
 

@@ -13,8 +13,15 @@ import sys
 from pathlib import Path
 
 from nucleiseg import __version__
-from nucleiseg.config import (ENCODER_WEIGHTS, LR_SCHEDULES, MONITORS, SAMPLINGS, TARGETS,
-                              TrainConfig, check_image_size)
+from nucleiseg.config import (
+    ENCODER_WEIGHTS,
+    LR_SCHEDULES,
+    MONITORS,
+    SAMPLINGS,
+    TARGETS,
+    TrainConfig,
+    check_image_size,
+)
 from nucleiseg.engines import import_tensorflow_quietly
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.infer import PredictOptions
@@ -27,7 +34,8 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.add_argument("--figure", type=Path,
                           help="PNG of input / true / predicted for a few images")
-    evaluate.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
+    evaluate.add_argument("--skip-bad", action="store_true",
+                          help="skip unusable samples, list them")
     add_prediction_options(evaluate)
 
     predict = commands.add_parser("predict", help="nucleus masks and overlays for images")

@@ -15,7 +15,8 @@ def describe(data_dir: Path, skip_bad: bool = False):
     """Return (statistics dict, loaded samples)."""
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)
     loaded, unreadable = load_samples(samples, skip_bad=skip_bad)
-    counts = np.array([int(len(np.unique(labels)) - (labels.min() == 0)) for _, _, labels in loaded])
+    counts = np.array([int(len(np.unique(labels)) - (labels.min() == 0))
+                       for _, _, labels in loaded])
     areas = np.concatenate([np.bincount(labels.ravel())[1:] for _, _, labels in loaded])
     areas = areas[areas > 0]
     stats = {
@@ -33,8 +34,8 @@ def describe(data_dir: Path, skip_bad: bool = False):
         "nucleus_area_px": {"median": float(np.median(areas)) if areas.size else 0.0,
                             "p5": float(np.percentile(areas, 5)) if areas.size else 0.0,
                             "p95": float(np.percentile(areas, 95)) if areas.size else 0.0},
-        "foreground_fraction": float(sum(np.count_nonzero(l) for _, _, l in loaded)
-                                     / sum(l.size for _, _, l in loaded)),
+        "foreground_fraction": float(sum(np.count_nonzero(lab) for _, _, lab in loaded)
+                                     / sum(lab.size for _, _, lab in loaded)),
     }
     return stats, loaded
 
@@ -50,7 +51,8 @@ def format_description(stats: dict) -> str:
         f"images:       {stats['images']}" + (f" ({len(stats['skipped'])} skipped)"
                                               if stats["skipped"] else ""),
         f"kinds:        {counter(stats['kinds'])}",
-        f"sizes (WxH):  {counter(stats['sizes'][:8])}" + (" ..." if len(stats["sizes"]) > 8 else ""),
+        f"sizes (WxH):  {counter(stats['sizes'][:8])}"
+        + (" ..." if len(stats["sizes"]) > 8 else ""),
         f"pixel types:  {counter(stats['pixel_types'])}",
         f"nuclei:       {stats['nuclei']} (per image: min {per['min']}, median {per['median']:g}, "
         f"mean {per['mean']:.1f}, max {per['max']})",

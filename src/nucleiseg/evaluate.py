@@ -11,8 +11,7 @@ import numpy as np
 
 from nucleiseg.data import labels_to_classes
 from nucleiseg.infer import PredictOptions, predict_probabilities
-from nucleiseg.instances import (InstanceOptions, instance_options_from,
-                                 labels_from_probabilities)
+from nucleiseg.instances import InstanceOptions, instance_options_from, labels_from_probabilities
 from nucleiseg.metrics import InstanceScores, PixelCounts, match_instances, pixel_counts
 from nucleiseg.preprocess import image_kind, normalize_image
 
@@ -134,9 +133,9 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
 def test_predictions(images, labels, predictions, names, path: Path, count: int = 4) -> None:
     """Input / true / predicted for `count` images, one of each kind first (the original's
     test_predictions)."""
-    from nucleiseg.viz import pick_examples, prediction_grid
-
     from skimage.color import label2rgb
+
+    from nucleiseg.viz import pick_examples, prediction_grid
 
     shown = pick_examples([image_kind(image) for image in images], count)
     colour = lambda labels: label2rgb(labels, bg_label=0)  # one colour per nucleus
@@ -153,7 +152,8 @@ def format_report(report: dict) -> str:
     columns = [("pixel accuracy", "pixel_accuracy"), ("foreground IoU", "foreground_iou"),
                ("Dice", "dice"), ("AP@0.5", "ap_50"), ("AP@0.75", "ap_75"),
                ("DSB score", "dsb_score"), ("F1@0.5", "f1_50")]
-    header = "| images | " + " | ".join(title for title, _ in columns) + " | nuclei (true / found) |"
+    header = ("| images | " + " | ".join(title for title, _ in columns)
+              + " | nuclei (true / found) |")
     lines = ["| set " + header, "|---" * (len(columns) + 3) + "|"]
     for name, row in [("all", report), *report["by_kind"].items()]:
         values = " | ".join(f"{row[key]:.3f}" for _, key in columns)

@@ -18,8 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.engines import (RECORD_KEY, file_digest, onnx_engine, tflite_engine,
-                               tflite_record_path)
+from nucleiseg.engines import (
+    RECORD_KEY,
+    file_digest,
+    onnx_engine,
+    tflite_engine,
+    tflite_record_path,
+)
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.io import current_umask
 
@@ -100,7 +105,8 @@ def build_onnx(model, record: dict, work: Path) -> Path:
     try:
         import onnx
     except ImportError:
-        raise UsageError("ONNX export needs tf2onnx and onnx: pip install 'nucleiseg[export]'") from None
+        raise UsageError("ONNX export needs tf2onnx and onnx: "
+                         "pip install 'nucleiseg[export]'") from None
     path = work / "model.onnx"
     with warnings.catch_warnings():  # tf2onnx's numpy-2 notices
         warnings.simplefilter("ignore", FutureWarning)

@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.errors import DataError, UsageError
-from nucleiseg.instances import (InstanceOptions, instance_options_from,
-                                 labels_from_probabilities)
+from nucleiseg.instances import InstanceOptions, instance_options_from, labels_from_probabilities
 from nucleiseg.io import CsvStream, find_images, read_image, write_png, write_tiff
-from nucleiseg.preprocess import (apply_intensity_range, intensity_range, normalize_image,
-                                  resize_image)
+from nucleiseg.preprocess import (
+    apply_intensity_range,
+    intensity_range,
+    normalize_image,
+    resize_image,
+)
 
 
 def create_mask(logits: np.ndarray) -> np.ndarray:

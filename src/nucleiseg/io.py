@@ -50,7 +50,8 @@ def bundled_sample(part: str = "train") -> Path:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            and not path.name.startswith("."))
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -326,7 +327,8 @@ def find_samples(root: Path, skip_bad: bool = False):
             samples.append(Sample(folder.name, candidates[0], masks, "dsb"))
     if problems and not skip_bad:
         path, why = problems[0]
-        more = f" (and {len(problems) - 1} more; --skip-bad skips them)" if len(problems) > 1 else ""
+        more = (f" (and {len(problems) - 1} more; --skip-bad skips them)"
+                if len(problems) > 1 else "")
         raise file_error(path, why + more)
     if not samples:
         raise file_error(root, f"no usable labelled images found; {LAYOUT_HELP}")

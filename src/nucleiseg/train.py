@@ -22,8 +22,16 @@ import numpy as np
 
 import nucleiseg
 from nucleiseg.config import TrainConfig, write_json
-from nucleiseg.data import (centre_crops, crop_weights, labels_to_classes, make_crop_dataset,
-                            make_train_dataset, make_val_dataset, prepare_arrays, split_names)
+from nucleiseg.data import (
+    centre_crops,
+    crop_weights,
+    labels_to_classes,
+    make_crop_dataset,
+    make_train_dataset,
+    make_val_dataset,
+    prepare_arrays,
+    split_names,
+)
 from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
 from nucleiseg.evaluate import evaluate_images, model_segmenter
 from nucleiseg.infer import show_predictions

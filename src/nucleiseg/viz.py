@@ -75,7 +75,8 @@ def prediction_grid(images, true_masks, pred_masks, path: Path, names=None) -> N
 
 def plot_curves(history: dict, path: Path) -> None:
     """Loss, pixel accuracy and foreground IoU per epoch, training and validation."""
-    panels = [("loss", "Loss"), ("accuracy", "Pixel accuracy"), ("foreground_iou", "Foreground IoU")]
+    panels = [("loss", "Loss"), ("accuracy", "Pixel accuracy"),
+              ("foreground_iou", "Foreground IoU")]
     figure, axes = _figure(1, len(panels), size=3.4)
     for ax, (key, title) in zip(axes[0], panels):
         ax.axis("on")
