@@ -220,3 +220,16 @@ def test_labels_switch_to_32_bits_above_65535_nuclei(tmp_path):
     labels = np.arange(70_000, dtype=np.uint32).reshape(280, 250)
     write_tiff(tmp_path / "many_labels.tif", labels.astype(label_image_dtype(int(labels.max()))))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "many_labels.tif"), labels)
+
+
+@pytest.mark.parametrize("argv", [
+    ["eda", "--data", "{tmp}", "--out", "{tmp}/eda.png"],
+    ["evaluate", "--data", "{tmp}", "--figure", "{tmp}/figure.png"],
+])
+def test_figures_without_matplotlib_are_refused_before_any_work(tmp_path, capsys, monkeypatch,
+                                                                 argv):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "needs matplotlib: pip install 'nucleiseg[plots]'" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

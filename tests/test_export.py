@@ -101,16 +101,16 @@ def test_int8_export_keeps_the_classes_and_is_preferred(tmp_path):
     assert load_engine(keras_model, "onnx")[0].name == "onnx"
 
 
-def test_predict_with_onnx_needs_no_tensorflow(tmp_path):
+def test_predict_with_onnx_needs_no_tensorflow_nor_matplotlib(tmp_path):
     pytest.importorskip("onnxruntime")
     write_image(tmp_path / "in" / "a.png", make_disks(seed=4)[0])
     code = ("import sys; from nucleiseg.cli import main; "
             f"code = main(['predict', {str(tmp_path / 'in')!r}, "
             f"'--out', {str(tmp_path / 'out')!r}]); "
-            "print(code, 'tensorflow' in sys.modules)")
+            "print(code, 'tensorflow' in sys.modules, 'matplotlib' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
-    assert result.stdout.splitlines()[-1] == "0 False", result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "0 False False", result.stdout + result.stderr
     assert "engine: onnx" in result.stdout
     assert (tmp_path / "out" / "a_labels.tif").exists()
 

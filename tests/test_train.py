@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 from conftest import TINY_MODEL, disk_samples, write_paired
@@ -27,6 +28,20 @@ def test_default_recipe_learns_and_works_in_inference_mode(tmp_path):
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["val"]) == 6 and not set(split["train"]) & set(split["val"])
     assert TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())) == config
+
+
+def test_training_without_matplotlib_writes_no_figures_and_says_so(tmp_path, monkeypatch):
+    from nucleiseg.train import train
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    data = write_paired(tmp_path / "data", disk_samples(8))
+    messages = []
+    run_dir, _ = train(TrainConfig(image_size=64, epochs=1, batch_size=4, val_fraction=0.25,
+                                   **TINY_MODEL), data, tmp_path / "run", verbose=0,
+                       log=messages.append)
+    assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
+    assert not (run_dir / "curves.png").exists() and not list(run_dir.glob("epochs/*.png"))
+    assert any("matplotlib is not installed" in m and "nucleiseg[plots]" in m for m in messages)
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):

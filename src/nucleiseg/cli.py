@@ -202,7 +202,9 @@ def prediction_options(args, record: dict | None):
 
 def run_eda(args) -> int:
     from nucleiseg.eda import describe, format_description, sample_figure
+    from nucleiseg.viz import require_plots
 
+    require_plots("nucleiseg eda --out")
     stats, loaded = describe(args.data, skip_bad=args.skip_bad)
     print(format_description(stats))
     sample_figure(loaded, args.out, args.count)
@@ -260,6 +262,10 @@ def run_evaluate(args) -> int:
     from nucleiseg.saving import read_record, resolve_model_path
 
     data = args.data if args.data is not None else bundled_sample("test")
+    if args.figure:
+        from nucleiseg.viz import require_plots
+
+        require_plots("--figure")
     record = None if args.classical else read_record(resolve_model_path(args.model))
     options, instance_options = prediction_options(args, record)
     report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad,

@@ -40,7 +40,7 @@ from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
 from nucleiseg.preprocess import image_kind, normalize_image
 from nucleiseg.saving import load_model, save_model
-from nucleiseg.viz import pick_examples, plot_curves
+from nucleiseg.viz import INSTALL_PLOTS, can_draw, pick_examples, plot_curves
 
 
 def new_run_dir(run_dir: Path | None) -> Path:
@@ -313,6 +313,9 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
     elif initial_weights is not None:
         model.set_weights(initial_weights)
 
+    drawing = can_draw()
+    if not drawing:
+        log(f"matplotlib is not installed: no epochs/*.png or curves.png ({INSTALL_PLOTS})")
     shown = pick_examples([kinds[name] for name in val_names])
     best_weights = checkpoints / "best.weights.h5"
     monitor = config.early_stopping_monitor
@@ -329,9 +332,10 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(run_dir / "history.csv", append=bool(state)),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
-        DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs"),
         backup,
     ]
+    if drawing:
+        callbacks.insert(-1, DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs"))
     try:
         model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs,
                   initial_epoch=epochs_done, validation_data=val_ds, callbacks=callbacks,
@@ -370,7 +374,8 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
     if backup.nan_epoch is not None:
         metrics["stopped"] = f"loss became NaN in epoch {backup.nan_epoch}"
     write_json(run_dir / "metrics.json", metrics)
-    plot_curves(history, run_dir / "curves.png")
+    if drawing:
+        plot_curves(history, run_dir / "curves.png")
     run = json.loads((run_dir / "run.json").read_text())
     record = {
         "nucleiseg_version": nucleiseg.__version__,

@@ -1,6 +1,7 @@
 """Figures, written straight to PNG files (matplotlib's Agg canvas: no windows, ever).
 
-matplotlib is imported here only, inside the functions that draw.
+matplotlib is imported here only, inside the functions that draw, and is optional (the
+'plots' extra): prediction never needs it, training without it writes no figures.
 """
 
 from __future__ import annotations
@@ -9,10 +10,29 @@ from pathlib import Path
 
 import numpy as np
 
+from nucleiseg.errors import UsageError
+
 DEFAULT_TITLES = ("Input image", "True mask", "Predicted mask")
+INSTALL_PLOTS = "pip install 'nucleiseg[plots]'"
+
+
+def can_draw() -> bool:
+    """Whether matplotlib (the 'plots' extra) can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_plots(what: str) -> None:
+    """Refuse, before any work, an option whose output is a figure when matplotlib is absent."""
+    if not can_draw():
+        raise UsageError(f"{what} draws a figure, which needs matplotlib: {INSTALL_PLOTS}")
 
 
 def _figure(rows: int, cols: int, size: float = 2.6):
+    require_plots("this command")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
