@@ -16,7 +16,7 @@ import numpy as np
 
 from nucleiseg.infer import predict_probabilities
 from nucleiseg.instances import InstanceOptions, labels_from_probabilities
-from nucleiseg.io import find_samples, load_samples, read_image
+from nucleiseg.io import find_samples, load_samples
 from nucleiseg.metrics import match_instances, pixel_counts
 from nucleiseg.preprocess import image_kind
 from nucleiseg.saving import load_model
@@ -42,12 +42,14 @@ def main() -> None:
     model, record = load_model(args.model)
     wanted = set(record["split"][args.split])
     samples = [s for s in find_samples(args.data)[0] if s.name in wanted]
-    if args.kind:
-        samples = [s for s in samples if image_kind(read_image(s.image_path)) == args.kind]
     rng = np.random.default_rng(args.seed)
-    samples = [samples[i] for i in sorted(rng.choice(len(samples), min(args.count, len(samples)),
-                                                     replace=False))]
-    loaded, _ = load_samples(samples)
+    pick = lambda items: [items[i] for i in sorted(
+        rng.choice(len(items), min(args.count, len(items)), replace=False))]
+    if args.kind:  # an image's kind is known once it is read: read all, keep that kind, pick
+        loaded = pick([item for item in load_samples(samples)[0]
+                       if image_kind(item[1]) == args.kind])
+    else:  # pick, then read only those
+        loaded, _ = load_samples(pick(samples))
     cached = [(predict_probabilities(model, image, record["config"]), labels)
               for _, image, labels in loaded]
     rows = []

@@ -332,10 +332,9 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(run_dir / "history.csv", append=bool(state)),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
+        *([DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs")] if drawing else []),
         backup,
     ]
-    if drawing:
-        callbacks.insert(-1, DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs"))
     try:
         model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs,
                   initial_epoch=epochs_done, validation_data=val_ds, callbacks=callbacks,
