@@ -1,11 +1,12 @@
-"""Measure post-processing choices (thresholds, minimum size) of a trained model.
+"""Measure post-processing choices (thresholds, sizes, seed splitting) of a trained model.
 
     python scripts/tune_postprocessing.py MODEL DATA [--split train] [--count 60] [--kind K]
 
 Predicts the class probabilities of `count` images of the model's `split` once, then scores
-every combination of foreground threshold, marker threshold and minimum size (DSB score,
-AP@0.5, foreground IoU) and prints a Markdown table, best first. Tune on training images and
-report on validation images, so the reported figures stay honest.
+every combination of foreground threshold, marker threshold, minimum size, split levels and
+minimum split size (DSB score, AP@0.5, foreground IoU) and prints a Markdown table, best
+first. Tune on training images and report on validation images, so the reported figures stay
+honest.
 """
 
 import argparse
@@ -37,6 +38,12 @@ def main() -> None:
     parser.add_argument("--marker", type=floats, default=[0.3, 0.5, 0.7],
                         help="marker thresholds to try")
     parser.add_argument("--min-size", type=floats, default=[5, 15, 30], help="minimum sizes to try")
+    levels = lambda text: [() if part.strip() == "none" else tuple(floats(part))
+                           for part in text.split(";")]
+    parser.add_argument("--split-levels", type=levels, default=[(), (0.8, 0.9)],
+                        help="split levels to try: ';' between choices, e.g. 'none;0.8,0.9'")
+    parser.add_argument("--min-split-size", type=floats, default=[80],
+                        help="minimum split sizes to try")
     args = parser.parse_args()
 
     model, record = load_model(args.model)
@@ -53,8 +60,10 @@ def main() -> None:
     cached = [(predict_probabilities(model, image, record["config"]), labels)
               for _, image, labels in loaded]
     rows = []
-    for fg, marker, min_size in itertools.product(args.foreground, args.marker, args.min_size):
-        options = InstanceOptions(fg, marker, int(min_size))
+    for fg, marker, min_size, levels, split_size in itertools.product(
+            args.foreground, args.marker, args.min_size, args.split_levels, args.min_split_size):
+        options = InstanceOptions(fg, marker, int(min_size), split_levels=levels,
+                                  min_split_size=int(split_size))
         dsb, ap50, pixels = [], [], None
         for probabilities, labels in cached:
             predicted = labels_from_probabilities(probabilities, options)
@@ -63,13 +72,15 @@ def main() -> None:
             ap50.append(scores.average_precision[0])
             counts = pixel_counts(labels, predicted)
             pixels = counts if pixels is None else pixels + counts
-        rows.append((np.mean(dsb), np.mean(ap50), pixels.foreground_iou, fg, marker, int(min_size)))
+        rows.append((np.mean(dsb), np.mean(ap50), pixels.foreground_iou, fg, marker, int(min_size),
+                     ",".join(map(str, levels)) or "none", int(split_size)))
     print(f"{len(cached)} {args.split} images of {args.data}"
           + (f" ({args.kind})" if args.kind else ""))
-    print("| DSB score | AP@0.5 | foreground IoU | foreground thr. | marker thr. | min size |")
-    print("|---|---|---|---|---|---|")
-    for row in sorted(rows, reverse=True):
-        print("| {:.4f} | {:.4f} | {:.4f} | {} | {} | {} |".format(*row))
+    print("| DSB score | AP@0.5 | foreground IoU | foreground thr. | marker thr. | min size "
+          "| split levels | min split size |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda row: row[:3], reverse=True):
+        print("| {:.4f} | {:.4f} | {:.4f} | {} | {} | {} | {} | {} |".format(*row))
 
 
 if __name__ == "__main__":

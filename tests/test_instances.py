@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import make_disks
@@ -77,6 +79,57 @@ def test_tuned_postprocessing_from_the_record_and_overrides():
     assert tuned.foreground_threshold == InstanceOptions().foreground_threshold
     overridden = instance_options_from(record, min_size=5, marker_threshold=None)
     assert overridden.min_size == 5 and overridden.marker_threshold == 0.7
+    as_json = instance_options_from({"postprocessing": {"split_levels": [0.9, 0.8]}})
+    assert as_json.split_levels == (0.8, 0.9)  # a record's list, sorted, as a tuple
+    assert instance_options_from(record, split_levels=()).split_levels == ()
+
+
+def joined_disks(core_probability=0.95, core_radius=7):
+    """Two touching disks whose interior probability is 0.6 everywhere (the model joined them
+    at the usual marker threshold) except in a core of each, where it is `core_probability`."""
+    labels = two_touching_disks()
+    yy, xx = np.mgrid[:40, :60]
+    interior = np.where(labels > 0, 0.6, 0.0)
+    for cx in (20, 38):
+        interior[((yy - 20) ** 2 + (xx - cx) ** 2 <= core_radius**2)] = core_probability
+    probabilities = np.stack([1 - (labels > 0), interior, (labels > 0) - interior], -1)
+    return labels, probabilities.astype(np.float32)
+
+
+def test_a_seed_splits_where_a_higher_level_holds_two_large_cores():
+    labels, probabilities = joined_disks()
+    joined = labels_from_probabilities(probabilities, InstanceOptions(split_levels=()))
+    assert joined.max() == 1
+    split = labels_from_probabilities(probabilities)  # default levels 0.8, 0.9; cores ~150 px
+    assert split.max() == 2
+    for value in (1, 2):  # each disk is one predicted nucleus, nearly all of it
+        values, counts = np.unique(split[labels == value], return_counts=True)
+        assert counts.max() > 0.95 * (labels == value).sum()
+    assert (split > 0).sum() == (labels > 0).sum()  # splitting moves no foreground
+    too_small = InstanceOptions(min_split_size=200)  # cores smaller than that: no split
+    assert labels_from_probabilities(probabilities, too_small).max() == 1
+    low = labels_from_probabilities(joined_disks(core_probability=0.85)[1])
+    assert low.max() == 2  # one of the levels (0.8) suffices
+
+
+def test_small_bright_spots_do_not_split_a_nucleus():
+    labels, probabilities = joined_disks(core_radius=3)  # cores of 29 px
+    assert labels_from_probabilities(probabilities).max() == 1
+
+
+def recursive_split(marker, interior, levels, min_size):
+    """Reference for split_markers: one marker, level by level, recursively."""
+    from scipy import ndimage
+
+    for index, level in enumerate(levels):
+        cores, found = ndimage.label(marker & (interior > level))
+        sizes = np.bincount(cores.ravel(), minlength=found + 1)[1:]
+        big = np.flatnonzero(sizes >= min_size) + 1
+        if len(big) >= 2:
+            return [part for value in big
+                    for part in recursive_split(cores == value, interior, levels[index + 1:],
+                                                min_size)]
+    return [marker]
 
 
 def global_watershed_reference(probabilities, options):
@@ -88,8 +141,13 @@ def global_watershed_reference(probabilities, options):
     foreground = probabilities[..., 0] < 255 - round(options.foreground_threshold * 255)
     foreground = ndimage.binary_fill_holes(foreground)
     interior = probabilities[..., 1]
-    markers = label((interior > round(options.marker_threshold * 255)) & foreground,
-                    connectivity=1)
+    seeds = label((interior > round(options.marker_threshold * 255)) & foreground,
+                  connectivity=1)
+    levels = [round(level * 255) for level in options.split_levels]
+    markers = np.zeros_like(seeds)
+    for value in range(1, seeds.max() + 1):
+        for part in recursive_split(seeds == value, interior, levels, options.min_split_size):
+            markers[part] = markers.max() + 1
     labels = watershed(-interior.astype(np.int16), markers, mask=foreground)
     orphans = label(foreground & (labels == 0), connectivity=1)
     labels = np.where(orphans > 0, orphans + labels.max(), labels)
@@ -104,10 +162,9 @@ def same_partition(a, b):
     return len(pairs[0]) == len(np.unique(a)) == len(np.unique(b))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_region_by_region_equals_one_whole_image_watershed(seed):
-    """Processing each foreground region in its own box gives the same nuclei as a
-    watershed over the whole image, numbered in another order."""
+def compare_with_reference(seed):
+    """Checks labels_from_probabilities against the whole-image reference, with and without
+    splitting, on smooth random probabilities; returns how many nuclei splitting added."""
     from scipy import ndimage
 
     from nucleiseg.instances import quantise_probabilities
@@ -115,11 +172,28 @@ def test_region_by_region_equals_one_whole_image_watershed(seed):
     rng = np.random.default_rng(seed)
     logits = ndimage.gaussian_filter(rng.normal(size=(120, 90, 3)), (3, 3, 0)) * 12
     probabilities = quantise_probabilities(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))
-    options = InstanceOptions(foreground_threshold=0.5, marker_threshold=0.6, min_size=4)
+    options = InstanceOptions(foreground_threshold=0.5, marker_threshold=0.6, min_size=4,
+                              split_levels=(0.8, 0.9), min_split_size=6)
     labels = labels_from_probabilities(probabilities, options)
     reference = global_watershed_reference(probabilities, options)
     assert labels.max() == reference.max() > 3
     assert same_partition(labels, reference)
+    unsplit = labels_from_probabilities(probabilities, dataclasses.replace(options,
+                                                                           split_levels=()))
+    assert same_partition(unsplit, global_watershed_reference(
+        probabilities, dataclasses.replace(options, split_levels=())))
+    return labels.max() - unsplit.max()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_by_region_equals_one_whole_image_watershed(seed):
+    """Processing each foreground region in its own box (seeds split level by level) gives
+    the same nuclei as a watershed over the whole image, numbered in another order."""
+    compare_with_reference(seed)
+
+
+def test_the_reference_comparison_covers_splits():
+    assert sum(compare_with_reference(seed) for seed in range(4)) > 0
 
 
 def test_measurements_match_scikit_image_regionprops():

@@ -38,6 +38,19 @@ def _int_list(text: str) -> tuple[int, ...]:
             f"expected comma-separated integers, got {text!r}") from None
 
 
+def _split_levels(text: str) -> tuple[float, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        levels = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected probabilities like 0.8,0.9 or none; got {text!r}") from None
+    if not all(0 < level < 1 for level in levels):
+        raise argparse.ArgumentTypeError(f"levels must lie between 0 and 1; got {text!r}")
+    return levels
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nucleiseg", description="Find cell nuclei in microscopy images.")
@@ -183,6 +196,13 @@ def add_prediction_options(parser) -> None:
     group.add_argument("--marker-threshold", type=float,
                        help="interior probability that seeds a nucleus "
                        f"({tuned.format(instance_defaults.marker_threshold)})")
+    group.add_argument("--split-levels", type=_split_levels, metavar="P,P|none",
+                       help="higher interior probabilities at which one seed may split into "
+                       "several, for touching nuclei the model joined ("
+                       + tuned.format(",".join(map(str, instance_defaults.split_levels))) + ")")
+    group.add_argument("--min-split-size", type=int,
+                       help="pixels each part of a split seed needs "
+                       f"({tuned.format(instance_defaults.min_split_size)})")
     group.add_argument("--no-fill-holes", action="store_true", help="keep holes in nuclei")
 
 
@@ -194,9 +214,13 @@ def prediction_options(args, record: dict | None):
         raise UsageError(f"--overlap must be between 0 and the tile size; got {args.overlap}")
     if args.scale <= 0:
         raise UsageError(f"--scale must be positive; got {args.scale}")
+    if args.min_split_size is not None and args.min_split_size < 1:
+        raise UsageError(f"--min-split-size must be at least 1; got {args.min_split_size}")
     return (PredictOptions(args.tile, args.overlap, args.scale, args.tta),
             instance_options_from(record, foreground_threshold=args.foreground_threshold,
                                   marker_threshold=args.marker_threshold, min_size=args.min_size,
+                                  split_levels=args.split_levels,
+                                  min_split_size=args.min_split_size,
                                   fill_holes=False if args.no_fill_holes else None))
 
 

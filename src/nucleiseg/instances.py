@@ -15,6 +15,14 @@ class InstanceOptions:
     marker_threshold: float = 0.5  # P(interior) above this seeds one nucleus (3-class models)
     min_size: int = 15  # objects smaller than this many pixels are removed
     fill_holes: bool = True
+    # A marker splits where, at a higher P(interior) level, it breaks into two or more cores
+    # of at least `min_split_size` pixels: touching nuclei whose interiors the model joined
+    # at marker_threshold but kept apart at a more confident level (3-class models).
+    split_levels: tuple[float, ...] = (0.8, 0.9)
+    min_split_size: int = 80
+
+    def __post_init__(self):  # a record's JSON list, or any sequence, as a sorted tuple
+        object.__setattr__(self, "split_levels", tuple(sorted(map(float, self.split_levels))))
 
 
 def instance_options_from(record: dict | None, **overrides) -> InstanceOptions:
@@ -57,6 +65,7 @@ def labels_from_probabilities(probabilities: np.ndarray,
     labels, count = ndimage.label(foreground, output=np.int32)  # connectivity 1
     del foreground
     marker_level = round(options.marker_threshold * 255)
+    split_levels = [round(level * 255) for level in options.split_levels]
     interior = probabilities[..., 1] if probabilities.shape[-1] >= 3 else None
     next_label = 0
     # New numbers are written negated, so they never clash with regions not yet visited.
@@ -65,7 +74,8 @@ def labels_from_probabilities(probabilities: np.ndarray,
             continue
         window = labels[box]
         inside = window == region
-        nuclei = (split_region(inside, interior[box], marker_level) if interior is not None
+        nuclei = (split_region(inside, interior[box], marker_level, split_levels,
+                               options.min_split_size) if interior is not None
                   else inside.astype(np.int32))
         if options.min_size > 1:
             sizes = np.bincount(nuclei[inside])
@@ -97,14 +107,18 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return hole
 
 
-def split_region(inside: np.ndarray, interior: np.ndarray, marker_level: int) -> np.ndarray:
+def split_region(inside: np.ndarray, interior: np.ndarray, marker_level: int,
+                 split_levels=(), min_split_size: int = 0) -> np.ndarray:
     """Nuclei (1..n) of one connected foreground region: a watershed on the interior
-    probability from its connected marker areas; parts no marker reaches become nuclei of their
-    own. One marker (the usual case) means one nucleus, without a watershed."""
+    probability from its connected marker areas (split by split_markers); parts no marker
+    reaches become nuclei of their own. One marker (the usual case) means one nucleus, without
+    a watershed. Levels are on the uint8 probability scale, like `interior`."""
     from scipy import ndimage
     from skimage.segmentation import watershed
 
     markers, count = ndimage.label(inside & (interior > marker_level), output=np.int32)
+    if split_levels and count and np.count_nonzero(markers) >= 2 * min_split_size:
+        markers, count = split_markers(markers, count, interior, split_levels, min_split_size)
     if count <= 1:
         return inside.astype(np.int32)
     nuclei = watershed(-interior.astype(np.int16), markers, mask=inside)
@@ -112,6 +126,32 @@ def split_region(inside: np.ndarray, interior: np.ndarray, marker_level: int) ->
     if extra:
         nuclei = np.where(orphans > 0, orphans + count, nuclei)
     return nuclei.astype(np.int32, copy=False)
+
+
+def split_markers(markers: np.ndarray, count: int, interior: np.ndarray, levels,
+                  min_size: int) -> tuple[np.ndarray, int]:
+    """Level by level, each marker holding two or more cores (connected areas with `interior`
+    above the level) of at least `min_size` pixels is replaced by those cores; smaller cores
+    are dropped from the markers (the watershed gives their pixels to a neighbour). Returns
+    the new markers (1..count, connected and apart) and their count."""
+    from scipy import ndimage
+
+    for level in levels:
+        cores, found = ndimage.label((markers > 0) & (interior > level), output=np.int32)
+        if found < 2:
+            continue
+        big = np.bincount(cores.ravel(), minlength=found + 1) >= max(min_size, 1)
+        big[0] = False
+        owner = np.zeros(found + 1, np.int32)  # the marker each core lies in (exactly one)
+        owner[cores] = markers
+        split = np.bincount(owner[big], minlength=count + 1) >= 2
+        split[0] = False
+        if not split.any():
+            continue
+        keep = (markers > 0) & ~split[markers]
+        keep |= big[cores] & split[owner[cores]]
+        markers, count = ndimage.label(keep, output=np.int32)  # markers stay 4-apart
+    return markers, count
 
 
 COLUMNS = ("label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x",
