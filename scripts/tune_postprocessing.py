@@ -3,10 +3,10 @@
     python scripts/tune_postprocessing.py MODEL DATA [--split train] [--count 60] [--kind K]
 
 Predicts the class probabilities of `count` images of the model's `split` once, then scores
-every combination of foreground threshold, marker threshold, minimum size, split levels and
-minimum split size (DSB score, AP@0.5, foreground IoU) and prints a Markdown table, best
-first. Tune on training images and report on validation images, so the reported figures stay
-honest.
+every combination of foreground threshold, marker threshold, minimum size, split levels,
+minimum split size and minimum confidence (DSB score, AP@0.5, foreground IoU) and prints a
+Markdown table, best first. Tune on training images and report on validation images, so the
+reported figures stay honest.
 """
 
 import argparse
@@ -44,6 +44,8 @@ def main() -> None:
                         help="split levels to try: ';' between choices, e.g. 'none;0.8,0.9'")
     parser.add_argument("--min-split-size", type=floats, default=[80],
                         help="minimum split sizes to try")
+    parser.add_argument("--min-confidence", type=floats, default=[0.0, 0.8],
+                        help="minimum mean nucleus probabilities to try")
     args = parser.parse_args()
 
     model, record = load_model(args.model)
@@ -60,10 +62,11 @@ def main() -> None:
     cached = [(predict_probabilities(model, image, record["config"]), labels)
               for _, image, labels in loaded]
     rows = []
-    for fg, marker, min_size, levels, split_size in itertools.product(
-            args.foreground, args.marker, args.min_size, args.split_levels, args.min_split_size):
+    for fg, marker, min_size, levels, split_size, confidence in itertools.product(
+            args.foreground, args.marker, args.min_size, args.split_levels, args.min_split_size,
+            args.min_confidence):
         options = InstanceOptions(fg, marker, int(min_size), split_levels=levels,
-                                  min_split_size=int(split_size))
+                                  min_split_size=int(split_size), min_confidence=confidence)
         dsb, ap50, pixels = [], [], None
         for probabilities, labels in cached:
             predicted = labels_from_probabilities(probabilities, options)
@@ -73,14 +76,14 @@ def main() -> None:
             counts = pixel_counts(labels, predicted)
             pixels = counts if pixels is None else pixels + counts
         rows.append((np.mean(dsb), np.mean(ap50), pixels.foreground_iou, fg, marker, int(min_size),
-                     ",".join(map(str, levels)) or "none", int(split_size)))
+                     ",".join(map(str, levels)) or "none", int(split_size), confidence))
     print(f"{len(cached)} {args.split} images of {args.data}"
           + (f" ({args.kind})" if args.kind else ""))
     print("| DSB score | AP@0.5 | foreground IoU | foreground thr. | marker thr. | min size "
-          "| split levels | min split size |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| split levels | min split size | min confidence |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in sorted(rows, key=lambda row: row[:3], reverse=True):
-        print("| {:.4f} | {:.4f} | {:.4f} | {} | {} | {} | {} | {} |".format(*row))
+        print("| {:.4f} | {:.4f} | {:.4f} | {} | {} | {} | {} | {} | {} |".format(*row))
 
 
 if __name__ == "__main__":

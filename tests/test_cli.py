@@ -235,7 +235,7 @@ def test_figures_without_matplotlib_are_refused_before_any_work(tmp_path, capsys
     assert list(tmp_path.iterdir()) == []
 
 
-def test_split_options_reach_the_post_processing_and_bad_ones_are_refused(tmp_path, capsys):
+def test_post_processing_options_reach_it_and_bad_ones_are_refused(tmp_path, capsys):
     from nucleiseg.cli import build_parser, prediction_options
 
     parse = lambda *extra: build_parser().parse_args(["predict", "x.png", "--out", "o", *extra])
@@ -246,13 +246,14 @@ def test_split_options_reach_the_post_processing_and_bad_ones_are_refused(tmp_pa
                                   record)
     assert given.split_levels == (0.8, 0.9) and given.min_split_size == 20
     assert prediction_options(parse("--split-levels", "none"), record)[1].split_levels == ()
+    assert prediction_options(parse("--min-confidence", "0.8"), record)[1].min_confidence == 0.8
     for bad in (["--split-levels", "1.5"], ["--split-levels", "high"],
-                ["--min-split-size", "0"]):
+                ["--min-split-size", "0"], ["--min-confidence", "1.5"]):
         try:  # argparse refuses the malformed ones, the command the rest
             code = main(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), *bad])
         except SystemExit as exit:
             code = exit.code
         assert code == 2
         err = capsys.readouterr().err
-        assert ("--split-levels" in err or "--min-split-size" in err) and "Traceback" not in err
+        assert bad[0] in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()

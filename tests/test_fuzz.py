@@ -240,7 +240,8 @@ def test_metrics_are_bounded_consistent_and_match_a_brute_force_count(pair):
        st.sampled_from(["blobs", "noise", "zeros", "ones"]), SEEDS, st.booleans(),
        st.builds(InstanceOptions, st.floats(0.05, 0.95), st.floats(0.05, 0.95),
                  st.integers(0, 30), st.booleans(),
-                 st.lists(st.floats(0.05, 0.95), max_size=3), st.integers(1, 40)))
+                 st.lists(st.floats(0.05, 0.95), max_size=3), st.integers(1, 40),
+                 st.floats(0.0, 1.0)))
 def test_labels_from_probabilities_numbers_nuclei_consecutively(h, w, classes, style, seed,
                                                                 as_uint8, options):
     rng = np.random.default_rng(seed)

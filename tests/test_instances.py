@@ -117,6 +117,16 @@ def test_small_bright_spots_do_not_split_a_nucleus():
     assert labels_from_probabilities(probabilities).max() == 1
 
 
+def test_unsure_nuclei_are_removed_by_min_confidence():
+    labels = np.zeros((30, 60), np.int32)
+    labels[5:20, 5:20], labels[5:20, 35:50] = 1, 2
+    nucleus = np.where(labels == 1, 0.95, np.where(labels == 2, 0.7, 0.0))  # P(nucleus)
+    probabilities = np.stack([1 - nucleus, nucleus, np.zeros_like(nucleus)], -1)
+    assert labels_from_probabilities(probabilities).max() == 2  # off by default
+    sure = labels_from_probabilities(probabilities, InstanceOptions(min_confidence=0.8))
+    assert sure.max() == 1 and (sure > 0).sum() == (labels == 1).sum()
+
+
 def recursive_split(marker, interior, levels, min_size):
     """Reference for split_markers: one marker, level by level, recursively."""
     from scipy import ndimage

@@ -203,6 +203,9 @@ def add_prediction_options(parser) -> None:
     group.add_argument("--min-split-size", type=int,
                        help="pixels each part of a split seed needs "
                        f"({tuned.format(instance_defaults.min_split_size)})")
+    group.add_argument("--min-confidence", type=float,
+                       help="remove nuclei whose mean nucleus probability is below this "
+                       f"({tuned.format(instance_defaults.min_confidence)})")
     group.add_argument("--no-fill-holes", action="store_true", help="keep holes in nuclei")
 
 
@@ -214,6 +217,8 @@ def prediction_options(args, record: dict | None):
         raise UsageError(f"--overlap must be between 0 and the tile size; got {args.overlap}")
     if args.scale <= 0:
         raise UsageError(f"--scale must be positive; got {args.scale}")
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise UsageError(f"--min-confidence must be between 0 and 1; got {args.min_confidence}")
     if args.min_split_size is not None and args.min_split_size < 1:
         raise UsageError(f"--min-split-size must be at least 1; got {args.min_split_size}")
     return (PredictOptions(args.tile, args.overlap, args.scale, args.tta),
@@ -221,6 +226,7 @@ def prediction_options(args, record: dict | None):
                                   marker_threshold=args.marker_threshold, min_size=args.min_size,
                                   split_levels=args.split_levels,
                                   min_split_size=args.min_split_size,
+                                  min_confidence=args.min_confidence,
                                   fill_holes=False if args.no_fill_holes else None))
 
 

@@ -20,6 +20,7 @@ class InstanceOptions:
     # at marker_threshold but kept apart at a more confident level (3-class models).
     split_levels: tuple[float, ...] = (0.8, 0.9)
     min_split_size: int = 80
+    min_confidence: float = 0.0  # nuclei whose mean P(nucleus) is below this are removed
 
     def __post_init__(self):  # a record's JSON list, or any sequence, as a sorted tuple
         object.__setattr__(self, "split_levels", tuple(sorted(map(float, self.split_levels))))
@@ -52,6 +53,7 @@ def labels_from_probabilities(probabilities: np.ndarray,
     3 classes (background / interior / boundary): connected interiors are the markers of a
     watershed over the foreground, so touching nuclei split along their boundary; a foreground
     region without any interior marker becomes one nucleus. 2 classes: connected components.
+    Then nuclei under min_size pixels or under min_confidence mean P(nucleus) are removed.
     Each connected foreground region is processed in its own bounding box, so memory beyond the
     label image stays small even for 8192 x 8192 images.
     """
@@ -82,6 +84,12 @@ def labels_from_probabilities(probabilities: np.ndarray,
             too_small = sizes < options.min_size
             too_small[0] = False
             nuclei[too_small[nuclei]] = 0
+        if options.min_confidence > 0:
+            ids = nuclei[inside]
+            certainty = np.bincount(ids, weights=255 - probabilities[box][inside][:, 0])
+            unsure = certainty < options.min_confidence * 255 * np.bincount(ids)
+            unsure[0] = False
+            nuclei[unsure[nuclei]] = 0
         kept = np.unique(nuclei[inside])
         kept = kept[kept > 0]
         renumber = np.zeros(int(nuclei.max()) + 1, np.int32)
