@@ -37,9 +37,12 @@ def test_evaluate_json_and_figure(trained_run, capsys):
         assert 0 <= report[key] and np.isfinite(report[key])
     assert report["true_nuclei"] == sum(row["true_nuclei"] for row in report["per_image"])
     assert figure.stat().st_size > 0
-    assert main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
+    assert report["postprocessing"]["split_levels"] == [0.8, 0.9]  # what the figures used
+    assert main(["evaluate", "--model", str(model), "--data", str(data),
+                 "--min-confidence", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "| DSB score |" in out and "| fluorescence | 8 |" in out
+    assert "post-processing: " in out and "min_confidence 0.3" in out
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", "val",
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -145,7 +148,7 @@ def test_evaluate_classical_baseline(paired_dir, capsys):
     assert main(["evaluate", "--classical", "--data", str(paired_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == "classical Otsu + watershed" and report["loss"] is None
-    assert report["ap_50"] == 1.0 and report["images"] == 6
+    assert report["ap_50"] == 1.0 and report["images"] == 6 and report["postprocessing"] is None
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ foreground IoU, Dice) and instance metrics (DSB average precision, F1), overall 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from pathlib import Path
@@ -105,8 +106,8 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
         segment, target, method = classical_segmenter, "binary", "classical Otsu + watershed"
     else:
         model, record = load_model(model_path)
-        segment = model_segmenter(model, record["config"], options,
-                                  instance_options or instance_options_from(record))
+        instance_options = instance_options or instance_options_from(record)
+        segment = model_segmenter(model, record["config"], options, instance_options)
         target, method = record["config"].get("target", "binary"), "model"
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)
     if split != "all":
@@ -123,6 +124,7 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
     report, predictions = evaluate_images(segment, images, labels, names, target)
     report = {"method": method, "model": None if model_path is None else str(model_path),
               "data": str(data_dir), "split": split, **report,
+              "postprocessing": None if classical else dataclasses.asdict(instance_options),
               "skipped": [f"{name}: {why}" for name, why in skipped + unreadable]}
     if figure_path is not None:
         test_predictions(images, labels, predictions, names, figure_path, figure_images)
@@ -159,4 +161,7 @@ def format_report(report: dict) -> str:
         values = " | ".join(f"{row[key]:.3f}" for _, key in columns)
         lines.append(f"| {name} | {row['images']} | {values} | "
                      f"{row['true_nuclei']} / {row['predicted_nuclei']} |")
+    if report.get("postprocessing"):  # what the model's figures depend on besides the model
+        lines.append("\npost-processing: " + ", ".join(
+            f"{key} {value}" for key, value in report["postprocessing"].items()))
     return "\n".join(lines)
