@@ -186,26 +186,21 @@ def add_prediction_options(parser) -> None:
     group.add_argument("--tta", type=int, choices=(1, 4, 8), default=defaults.tta,
                        help="test-time augmentation: average over 1 (none), 4 (flips) or 8 "
                        "(flips and rotations) views (default %(default)s)")
-    tuned = "default: the model's tuned value, else {}"
-    group.add_argument("--min-size", type=int,
-                       help="remove nuclei smaller than this many pixels "
-                       f"({tuned.format(instance_defaults.min_size)})")
-    group.add_argument("--foreground-threshold", type=float,
-                       help="nucleus probability threshold "
-                       f"({tuned.format(instance_defaults.foreground_threshold)})")
-    group.add_argument("--marker-threshold", type=float,
-                       help="interior probability that seeds a nucleus "
-                       f"({tuned.format(instance_defaults.marker_threshold)})")
-    group.add_argument("--split-levels", type=_split_levels, metavar="P,P|none",
-                       help="higher interior probabilities at which one seed may split into "
-                       "several, for touching nuclei the model joined ("
-                       + tuned.format(",".join(map(str, instance_defaults.split_levels))) + ")")
-    group.add_argument("--min-split-size", type=int,
-                       help="pixels each part of a split seed needs "
-                       f"({tuned.format(instance_defaults.min_split_size)})")
-    group.add_argument("--min-confidence", type=float,
-                       help="remove nuclei whose mean nucleus probability is below this "
-                       f"({tuned.format(instance_defaults.min_confidence)})")
+    # Post-processing: each left out falls back to the model's tuned value, else the default.
+    for flag, kind, what in (
+            ("--min-size", int, "remove nuclei smaller than this many pixels"),
+            ("--foreground-threshold", float, "nucleus probability threshold"),
+            ("--marker-threshold", float, "interior probability that seeds a nucleus"),
+            ("--split-levels", _split_levels, "higher interior probabilities at which one seed "
+             "may split into several, for touching nuclei the model joined (P,P or none)"),
+            ("--min-split-size", int, "pixels each part of a split seed needs"),
+            ("--min-confidence", float,
+             "remove nuclei whose mean nucleus probability is below this")):
+        default = getattr(instance_defaults, flag[2:].replace("-", "_"))
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default)) or "none"
+        group.add_argument(flag, type=kind,
+                           help=f"{what} (default: the model's tuned value, else {default})")
     group.add_argument("--no-fill-holes", action="store_true", help="keep holes in nuclei")
 
 
