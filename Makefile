@@ -51,12 +51,11 @@ clean:
 # run continues with `nucleiseg train --resume <run>`):
 #   make pretrained DSB=../shared/data/dsb2018-stage1-train
 # The post-processing values were chosen with scripts/tune_postprocessing.py on 60 training
-# images (README, Results).
+# images (README, Results); ship_model.py stores in the model the ones the evaluation used.
 DSB ?= ../shared/data/dsb2018-stage1-train
 PRETRAINED_RUN := runs/pretrained-$(shell date +%Y%m%d-%H%M%S)
 POSTPROCESSING := --foreground-threshold 0.6 --marker-threshold 0.5 --min-size 30 \
   --split-levels 0.8,0.9 --min-split-size 80 --min-confidence 0.8
-POSTPROCESSING_JSON := {"foreground_threshold": 0.6, "marker_threshold": 0.5, "min_size": 30, "split_levels": [0.8, 0.9], "min_split_size": 80, "min_confidence": 0.8}
 pretrained: $(INSTALLED)
 	$(VENV)/bin/nucleiseg train --data $(DSB) --out $(PRETRAINED_RUN) --sampling crops \
 	  --image-size 256 --target boundary --boundary-weight 2 --contact-weight 3 \
@@ -65,5 +64,4 @@ pretrained: $(INSTALLED)
 	  --intensity-augment
 	$(VENV)/bin/nucleiseg evaluate --model $(PRETRAINED_RUN)/model.keras --data $(DSB) \
 	  --split val $(POSTPROCESSING) --json > $(PRETRAINED_RUN)/evaluation.json
-	$(PY) scripts/ship_model.py $(PRETRAINED_RUN) --evaluation $(PRETRAINED_RUN)/evaluation.json \
-	  --postprocessing '$(POSTPROCESSING_JSON)'
+	$(PY) scripts/ship_model.py $(PRETRAINED_RUN) --evaluation $(PRETRAINED_RUN)/evaluation.json

@@ -5,7 +5,8 @@
 Saves the run's best model without optimizer state (smaller, inference only), keeping its
 record (config, data, split, metrics, command), and writes pretrained/MODEL.md describing it.
 `--evaluation` adds the summary of a `nucleiseg evaluate --json` report to the record;
-`--postprocessing` the tuned post-processing that predict and evaluate then use by default.
+`--postprocessing` the tuned post-processing that predict and evaluate then use by default
+(without it, the post-processing the evaluation used).
 """
 
 import argparse
@@ -43,10 +44,10 @@ def main() -> None:
         record["command"] = args.command
     if isinstance(record.get("init_model"), str):  # recorded by an older nucleiseg: path only
         record["init_model"] = {"path": record["init_model"], "command": args.init_command}
-    if args.postprocessing:
-        record["postprocessing"] = args.postprocessing
-    if args.evaluation:
-        report = json.loads(args.evaluation.read_text())
+    report = json.loads(args.evaluation.read_text()) if args.evaluation else None
+    if args.postprocessing or (report or {}).get("postprocessing"):  # given, else as evaluated
+        record["postprocessing"] = args.postprocessing or report["postprocessing"]
+    if report:
         record["evaluation"] = {
             "command": report.get("command"), "split": report["split"],
             "overall": {k: report[k] for k in SUMMARY_KEYS},

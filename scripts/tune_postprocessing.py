@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nucleiseg.cli import parse_split_levels
 from nucleiseg.infer import predict_probabilities
 from nucleiseg.instances import InstanceOptions, labels_from_probabilities
 from nucleiseg.io import find_samples, load_samples
@@ -38,8 +39,7 @@ def main() -> None:
     parser.add_argument("--marker", type=floats, default=[0.3, 0.5, 0.7],
                         help="marker thresholds to try")
     parser.add_argument("--min-size", type=floats, default=[5, 15, 30], help="minimum sizes to try")
-    levels = lambda text: [() if part.strip() == "none" else tuple(floats(part))
-                           for part in text.split(";")]
+    levels = lambda text: [parse_split_levels(part) for part in text.split(";")]
     parser.add_argument("--split-levels", type=levels, default=[(), (0.8, 0.9)],
                         help="split levels to try: ';' between choices, e.g. 'none;0.8,0.9'")
     parser.add_argument("--min-split-size", type=floats, default=[80],

@@ -38,7 +38,8 @@ def _int_list(text: str) -> tuple[int, ...]:
             f"expected comma-separated integers, got {text!r}") from None
 
 
-def _split_levels(text: str) -> tuple[float, ...]:
+def parse_split_levels(text: str) -> tuple[float, ...]:
+    """--split-levels: "0.8,0.9" -> (0.8, 0.9); "none" -> ()."""
     if text.strip().lower() == "none":
         return ()
     try:
@@ -191,8 +192,8 @@ def add_prediction_options(parser) -> None:
             ("--min-size", int, "remove nuclei smaller than this many pixels"),
             ("--foreground-threshold", float, "nucleus probability threshold"),
             ("--marker-threshold", float, "interior probability that seeds a nucleus"),
-            ("--split-levels", _split_levels, "higher interior probabilities at which one seed "
-             "may split into several, for touching nuclei the model joined (P,P or none)"),
+            ("--split-levels", parse_split_levels, "higher interior probabilities at which one "
+             "seed may split into several, for touching nuclei the model joined (P,P or none)"),
             ("--min-split-size", int, "pixels each part of a split seed needs"),
             ("--min-confidence", float,
              "remove nuclei whose mean nucleus probability is below this")):

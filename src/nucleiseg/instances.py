@@ -79,22 +79,17 @@ def labels_from_probabilities(probabilities: np.ndarray,
         nuclei = (split_region(inside, interior[box], marker_level, split_levels,
                                options.min_split_size) if interior is not None
                   else inside.astype(np.int32))
-        if options.min_size > 1:
-            sizes = np.bincount(nuclei[inside])
-            too_small = sizes < options.min_size
-            too_small[0] = False
-            nuclei[too_small[nuclei]] = 0
-        if options.min_confidence > 0:
-            ids = nuclei[inside]
-            certainty = np.bincount(ids, weights=255 - probabilities[box][inside][:, 0])
-            unsure = certainty < options.min_confidence * 255 * np.bincount(ids)
-            unsure[0] = False
-            nuclei[unsure[nuclei]] = 0
-        kept = np.unique(nuclei[inside])
+        ids = nuclei[inside]
+        sizes = np.bincount(ids)
+        removed = sizes < options.min_size
+        if options.min_confidence > 0:  # mean P(nucleus) = 1 - mean P(background)
+            certainty = np.bincount(ids, weights=255 - probabilities[box][..., 0][inside])
+            removed |= certainty < options.min_confidence * 255 * sizes
+        kept = np.flatnonzero((sizes > 0) & ~removed)
         kept = kept[kept > 0]
-        renumber = np.zeros(int(nuclei.max()) + 1, np.int32)
+        renumber = np.zeros(len(sizes), np.int32)
         renumber[kept] = -np.arange(next_label + 1, next_label + len(kept) + 1, dtype=np.int32)
-        window[inside] = renumber[nuclei[inside]]
+        window[inside] = renumber[ids]
         next_label += len(kept)
     np.negative(labels, out=labels)
     return labels
