@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--intensity-augment", action="store_true",
                        help="with --sampling crops: random stain gain, contrast, brightness, "
                        "gamma and inversion of each crop")
+    train.add_argument("--stain-augment", action="store_true",
+                       help="with --sampling crops: random haematoxylin and eosin amounts of "
+                       "each colour crop (other stainings and scanners)")
+    train.add_argument("--blur-noise-augment", action="store_true",
+                       help="with --sampling crops: random Gaussian blur and noise")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic TensorFlow ops: the same --seed gives the same "
                        "weights on CPU")
@@ -262,7 +267,8 @@ def run_train(args) -> int:
         learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         deterministic=args.deterministic,
         augment=not args.no_augment, zoom_augment=args.zoom_augment,
-        intensity_augment=args.intensity_augment, early_stopping_monitor=args.monitor,
+        intensity_augment=args.intensity_augment, stain_augment=args.stain_augment,
+        blur_noise_augment=args.blur_noise_augment, early_stopping_monitor=args.monitor,
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
     )
     from nucleiseg.train import train

@@ -60,6 +60,8 @@ class TrainConfig:
     augment: bool = True
     zoom_augment: float = 1.0  # crops zoomed by a random factor in [1/zoom, zoom] (1: off)
     intensity_augment: bool = False  # random gain, contrast, brightness, gamma, inversion
+    stain_augment: bool = False  # random haematoxylin/eosin amounts (colour crops)
+    blur_noise_augment: bool = False  # random Gaussian blur and noise
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5
     early_stopping_warmup_steps: int = 200  # no early stop before this many training steps
@@ -84,9 +86,10 @@ class TrainConfig:
         if self.contact_weight <= 0:
             raise UsageError(f"contact_weight must be positive; got {self.contact_weight}")
         if self.sampling != "crops" and (self.zoom_augment != 1.0 or self.intensity_augment
+                                         or self.stain_augment or self.blur_noise_augment
                                          or self.contact_weight != 1.0):
-            raise UsageError("zoom and intensity augmentation and contact weights work on random "
-                             "crops: add --sampling crops")
+            raise UsageError("zoom, intensity, stain, blur and noise augmentation and contact "
+                             "weights work on random crops: add --sampling crops")
         for name in ("epochs", "batch_size", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")

@@ -107,13 +107,15 @@ def crop_weights(shapes, kinds, crop: int, power: float = 0.5) -> np.ndarray:
 
 
 def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: str = "binary",
-                 zoom: float = 1.0, intensity: bool = False, contact_weight: float = 1.0):
+                 zoom: float = 1.0, intensity: bool = False, stain: bool = False,
+                 blur_noise: bool = False, contact_weight: float = 1.0):
     """Endless generator of (image crop, class-target crop) at native resolution.
 
     Crops are cut from the images and their instance `labels`, optionally zoomed by a random
     log-uniform factor in [1/zoom, zoom] (nuclei of other sizes than the training images'),
     then each crop's `target` classes are made from its labels (so boundaries stay one pixel
-    wide at any zoom). `intensity` adds random_intensity to each crop. A `contact_weight`
+    wide at any zoom). Appearance changes, in this order: `stain` (random_stain),
+    `intensity` (random_intensity), `blur_noise` (random_blur_noise). A `contact_weight`
     other than 1 adds a third item, the per-pixel loss weight: `contact_weight` on
     contact_pixels, 1 elsewhere.
     """
@@ -136,8 +138,12 @@ def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: 
             pixel_weights = np.where(contact_pixels(target_crop), np.float32(contact_weight),
                                      np.float32(1.0))
         target_crop = labels_to_classes(target_crop, target)
+        if stain:
+            image_crop = random_stain(image_crop, rng)
         if intensity:
             image_crop = random_intensity(image_crop, rng)
+        if blur_noise:
+            image_crop = random_blur_noise(image_crop, rng)
         if pixel_weights is None:
             yield image_crop, target_crop
         else:
@@ -156,6 +162,47 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.2:
         out = 1.0 - out
     return out.astype(np.float32)
+
+
+# Log-range of the random stain-amount factors (haematoxylin, eosin, DAB) and of the shifts.
+STAIN_LOG_GAIN = np.array([0.6, 0.4, 0.2])
+STAIN_SHIFT = np.array([0.02, 0.02, 0.0])
+
+
+def random_stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random stain change of a normalised [0, 1] colour crop in haematoxylin/eosin/DAB space
+    (Tellez et al. 2018): each stain amount scaled by a log-uniform factor (haematoxylin
+    0.55-1.8x: pale and dark nuclei; eosin 0.67-1.5x) and shifted a little. Grey crops are
+    returned unchanged. Applied as the change of the H&E-reconstructed colour, so an unchanged
+    stain gives back exactly the input, also where rgb2hed clips."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0],
+                                                                       image[..., 2]):
+        return image
+    gain = np.exp(rng.uniform(-STAIN_LOG_GAIN, STAIN_LOG_GAIN))
+    shift = rng.uniform(-STAIN_SHIFT, STAIN_SHIFT)
+    hed = rgb2hed(image)
+    change = hed2rgb(np.maximum(hed * gain + shift, 0.0)) - hed2rgb(hed)
+    return np.clip(image + change, 0.0, 1.0).astype(np.float32)
+
+
+def random_blur_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Other optics and detectors: a third of the crops blurred (Gaussian, sigma 0.5-2 px), a
+    third given Gaussian noise (sigma 0.01-0.08 of the [0, 1] range), independently."""
+    from scipy import ndimage
+
+    out = image
+    if rng.random() < 1 / 3:
+        sigma = rng.uniform(0.5, 2.0)
+        out = ndimage.gaussian_filter(out, sigma=(sigma, sigma, 0), mode="reflect")
+    if rng.random() < 1 / 3:
+        noise = rng.normal(0.0, rng.uniform(0.01, 0.08), size=out.shape[:2])[..., None]
+        colour = not np.array_equal(image[..., 0], image[..., 1])
+        if colour:  # independent per channel; grey crops stay grey
+            noise = rng.normal(0.0, 1.0, size=out.shape) * noise
+        out = out + noise
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def centre_crops(images, targets, crop: int):
@@ -231,7 +278,8 @@ def make_crop_dataset(images, labels, crop: int, batch_size: int, seed: int,
                       augment: bool = True, weights=None, **crop_options):
     """Random native-resolution crops: generate -> batch -> augment -> prefetch (endless).
 
-    `crop_options` go to random_crops (target, zoom, intensity, contact_weight)."""
+    `crop_options` go to random_crops (target, zoom, stain, intensity, blur_noise,
+    contact_weight)."""
     import tensorflow as tf
 
     signature = (tf.TensorSpec((crop, crop, 3), tf.float32), tf.TensorSpec((crop, crop), tf.uint8))

@@ -115,6 +115,7 @@ def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, 
             train_images, [by_name[n][1] for n in train_names], config.image_size,
             config.batch_size, seed, config.augment, weights, target=config.target,
             zoom=config.zoom_augment, intensity=config.intensity_augment,
+            stain=config.stain_augment, blur_noise=config.blur_noise_augment,
             contact_weight=config.contact_weight)
         steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
                              / config.image_size**2 / config.batch_size))
