@@ -19,8 +19,9 @@ from pathlib import Path
 import keras
 
 from nucleiseg.export import export_model
-from nucleiseg.io import find_samples
+from nucleiseg.io import find_samples, load_samples
 from nucleiseg.saving import bundled_model_path, load_model, save_model
+from nucleiseg.scale import training_nucleus_size
 
 SUMMARY_KEYS = ("images", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "ap_75",
                 "dsb_score", "f1_50")
@@ -44,6 +45,8 @@ def main() -> None:
         record["command"] = args.command
     if isinstance(record.get("init_model"), str):  # recorded by an older nucleiseg: path only
         record["init_model"] = {"path": record["init_model"], "command": args.init_command}
+    if "nucleus_size" not in record:  # a run made before nucleiseg recorded it
+        record["nucleus_size"] = training_nucleus_size(training_labels(record))
     report = json.loads(args.evaluation.read_text()) if args.evaluation else None
     if args.postprocessing or (report or {}).get("postprocessing"):  # given, else as evaluated
         record["postprocessing"] = args.postprocessing or report["postprocessing"]
@@ -88,6 +91,11 @@ def main() -> None:
         "images), both made by `nucleiseg export` and checked against it; `nucleiseg predict` "
         "runs the int8 one with ONNX Runtime when that is installed (README, Speed and memory).",
     ]
+    size = record["nucleus_size"]
+    lines += ["", f"Nucleus size in training (what `--diameter auto` resizes images to): median "
+              f"diameter {size['median_diameter']} px; per-image medians from "
+              f"{size['image_median_p10']} to {size['image_median_p90']} px (10th-90th "
+              "percentile)."]
     if "postprocessing" in record:
         lines += ["", "Post-processing (tuned with scripts/tune_postprocessing.py on training "
                   "images; predict and evaluate use it unless told otherwise):", "", "```json",
@@ -97,6 +105,13 @@ def main() -> None:
                   json.dumps(record["evaluation"], indent=2), "```"]
     (path.parent / "MODEL.md").write_text("\n".join(lines) + "\n")
     print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
+def training_labels(record: dict) -> list:
+    """The label images of the record's training split, read from its data folder."""
+    samples, _ = find_samples(Path(record["data"]), skip_bad=True)
+    chosen = [s for s in samples if s.name in set(record["split"]["train"])]
+    return [labels for _, _, labels in load_samples(chosen, skip_bad=True)[0]]
 
 
 def recipe_lines(record: dict) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import signal
 import sys
@@ -24,7 +25,7 @@ from nucleiseg.config import (
 )
 from nucleiseg.engines import import_tensorflow_quietly
 from nucleiseg.errors import NucleisegError, UsageError
-from nucleiseg.infer import PredictOptions
+from nucleiseg.infer import PredictOptions, options_for
 from nucleiseg.instances import InstanceOptions, instance_options_from
 
 DEFAULTS = TrainConfig()
@@ -36,6 +37,20 @@ def _int_list(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_diameter(text: str) -> float | str:
+    """--diameter: "auto" or a positive number of pixels."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number of pixels, "
+                                         f"got {text!r}")
+    return value
 
 
 def parse_split_levels(text: str) -> tuple[float, ...]:
@@ -186,9 +201,13 @@ def add_prediction_options(parser) -> None:
                        help="tile size for native-resolution models (default %(default)s)")
     group.add_argument("--overlap", type=int, default=defaults.overlap,
                        help="overlap of neighbouring tiles in pixels (default %(default)s)")
-    group.add_argument("--scale", type=float, default=defaults.scale,
-                       help="resize images by this factor first, for nuclei much larger (<1) "
-                       "or smaller (>1) than in training (default %(default)s)")
+    group.add_argument("--diameter", type=parse_diameter,
+                       help="typical nucleus diameter in pixels, or auto: estimated per image, "
+                       "which is then resized so its nuclei have the size the model was "
+                       "trained on (default auto, when the model records that size)")
+    group.add_argument("--scale", type=float,
+                       help="resize every image by this factor instead (<1 for nuclei larger, "
+                       ">1 for nuclei smaller than in training); replaces --diameter")
     group.add_argument("--tta", type=int, choices=(1, 4, 8), default=defaults.tta,
                        help="test-time augmentation: average over 1 (none), 4 (flips) or 8 "
                        "(flips and rotations) views (default %(default)s)")
@@ -216,13 +235,18 @@ def prediction_options(args, record: dict | None):
     check_image_size(args.tile)
     if not 0 <= args.overlap < args.tile:
         raise UsageError(f"--overlap must be between 0 and the tile size; got {args.overlap}")
-    if args.scale <= 0:
+    if args.scale is not None and args.scale <= 0:
         raise UsageError(f"--scale must be positive; got {args.scale}")
+    if args.scale is not None and args.diameter is not None:
+        raise UsageError("--scale and --diameter exclude each other: --scale resizes every "
+                         "image by one factor, --diameter decides the factor per image")
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         raise UsageError(f"--min-confidence must be between 0 and 1; got {args.min_confidence}")
     if args.min_split_size is not None and args.min_split_size < 1:
         raise UsageError(f"--min-split-size must be at least 1; got {args.min_split_size}")
-    return (PredictOptions(args.tile, args.overlap, args.scale, args.tta),
+    sizing = {"diameter": None, "scale": args.scale} if args.scale is not None else (
+        {"diameter": args.diameter} if args.diameter is not None else {})
+    return (options_for(record, tile=args.tile, overlap=args.overlap, tta=args.tta, **sizing),
             instance_options_from(record, foreground_threshold=args.foreground_threshold,
                                   marker_threshold=args.marker_threshold, min_size=args.min_size,
                                   split_levels=args.split_levels,

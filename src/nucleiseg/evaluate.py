@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.data import labels_to_classes
-from nucleiseg.infer import PredictOptions, predict_probabilities
-from nucleiseg.instances import InstanceOptions, instance_options_from, labels_from_probabilities
+from nucleiseg.infer import PredictOptions, options_for, segment_checked
+from nucleiseg.instances import InstanceOptions, instance_options_from
 from nucleiseg.metrics import InstanceScores, PixelCounts, match_instances, pixel_counts
 from nucleiseg.preprocess import image_kind, normalize_image
 
@@ -40,10 +40,13 @@ def summarize(rows: list[dict], pixel: PixelCounts, instance: InstanceScores) ->
 
 def model_segmenter(model, config: dict, options: PredictOptions | None = None,
                     instance_options: InstanceOptions | None = None):
-    """image -> (predicted labels, class probabilities) with a trained model."""
+    """image -> (predicted labels, class probabilities, {scale, diameter, warning}) with a trained
+    model, at the scale `options` decides per image (as predict does)."""
     def segment(image):
-        probabilities = predict_probabilities(model, image, config, options)
-        return labels_from_probabilities(probabilities, instance_options), probabilities
+        labels, probabilities, check = segment_checked(model, image, config, options,
+                                                       instance_options, quantised=False)
+        return labels, probabilities, {"scale": check.scale, "diameter": check.diameter,
+                                       "warning": check.warning}
 
     return segment
 
@@ -55,8 +58,8 @@ def classical_segmenter(image):
 
 
 def evaluate_images(segment, images, labels, names=None, target: str = "binary"):
-    """Evaluate `segment(image) -> (labels, probabilities or None)` on raw images and their
-    true instance labels, at each image's own resolution.
+    """Evaluate `segment(image) -> (labels, probabilities or None[, extra row values])` on raw
+    images and their true instance labels, at each image's own resolution.
 
     Returns (report dict: overall, by image kind and per image; predicted label images).
     The loss (cross-entropy of the probabilities) is None for a segmenter without them.
@@ -64,7 +67,7 @@ def evaluate_images(segment, images, labels, names=None, target: str = "binary")
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
     rows, predictions, pixel_by_kind, instance_by_kind = [], [], {}, {}
     for name, image, label in zip(names, images, labels):
-        predicted, probabilities = segment(image)
+        predicted, probabilities, *extra = segment(image)
         pixel = pixel_counts(label, predicted)
         instance = match_instances(label, predicted)
         kind = image_kind(image)
@@ -76,7 +79,7 @@ def evaluate_images(segment, images, labels, names=None, target: str = "binary")
         rows.append({"image": name, "kind": kind, "loss": loss,
                      "true_nuclei": int(len(np.unique(label)) - (label.min() == 0)),
                      "predicted_nuclei": int(predicted.max()),
-                     **pixel.as_dict(), **instance.as_dict()})
+                     **pixel.as_dict(), **instance.as_dict(), **(extra[0] if extra else {})})
         predictions.append(predicted)
     overall = summarize(rows, sum(pixel_by_kind.values(), PixelCounts()),
                         functools.reduce(operator.add, instance_by_kind.values()))
@@ -107,6 +110,7 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
     else:
         model, record = load_model(model_path)
         instance_options = instance_options or instance_options_from(record)
+        options = options or options_for(record)
         segment = model_segmenter(model, record["config"], options, instance_options)
         target, method = record["config"].get("target", "binary"), "model"
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)

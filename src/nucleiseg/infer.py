@@ -4,13 +4,19 @@ resize, by how the model was trained), separate the nuclei, write the outputs.""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from nucleiseg.errors import DataError, UsageError
-from nucleiseg.instances import InstanceOptions, instance_options_from, labels_from_probabilities
+from nucleiseg.instances import (
+    InstanceOptions,
+    instance_options_from,
+    labels_from_probabilities,
+    quantise_probabilities,
+)
 from nucleiseg.io import CsvStream, find_images, read_image, write_png, write_tiff
 from nucleiseg.preprocess import (
     apply_intensity_range,
@@ -18,6 +24,7 @@ from nucleiseg.preprocess import (
     normalize_image,
     resize_image,
 )
+from nucleiseg.scale import CHECK_COLUMNS
 
 
 def create_mask(logits: np.ndarray) -> np.ndarray:
@@ -45,13 +52,33 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """How to predict: tile size and overlap (native-resolution models), input scale, TTA."""
+    """How to predict: tile size and overlap (native-resolution models), input scale, TTA.
+
+    `diameter` decides the scale per image: None uses `scale` as given; "auto" estimates the
+    image's typical nucleus diameter and resizes it to `training_diameter` (the nucleus size
+    in the model's record, see nucleiseg.scale); a number is the diameter in pixels, known.
+    """
 
     tile: int = 512
     overlap: int = 64
     scale: float = 1.0
     tta: int = 1  # 1 (none), 4 (flips) or 8 (flips and 90-degree rotations)
     batch_size: int = 1  # tiles per model call: larger is no faster on CPU, and needs more memory
+    diameter: float | str | None = None
+    training_diameter: float | None = None
+
+    def __post_init__(self):
+        if self.diameter is not None and self.training_diameter is None:
+            raise UsageError("--diameter needs the nucleus size the model was trained on, and "
+                             "this model's record has none; pass --scale instead")
+
+
+def options_for(record: dict | None, **values) -> PredictOptions:
+    """PredictOptions with the model's training nucleus size from its record; `diameter`
+    defaults to "auto" when the record has that size, else to None (fixed `scale`)."""
+    training = ((record or {}).get("nucleus_size") or {}).get("median_diameter")
+    values.setdefault("diameter", "auto" if training else None)
+    return PredictOptions(**values, training_diameter=training)
 
 
 def probability_function(model, tta: int = 1):
@@ -107,7 +134,6 @@ def predict_quantised(model, image: np.ndarray, config: dict,
     probabilities are stored quantised. What `predict` and `segment_image` use. `intensity`:
     the image's intensity_range, when the caller has it already."""
     from nucleiseg.engines import as_engine
-    from nucleiseg.instances import quantise_probabilities
     from nucleiseg.tiling import predict_tiled
 
     model = as_engine(model)
@@ -140,10 +166,11 @@ class PredictionResult:
     seconds: float = 0.0
     error: str | None = None
     resumed: bool = False  # outputs were already there (--resume)
+    check: dict | None = None  # ImageCheck.row(): diameter, scale, confidence, warning
 
 
 RUN_OUTPUTS = ("measurements.csv", "summary.csv")
-SUMMARY_COLUMNS = ("image", "nuclei", "mean_area", "seconds", "error")
+SUMMARY_COLUMNS = ("image", "nuclei", "mean_area", "seconds", "error", *CHECK_COLUMNS)
 
 
 def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
@@ -157,8 +184,79 @@ def segment_image(model, image: np.ndarray, config: dict,
                   instance_options: InstanceOptions | None = None,
                   intensity: tuple[float, float] | None = None) -> np.ndarray:
     """Raw image -> int32 label image of separated nuclei (0 = background)."""
-    return labels_from_probabilities(
-        predict_quantised(model, image, config, options, intensity), instance_options)
+    return segment_checked(model, image, config, options, instance_options, intensity)[0]
+
+
+MAX_SCALED_PIXELS = 1 << 26  # an upscaled image is kept under 64 MP (memory)
+
+
+def segment_checked(model, image: np.ndarray, config: dict,
+                    options: PredictOptions | None = None,
+                    instance_options: InstanceOptions | None = None,
+                    intensity: tuple[float, float] | None = None, quantised: bool = True):
+    """Segment at the scale `options` asks for -> (labels, probabilities, ImageCheck).
+
+    With `options.diameter` "auto", the image is first segmented as it is; if its typical
+    nucleus diameter is not within SCALE_TOLERANCE of the training size, it is resized to that
+    size, predicted again and checked again (at most twice). Probabilities come back at the
+    image's own size and are separated there, with the size thresholds tuned at the training
+    size rescaled to match. On images already at the right scale the estimate costs one median.
+    `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
+    """
+    from nucleiseg.scale import (
+        SCALE_LIMITS,
+        SCALE_TOLERANCE,
+        ImageCheck,
+        confidence_figures,
+        scale_for,
+        scaled_sizes,
+        typical_diameter,
+        warning_for,
+    )
+
+    options = options or PredictOptions()
+    instance_options = instance_options or InstanceOptions()
+    pixels = image.shape[0] * image.shape[1]
+    upscale_limit = max(1.0, math.sqrt(MAX_SCALED_PIXELS / pixels))
+
+    def run(scale: float):
+        at_scale = dataclasses.replace(options, scale=scale)
+        probabilities = (predict_quantised(model, image, config, at_scale, intensity) if quantised
+                         else predict_probabilities(model, image, config, at_scale))
+        sizes = scaled_sizes({"min_size": instance_options.min_size,
+                              "min_split_size": instance_options.min_split_size}, scale)
+        return probabilities, labels_from_probabilities(
+            probabilities, dataclasses.replace(instance_options, **sizes))
+
+    training = options.training_diameter
+    if options.diameter is None:
+        scale = options.scale
+    elif options.diameter == "auto":
+        scale = 1.0
+    else:
+        scale = float(np.clip(training / float(options.diameter), *SCALE_LIMITS))
+    scale = min(scale, upscale_limit)
+    probabilities, labels = run(scale)
+    diameter, count = typical_diameter(labels)
+    if options.diameter == "auto":
+        for _ in range(2):
+            if diameter is None:  # maybe nuclei under min_size at this scale: look again
+                probe = labels_from_probabilities(probabilities, dataclasses.replace(
+                    instance_options, min_size=1, min_confidence=0.0, split_levels=()))
+                diameter, _ = typical_diameter(probe)
+            wanted = min(scale_for(diameter, training), upscale_limit)
+            if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):
+                break
+            scale = wanted
+            probabilities, labels = run(scale)
+            diameter, count = typical_diameter(labels)
+    confidence, uncertain = confidence_figures(
+        quantise_probabilities(probabilities), labels)
+    check = ImageCheck(diameter, scale, confidence, uncertain)
+    warning = warning_for(check, training, int(labels.max()))
+    if scale >= upscale_limit > 1.0 and training and diameter and training / diameter > scale:
+        warning = "; ".join(filter(None, [warning, "upscaling limited to keep memory bounded"]))
+    return labels, probabilities, dataclasses.replace(check, warning=warning)
 
 
 def label_image_dtype(count: int):
@@ -186,14 +284,15 @@ def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool) -> None:
                              "--overwrite to replace them")
 
 
-def previous_seconds(out_dir: Path) -> dict[str, str]:
-    """Per-image times from an earlier run's summary.csv (for --resume), if there is one."""
+def previous_rows(out_dir: Path) -> dict[str, dict]:
+    """Per-image rows (time, scale, checks) of an earlier run's summary.csv (for --resume),
+    if there is one."""
     import csv
 
     try:
         with open(out_dir / "summary.csv", newline="", encoding="utf-8",
                   errors="backslashreplace") as handle:
-            return {row["image"]: row["seconds"] for row in csv.DictReader(handle)}
+            return {row["image"]: row for row in csv.DictReader(handle)}
     except (OSError, KeyError, csv.Error):
         return {}
 
@@ -222,7 +321,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     out_dir = Path(out_dir)
     plan_outputs(images, out_dir, overwrite, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    earlier = previous_seconds(out_dir) if resume else {}
+    earlier = previous_rows(out_dir) if resume else {}
     measurements = CsvStream(out_dir / "measurements.csv", ("image", *COLUMNS))
     summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
     results = []
@@ -240,12 +339,18 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                 progress(f"[{index}/{len(images)}] skipped: {display_name(error)}")
             else:
                 how = "done before, " if done else ""
-                progress(f"[{index}/{len(images)}] {name}: {how}{result.nuclei} nuclei")
+                check = result.check or {}
+                scale = float(check.get("scale") or 1.0)
+                at = f" (scale {scale:.2f})" if scale != 1.0 else ""
+                progress(f"[{index}/{len(images)}] {name}: {how}{result.nuclei} nuclei{at}")
+                if check.get("warning"):
+                    progress(f"  warning: {name}: {check['warning']}")
             results.append(result)
             measurements.write({"image": name, **row} for row in rows)
             summary.write([{"image": name, "nuclei": result.nuclei,
                             "mean_area": round(result.mean_area, 2),
-                            "seconds": round(result.seconds, 3), "error": result.error or ""}])
+                            "seconds": round(result.seconds, 3), "error": result.error or "",
+                            **(result.check or {})}])
     except BaseException:
         measurements.discard()
         summary.discard()
@@ -270,8 +375,8 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     image = read_image(path)
     intensity = intensity_range(image)  # once, for the model and for the overlay
     try:
-        labels = segment_image(model, image, record["config"], options, instance_options,
-                               intensity)
+        labels, _, check = segment_checked(model, image, record["config"], options,
+                                           instance_options, intensity)
     except MemoryError:
         raise DataError(f"{path}: not enough memory to segment this "
                         f"{image.shape[1]}x{image.shape[0]} image; try a smaller --tile") from None
@@ -283,7 +388,8 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     del mask
     write_png(paths["overlay"], outline_overlay(image, labels, *intensity))
     rows = measure_nuclei(labels, image)
-    return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start), rows
+    return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start,
+                            check=check.row()), rows
 
 
 def measure_saved(path: Path, labels_path: Path, earlier: dict):
@@ -296,8 +402,11 @@ def measure_saved(path: Path, labels_path: Path, earlier: dict):
         raise DataError(f"{labels_path}: does not match {path.name} (another image's output?); "
                         "delete it or use --overwrite")
     rows = measure_nuclei(labels, image)
-    seconds = float(earlier.get(display_name(path), 0.0) or 0.0)
-    return PredictionResult(path, len(rows), mean_area(rows), seconds, resumed=True), rows
+    row = earlier.get(display_name(path), {})
+    seconds = float(row.get("seconds") or 0.0)
+    check = {key: row.get(key, "") for key in CHECK_COLUMNS}
+    return PredictionResult(path, len(rows), mean_area(rows), seconds, resumed=True,
+                            check=check), rows
 
 
 def mean_area(rows) -> float:

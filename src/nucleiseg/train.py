@@ -40,6 +40,7 @@ from nucleiseg.keras_metrics import compile_model
 from nucleiseg.model import build_unet, check_image_size
 from nucleiseg.preprocess import image_kind, normalize_image
 from nucleiseg.saving import load_model, save_model
+from nucleiseg.scale import training_nucleus_size
 from nucleiseg.viz import INSTALL_PLOTS, can_draw, pick_examples, plot_curves
 
 
@@ -385,6 +386,8 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
         "config": config.to_dict(),
         "data": run["data"],
         "split": {"train": list(train_names), "val": list(val_names)},
+        # what --diameter auto resizes images to
+        "nucleus_size": training_nucleus_size([by_name[n][1] for n in train_names]),
         "metrics": {k: v for k, v in metrics.items() if k != "validation_native"}
         | {"validation_native": {k: v for k, v in native_report.items() if k != "per_image"}},
     }

@@ -1,0 +1,130 @@
+"""Nucleus size: what a model was trained on, what an image holds, and the scale between them;
+and the per-image checks that say when a result is not to be trusted."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+# An image whose typical diameter is within this factor of the training size is segmented as it
+# is: the training crops were zoomed at least this much, so the model has seen such nuclei.
+SCALE_TOLERANCE = 1.25
+SCALE_LIMITS = (0.25, 4.0)  # beyond these the image is too far from anything seen: warned
+MIN_NUCLEI_FOR_ESTIMATE = 3
+LOW_CONFIDENCE = 0.8  # mean P(nucleus) over the nuclei found
+HIGH_UNCERTAINTY = 0.35  # share of the likely-nucleus pixels at the edge of the decision
+
+
+def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
+    """Diameter of the circle of the same area, per nucleus (labels 1..N), in pixels."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return np.sqrt(4 * areas[areas > 0] / np.pi)
+
+
+def training_nucleus_size(label_images) -> dict:
+    """The nucleus size a model is trained on, for its record: the median equivalent diameter
+    over all training nuclei, and the 10th / 90th percentiles of the per-image medians (how
+    much the training images vary)."""
+    per_image, every = [], []
+    for labels in label_images:
+        diameters = equivalent_diameters(labels)
+        if diameters.size:
+            per_image.append(float(np.median(diameters)))
+            every.append(diameters)
+    if not every:
+        raise ValueError("no nuclei in the training labels")
+    p10, p90 = np.percentile(per_image, (10, 90))
+    return {"median_diameter": round(float(np.median(np.concatenate(every))), 2),
+            "image_median_p10": round(float(p10), 2), "image_median_p90": round(float(p90), 2),
+            "images": len(per_image)}
+
+
+def typical_diameter(labels: np.ndarray) -> tuple[float | None, int]:
+    """(median equivalent diameter of the nuclei in `labels`, how many there are); None when
+    there are too few to say."""
+    diameters = equivalent_diameters(labels)
+    if diameters.size < MIN_NUCLEI_FOR_ESTIMATE:
+        return None, int(diameters.size)
+    return float(np.median(diameters)), int(diameters.size)
+
+
+def scale_for(diameter: float | None, training_diameter: float) -> float:
+    """Resize factor that brings nuclei of `diameter` to the training size: 1 within
+    SCALE_TOLERANCE (or when nothing is known), else training / diameter, kept inside
+    SCALE_LIMITS."""
+    if diameter is None or diameter <= 0:
+        return 1.0
+    factor = training_diameter / diameter
+    if 1 / SCALE_TOLERANCE <= factor <= SCALE_TOLERANCE:
+        return 1.0
+    return float(np.clip(factor, *SCALE_LIMITS))
+
+
+def scaled_sizes(sizes: dict, scale: float) -> dict:
+    """Pixel-count thresholds tuned at the training size, for an image resized by `scale`
+    whose result is measured at its own size (areas go with 1 / scale²)."""
+    return {key: max(1, round(value / scale**2)) for key, value in sizes.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCheck:
+    """What prediction learned about one image, for summary.csv and the warnings."""
+
+    diameter: float | None = None  # typical nucleus diameter in the image's own pixels
+    scale: float = 1.0  # the factor the image was resized by for the model
+    confidence: float | None = None  # mean P(nucleus) over the nuclei found
+    uncertain: float | None = None  # share of likely-nucleus pixels with P between 0.25, 0.75
+    warning: str = ""
+
+    def row(self) -> dict:
+        def rounded(value, digits):
+            return "" if value is None else round(value, digits)
+
+        return {"diameter": rounded(self.diameter, 1), "scale": round(self.scale, 4),
+                "confidence": rounded(self.confidence, 3),
+                "uncertain": rounded(self.uncertain, 3), "warning": self.warning}
+
+
+CHECK_COLUMNS = ("diameter", "scale", "confidence", "uncertain", "warning")
+
+
+def confidence_figures(probabilities: np.ndarray, labels: np.ndarray):
+    """(mean P(nucleus) over the nuclei, share of the pixels with P(nucleus) ≥ 0.25 that lie
+    below 0.75) from uint8 class probabilities (channel 0: background); (None, None) when
+    nothing looks like a nucleus."""
+    nucleus = 255 - probabilities[..., 0]
+    inside = labels > 0
+    confidence = float(nucleus[inside].mean()) / 255 if inside.any() else None
+    counts = np.bincount(nucleus.ravel(), minlength=256)
+    likely = counts[64:].sum()  # P >= 0.25
+    uncertain = float(counts[64:192].sum() / likely) if likely else None
+    return confidence, uncertain
+
+
+def warning_for(check: ImageCheck, training_diameter: float | None, nuclei: int) -> str:
+    """One line for an image whose result is not to be trusted, else ''."""
+    problems = []
+    if check.diameter is not None and training_diameter:
+        factor = training_diameter / check.diameter
+        low, high = SCALE_LIMITS
+        if not low <= factor <= high:
+            size = "large" if factor < low else "small"
+            problems.append(f"nuclei too {size} for the model (about {check.diameter:.0f} px "
+                            f"across, trained on {training_diameter:.0f} px; it handles "
+                            f"{training_diameter / high:.0f}-{training_diameter / low:.0f} px)")
+    if nuclei == 0:
+        problems.append("no nuclei found")
+    else:
+        if check.confidence is not None and check.confidence < LOW_CONFIDENCE:
+            problems.append(f"the model is unsure of the nuclei it found (mean probability "
+                            f"{check.confidence:.2f})")
+        elif check.uncertain is not None and check.uncertain > HIGH_UNCERTAINTY:
+            problems.append(f"{check.uncertain:.0%} of the likely nucleus area is at the edge "
+                            "of the decision")
+    return "; ".join(problems)
+
+
+def describe_scale(scale: float) -> str:
+    return "" if math.isclose(scale, 1.0) else f" at scale {scale:.2f}"

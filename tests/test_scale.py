@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+from conftest import make_disks
+
+from nucleiseg.engines import Engine
+from nucleiseg.infer import PredictOptions, options_for, segment_checked
+from nucleiseg.instances import InstanceOptions
+from nucleiseg.preprocess import resize_image, resize_labels
+from nucleiseg.scale import (
+    SCALE_LIMITS,
+    SCALE_TOLERANCE,
+    ImageCheck,
+    confidence_figures,
+    equivalent_diameters,
+    scale_for,
+    scaled_sizes,
+    training_nucleus_size,
+    typical_diameter,
+    warning_for,
+)
+
+CONFIG = {"sampling": "crops", "image_size": 64}
+POST = InstanceOptions(min_size=5, split_levels=(), min_confidence=0.0)
+
+
+def disks(radius: int, shape=(256, 256), count=12, seed=0):
+    return make_disks(shape, count=count, radius=(radius, radius + 1), seed=seed)
+
+
+def threshold_engine() -> Engine:
+    """A 'model' that sees every bright pixel as nucleus, whatever the size: the size estimate
+    must then follow the image exactly."""
+    def predict_logits(tiles):
+        nucleus = (tiles.mean(axis=-1) > 0.5).astype(np.float32) * 20 - 10
+        return np.stack([-nucleus, nucleus], axis=-1)
+
+    return Engine("threshold", predict_logits, 2)
+
+
+def test_diameters_of_disks():
+    image, labels = disks(8)
+    diameters = equivalent_diameters(labels)
+    assert len(diameters) == labels.max()
+    assert np.allclose(diameters, 16, rtol=0.06)  # a digital disk of radius 8
+    diameter, count = typical_diameter(labels)
+    assert count == labels.max() and diameter == pytest.approx(np.median(diameters))
+    assert typical_diameter(np.zeros((9, 9), int)) == (None, 0)
+
+
+def test_training_size_summarises_all_nuclei_and_the_spread_of_images():
+    small, large = disks(4)[1], disks(12, count=4)[1]
+    size = training_nucleus_size([small] * 5 + [large] * 5)
+    assert size["images"] == 10
+    assert size["image_median_p10"] == pytest.approx(np.median(equivalent_diameters(small)),
+                                                     abs=0.01)
+    assert size["image_median_p90"] == pytest.approx(np.median(equivalent_diameters(large)),
+                                                     abs=0.01)
+    every = np.concatenate([equivalent_diameters(small)] * 5 + [equivalent_diameters(large)] * 5)
+    assert size["median_diameter"] == pytest.approx(np.median(every), abs=0.01)
+    with pytest.raises(ValueError, match="no nuclei"):
+        training_nucleus_size([np.zeros((5, 5), int)])
+
+
+@pytest.mark.parametrize("diameter,expected", [
+    (20, 1.0), (17, 1.0), (24, 1.0),  # within the tolerance: left as it is
+    (40, 0.5), (10, 2.0), (200, SCALE_LIMITS[0]), (1, SCALE_LIMITS[1]), (None, 1.0)])
+def test_scale_brings_nuclei_to_the_training_size(diameter, expected):
+    assert scale_for(diameter, 20.0) == pytest.approx(expected)
+
+
+def test_size_thresholds_follow_the_scale():
+    assert scaled_sizes({"min_size": 30, "min_split_size": 80}, 0.5) == {
+        "min_size": 120, "min_split_size": 320}
+    assert scaled_sizes({"min_size": 30}, 4.0) == {"min_size": 2}
+
+
+def test_confidence_and_uncertainty_from_probabilities():
+    probabilities = np.zeros((4, 4, 2), np.uint8)
+    probabilities[..., 0] = 255  # background everywhere...
+    probabilities[:2, :2, 0] = 0  # ...but a sure nucleus
+    probabilities[2:, 2:, 0] = 128  # and an unsure one
+    labels = np.zeros((4, 4), int)
+    labels[:2, :2] = 1
+    confidence, uncertain = confidence_figures(probabilities, labels)
+    assert confidence == pytest.approx(1.0)
+    assert uncertain == pytest.approx(0.5)
+    assert confidence_figures(np.full((3, 3, 2), 255, np.uint8), labels[:3, :3] * 0) == (None,
+                                                                                          None)
+
+
+def test_warnings_say_what_is_wrong_and_nothing_when_all_is_well():
+    assert warning_for(ImageCheck(20, 1.0, 0.95, 0.1), 20, 12) == ""
+    assert "too large" in warning_for(ImageCheck(200, 0.25, 0.95, 0.1), 20, 3)
+    assert "too small" in warning_for(ImageCheck(3, 4.0, 0.95, 0.1), 20, 3)
+    assert warning_for(ImageCheck(None, 1.0, None, None), 20, 0) == "no nuclei found"
+    assert "unsure" in warning_for(ImageCheck(20, 1.0, 0.6, 0.1), 20, 5)
+    assert "edge of the decision" in warning_for(ImageCheck(20, 1.0, 0.9, 0.6), 20, 5)
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0, 3.0])
+def test_auto_diameter_follows_a_rescaled_image(factor):
+    image, labels = disks(6)
+    shape = tuple(round(n * factor) for n in labels.shape)
+    image = np.round(resize_image(image.astype(np.float32), shape)).astype(np.uint8)
+    labels = resize_labels(labels, shape)
+    options = PredictOptions(tile=128, overlap=32, diameter="auto", training_diameter=24.0)
+    found, _, check = segment_checked(threshold_engine(), image, CONFIG, options, POST)
+    assert found.shape == labels.shape and found.max() == labels.max()
+    assert check.diameter == pytest.approx(typical_diameter(labels)[0], rel=0.1)
+    assert check.diameter == pytest.approx(12 * factor, rel=0.15)
+    assert check.scale == pytest.approx(scale_for(check.diameter, 24.0), rel=0.15)
+    assert check.warning == ""
+
+
+def test_fixed_scale_and_known_diameter_are_used_as_given():
+    image, labels = disks(6)
+    engine = threshold_engine()
+    fixed = PredictOptions(tile=128, overlap=32, scale=0.5)
+    assert segment_checked(engine, image, CONFIG, fixed, POST)[2].scale == 0.5
+    known = PredictOptions(tile=128, overlap=32, diameter=6.0, training_diameter=24.0)
+    found, _, check = segment_checked(engine, image, CONFIG, known, POST)
+    assert check.scale == 4.0 and found.shape == labels.shape
+    assert found.max() == labels.max()
+
+
+def test_an_empty_image_is_warned_about_not_rescaled():
+    image = np.full((128, 128), 10, np.uint8)
+    options = PredictOptions(tile=128, overlap=32, diameter="auto", training_diameter=24.0)
+    found, _, check = segment_checked(threshold_engine(), image, CONFIG, options, POST)
+    assert found.max() == 0 and check.scale == 1.0 and check.warning == "no nuclei found"
+
+
+def test_auto_needs_a_model_that_records_its_nucleus_size():
+    from nucleiseg.errors import UsageError
+
+    with pytest.raises(UsageError, match="--diameter needs"):
+        PredictOptions(diameter="auto")
+    assert options_for({}).diameter is None
+    recorded = options_for({"nucleus_size": {"median_diameter": 19.5}})
+    assert recorded.diameter == "auto" and recorded.training_diameter == 19.5
+
+
+def test_bundled_model_estimate_follows_a_rescaled_sample_image():
+    """The real model: nuclei drawn twice as large are estimated twice as large."""
+    from nucleiseg.engines import load_engine
+    from nucleiseg.io import bundled_sample, read_image
+
+    engine, record = load_engine()
+    image = read_image(bundled_sample("test") / "images" / "fluorescence_df53d0b6.png")
+    options = PredictOptions(diameter="auto", training_diameter=19.45)
+    native = segment_checked(engine, image, record["config"], options)[2]
+    shape = tuple(2 * n for n in image.shape[:2])
+    large = np.round(resize_image(image.astype(np.float32), shape)).astype(image.dtype)
+    doubled = segment_checked(engine, large, record["config"], options)[2]
+    assert doubled.diameter / native.diameter == pytest.approx(2.0, rel=0.2)
+    for check in (native, doubled):  # both reach the model at about the training size
+        assert 1 / SCALE_TOLERANCE <= check.diameter * check.scale / 19.45 <= SCALE_TOLERANCE
