@@ -143,18 +143,20 @@ def test_sixteen_bit_rgb_is_channels_not_colour(tmp_path):
     np.testing.assert_array_equal(read_image(path, channel=2)[..., 0], data[..., 2])
 
 
-def test_eight_bit_colour_stays_colour_and_grey_takes_channel_zero(tmp_path):
+def test_eight_bit_colour_stays_colour_and_grey_ignores_channel(tmp_path):
     for name in ("rgb.tif", "rgb.png"):
         got = read_image(write_image(tmp_path / name, RGB8))
         np.testing.assert_array_equal(got, RGB8)
         np.testing.assert_array_equal(read_image(tmp_path / name, channel=1)[..., 0],
                                       RGB8[..., 1])
-    grey = write_image(tmp_path / "grey.tif", GREY16)
-    np.testing.assert_array_equal(read_image(grey, channel=0)[..., 0], GREY16)
-    with pytest.raises(DataError, match=r"grey\.tif: --channel 1 does not exist \(one channel"):
-        read_image(grey, channel=1)
-    with pytest.raises(DataError, match="this file names no channels"):
-        read_image(grey, channel="DAPI")
+    with pytest.raises(DataError, match=r"rgb\.png: --channel 'DAPI': this file names no "
+                       r"channels \(channels: 0, 1, 2\); pass the channel's index"):
+        read_image(tmp_path / "rgb.png", channel="DAPI")
+    with pytest.raises(DataError, match=r"rgb\.png: --channel 3 does not exist"):
+        read_image(tmp_path / "rgb.png", channel=3)
+    grey = write_image(tmp_path / "grey.tif", GREY16)  # one channel: the nuclear one
+    for channel in (None, 0, 1, "DAPI"):
+        np.testing.assert_array_equal(read_image(grey, channel=channel)[..., 0], GREY16)
 
 
 def test_channels_first_multichannel_tiff_needs_channel(tmp_path):

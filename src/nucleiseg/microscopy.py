@@ -170,12 +170,11 @@ def nuclear_channel(path, array: np.ndarray, info: ImageInfo, channel=None):
     """The image(s) to segment from a read_pixels array: (array, axes) with no channel axis
     left, except the trailing S of an 8-bit RGB(A) image without `channel` (kept in colour).
     Without `channel`, a file of two or more channels that is not 8-bit RGB(A) is refused with
-    a message listing its channels."""
+    a message listing its channels. An image of one channel is its own nuclear channel, whatever
+    `channel` says (so one --channel serves a folder of grey and multi-channel files)."""
     axes = info.axes
     present = [axis for axis in axes if axis in CHANNEL_AXES]
     if not present:
-        if channel is not None:
-            channel_index(path, channel, 1)  # 0 is the one channel; anything else an error
         return array, axes
     if len(present) > 1:
         sizes = " x ".join(f"{array.shape[axes.index(a)]} ({a})" for a in present)
