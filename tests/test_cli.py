@@ -260,3 +260,170 @@ def test_post_processing_options_reach_it_and_bad_ones_are_refused(tmp_path, cap
         err = capsys.readouterr().err
         assert bad[0] in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- microscopy files (issue 13)
+
+
+def nuclei_stack(planes=3, shape=(64, 64), seed=60):
+    """(planes, 2, H, W) uint16: channel 1 holds bright disks (nuclei), channel 0 noise."""
+    nuclei = np.stack([make_disks(shape, count=3, seed=seed + i)[0].astype(np.uint16) * 100
+                       for i in range(planes)])
+    noise = np.random.default_rng(seed).integers(0, 3000, nuclei.shape).astype(np.uint16)
+    return np.stack([noise, nuclei], axis=1)
+
+
+def write_ome(path, data, axes="ZCYX", size=0.5):
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data, ome=True, compression="lzw", metadata={
+        "axes": axes, "Channel": {"Name": ["GFP", "DAPI"]}, "PhysicalSizeX": size,
+        "PhysicalSizeY": size})
+    return path
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_z_stack_each_plane_by_channel_name(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")  # the bundled model's fast engine
+    import tifffile
+
+    data = nuclei_stack()
+    write_ome(tmp_path / "in" / "cells.ome.tif", data)
+    write_image(tmp_path / "in" / "flat.png", make_disks(seed=70)[0])
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "in"), "--out", str(out), "--channel", "DAPI"]) == 0
+    assert "cells.ome.tif: " in capsys.readouterr().out
+    with tifffile.TiffFile(out / "cells_labels.tif") as tif:  # '.ome' is not in the stem
+        assert tif.is_imagej and tif.series[0].axes == "ZYX"
+        labels = tif.asarray()
+        assert tif.pages[0].tags["XResolution"].value == (2, 1)  # 0.5 µm pixels
+    assert labels.shape == (3, 64, 64) and labels.dtype == np.uint16
+    rows = read_csv(out / "measurements.csv")
+    stack_rows = [row for row in rows if row["image"] == "cells.ome.tif"]
+    for z in range(3):  # nuclei are numbered per plane, each measured on its own plane
+        in_plane = [row for row in stack_rows if row["z"] == str(z)]
+        assert len(in_plane) == labels[z].max() >= 1
+        assert {row["plane"] for row in in_plane} == {str(z)} and in_plane[0]["t"] == ""
+        for row in in_plane:
+            area = (labels[z] == int(row["label"])).sum()
+            assert float(row["area"]) == area and float(row["area_um2"]) == area * 0.25
+            assert float(row["centroid_x_um"]) == pytest.approx(float(row["centroid_x"]) * 0.5)
+            assert float(row["equivalent_diameter_um"]) == pytest.approx(
+                float(row["equivalent_diameter"]) * 0.5)
+        # mean intensity from the nuclear channel, not the noise channel
+        assert float(in_plane[0]["mean_intensity"]) > 10000
+    flat_rows = [row for row in rows if row["image"] == "flat.png"]
+    assert flat_rows and all(row[key] == "" for row in flat_rows
+                             for key in ("plane", "t", "z", "area_um2", "centroid_y_um"))
+    summary = {row["image"]: row for row in read_csv(out / "summary.csv")}
+    assert summary["cells.ome.tif"]["planes"] == "3"
+    assert summary["cells.ome.tif"]["pixel_size_um"] == "0.5"
+    assert int(summary["cells.ome.tif"]["nuclei"]) == len(stack_rows)
+    assert summary["flat.png"]["planes"] == "1" and summary["flat.png"]["pixel_size_um"] == ""
+    import imageio.v3 as iio
+
+    mask = iio.imread(out / "cells_mask.png")  # the middle plane
+    np.testing.assert_array_equal(mask > 0, labels[1] > 0)
+
+
+def test_predict_multichannel_without_channel_lists_the_channels(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    write_ome(tmp_path / "in" / "cells.ome.tif", nuclei_stack())
+    assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert ("cells.ome.tif: 2 channels: 0 (GFP), 1 (DAPI); pass --channel with the index or "
+            "name of the nuclear stain") in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "cells_labels.tif").exists()
+    assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "out2"),
+                 "--channel", "Hoechst"]) == 1
+    assert "--channel 'Hoechst': no channel named 'Hoechst'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_predict_projection_and_pixel_size_option(tmp_path, mode):
+    pytest.importorskip("onnxruntime")
+    import tifffile
+
+    write_ome(tmp_path / "in" / "cells.ome.tif", nuclei_stack())
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "in"), "--out", str(out), "--channel", "1",
+                 "--planes", mode, "--pixel-size", "0.2"]) == 0
+    labels = tifffile.imread(out / "cells_labels.tif")
+    assert labels.shape == (64, 64) and labels.max() >= 1
+    rows = read_csv(out / "measurements.csv")
+    assert len(rows) == labels.max() and {row["z"] for row in rows} == {""}
+    assert float(rows[0]["area_um2"]) == pytest.approx(float(rows[0]["area"]) * 0.04)
+    summary = read_csv(out / "summary.csv")[0]
+    assert summary["planes"] == "1" and summary["pixel_size_um"] == "0.2"  # the option wins
+
+
+def test_predict_imagej_time_series_and_resume(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import tifffile
+
+    data = nuclei_stack(planes=2)[:, 1]  # T, Y, X: one channel
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "movie.tif", data, imagej=True, compression="lzw",
+                     resolution=(4, 4), metadata={"axes": "TYX", "unit": "um"})
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path / "in"), "--out", str(out)]
+    assert main(argv) == 0
+    labels = tifffile.imread(out / "movie_labels.tif")
+    assert labels.shape == (2, 64, 64)
+    rows = read_csv(out / "measurements.csv")
+    assert {row["t"] for row in rows} == {"0", "1"} and {row["z"] for row in rows} == {""}
+    assert read_csv(out / "summary.csv")[0]["pixel_size_um"] == "0.25"
+    measurements = (out / "measurements.csv").read_text()
+    (out / "measurements.csv").unlink()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0  # measured again from the saved label stack
+    assert "done before" in capsys.readouterr().out
+    assert (out / "measurements.csv").read_text() == measurements
+
+
+def test_bad_pixel_size_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--pixel-size", "-1"]) == 2
+    assert "--pixel-size must be a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def multichannel_paired(root, count=4):
+    """A paired labelled set of 2-channel OME-TIFF images (nuclei in channel 'DAPI')."""
+    import tifffile
+
+    for i in range(count):
+        image, labels = make_disks(seed=80 + i)
+        noise = np.random.default_rng(i).integers(0, 255, image.shape).astype(np.uint8)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(root / "images" / f"s{i}.tif", np.stack([noise, image]), ome=True,
+                         metadata={"axes": "CYX", "Channel": {"Name": ["actin", "DAPI"]}})
+        write_image(root / "masks" / f"s{i}.png", labels.astype(np.uint16))
+    return root
+
+
+def test_evaluate_multichannel_set_needs_and_takes_channel(tmp_path, capsys):
+    data = multichannel_paired(tmp_path / "data")
+    assert main(["evaluate", "--classical", "--data", str(data)]) == 3
+    err = capsys.readouterr().err
+    assert "s0.tif: 2 channels: 0 (actin), 1 (DAPI); pass --channel" in err
+    assert main(["evaluate", "--classical", "--data", str(data), "--channel", "DAPI",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 4 and report["ap_50"] == 1.0 and report["channel"] == "DAPI"
+
+
+@pytest.mark.slow
+def test_train_on_multichannel_images_records_the_channel(tmp_path):
+    data = multichannel_paired(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1",
+                 "--image-size", "32", "--channel", "1", *TINY]) == 0
+    assert json.loads((run / "run.json").read_text())["channel"] == 1

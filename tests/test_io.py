@@ -62,7 +62,7 @@ def test_dsb_layout_merges_one_mask_per_nucleus(dsb_dir, samples):
 
 
 @pytest.mark.parametrize("suffix,dtype,channels", [
-    (".png", np.uint8, 1), (".png", np.uint16, 1), (".png", np.uint8, 4), (".tif", np.uint16, 3),
+    (".png", np.uint8, 1), (".png", np.uint16, 1), (".png", np.uint8, 4), (".tif", np.uint8, 3),
     (".tif", np.float32, 1), (".jpg", np.uint8, 3),
 ])
 def test_read_image_formats(tmp_path, suffix, dtype, channels):

@@ -27,6 +27,7 @@ from nucleiseg.engines import import_tensorflow_quietly
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.infer import PredictOptions, options_for
 from nucleiseg.instances import InstanceOptions, instance_options_from
+from nucleiseg.microscopy import PLANE_MODES, ReadOptions, parse_channel
 
 DEFAULTS = TrainConfig()
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     eda.add_argument("--out", type=Path, required=True, help="PNG file for the grid")
     eda.add_argument("--count", type=int, default=8, help="images in the grid (default 8)")
     eda.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
+    add_file_options(eda)
 
     train = commands.add_parser("train", help="train a model; writes a run directory")
     train.add_argument("--data", type=Path, help="labelled data folder (default: bundled sample)")
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue an interrupted run from its last completed epoch, with "
                        "its own configuration, data and split (no other options)")
+    add_file_options(train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
     evaluate.add_argument("--model", type=Path,
@@ -161,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--skip-bad", action="store_true",
                           help="skip unusable samples, list them")
     add_prediction_options(evaluate)
+    add_file_options(evaluate)
 
     predict = commands.add_parser("predict", help="nucleus masks and overlays for images")
     predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
@@ -178,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "up-to-date export lies beside the model (the bundled one has them; "
                          "int8 first), else Keras (default %(default)s)")
     add_prediction_options(predict)
+    add_file_options(predict, stacks=True)
 
     export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite")
     export.add_argument("--model", type=Path,
@@ -229,6 +234,29 @@ def add_prediction_options(parser) -> None:
     group.add_argument("--no-fill-holes", action="store_true", help="keep holes in nuclei")
 
 
+def add_file_options(parser, stacks: bool = False) -> None:
+    """--channel (all commands that read images); --planes and --pixel-size (predict)."""
+    group = parser.add_argument_group("microscopy files")
+    group.add_argument("--channel", type=parse_channel, metavar="N|NAME",
+                       help="the nuclear channel of multi-channel images: its index (from 0) "
+                       "or its name in the OME metadata; needed for every image of 2 or more "
+                       "channels that is not 8-bit RGB(A)")
+    if not stacks:
+        return
+    group.add_argument("--planes", choices=PLANE_MODES, default="each",
+                       help="z-stacks and time series: segment each 2-D plane (one label stack "
+                       "per file), or a max or mean projection (default %(default)s)")
+    group.add_argument("--pixel-size", type=float, metavar="MICRONS",
+                       help="pixel size in µm, for measurements in µm (default: from the OME or "
+                       "ImageJ metadata, when the file has it)")
+
+
+def read_options(args) -> ReadOptions:
+    if args.pixel_size is not None and not 0 < args.pixel_size < float("inf"):
+        raise UsageError(f"--pixel-size must be a positive number of µm; got {args.pixel_size}")
+    return ReadOptions(args.channel, args.planes, args.pixel_size)
+
+
 def prediction_options(args, record: dict | None):
     """PredictOptions and InstanceOptions from the command line, the model's tuned
     post-processing filling in what the command line leaves out."""
@@ -260,7 +288,7 @@ def run_eda(args) -> int:
     from nucleiseg.viz import require_plots
 
     require_plots("nucleiseg eda --out")
-    stats, loaded = describe(args.data, skip_bad=args.skip_bad)
+    stats, loaded = describe(args.data, skip_bad=args.skip_bad, channel=args.channel)
     print(format_description(stats))
     sample_figure(loaded, args.out, args.count)
     print(f"grid written to {args.out}")
@@ -299,7 +327,7 @@ def run_train(args) -> int:
 
     command = shlex.join(["nucleiseg", *args.argv])
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
-                            command=command, init_model=args.init_model)
+                            command=command, init_model=args.init_model, channel=args.channel)
     return report_training(run_dir, record)
 
 
@@ -326,7 +354,7 @@ def run_evaluate(args) -> int:
     options, instance_options = prediction_options(args, record)
     report = evaluate_model(args.model, data, args.figure, skip_bad=args.skip_bad,
                             split=args.split, options=options, instance_options=instance_options,
-                            classical=args.classical)
+                            classical=args.classical, channel=args.channel)
     report["command"] = shlex.join(["nucleiseg", *args.argv])
     if args.json:
         print(json.dumps(report, indent=2))
@@ -349,7 +377,7 @@ def run_predict(args) -> int:
     print(f"engine: {model.name}")
     options, instance_options = prediction_options(args, record)
     results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
-                            instance_options, resume=args.resume)
+                            instance_options, resume=args.resume, read_options=read_options(args))
     failed = [r for r in results if r.error]
     resumed = sum(r.resumed for r in results)
     kept = f", {resumed} of them from an earlier run" if resumed else ""

@@ -11,10 +11,11 @@ from nucleiseg.io import find_samples, load_samples
 from nucleiseg.preprocess import image_kind, normalize_image
 
 
-def describe(data_dir: Path, skip_bad: bool = False):
-    """Return (statistics dict, loaded samples)."""
+def describe(data_dir: Path, skip_bad: bool = False, channel: int | str | None = None):
+    """Return (statistics dict, loaded samples); `channel`: the nuclear channel of
+    multi-channel images."""
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)
-    loaded, unreadable = load_samples(samples, skip_bad=skip_bad)
+    loaded, unreadable = load_samples(samples, skip_bad=skip_bad, channel=channel)
     counts = np.array([int(len(np.unique(labels)) - (labels.min() == 0))
                        for _, _, labels in loaded])
     areas = np.concatenate([np.bincount(labels.ravel())[1:] for _, _, labels in loaded])

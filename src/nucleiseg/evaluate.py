@@ -92,13 +92,14 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
                    skip_bad: bool = False, figure_images: int = 4, split: str = "all",
                    options: PredictOptions | None = None,
                    instance_options: InstanceOptions | None = None,
-                   classical: bool = False) -> dict:
+                   classical: bool = False, channel: int | str | None = None) -> dict:
     """Evaluate a saved model (None: the bundled one), or the classical baseline, on a
     labelled folder; optionally draw test_predictions.
 
     `split` 'val' or 'train' keeps only the images the model's record lists on that side of
     its training split (to re-evaluate a run on its own validation images); 'all' keeps all.
     With `classical`, the split is read from `model_path`'s record when one is given.
+    `channel` picks the nuclear channel of multi-channel images (index or OME name).
     """
     from nucleiseg.errors import DataError
     from nucleiseg.io import find_samples, load_samples
@@ -121,13 +122,13 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
         samples = [sample for sample in samples if sample.name in wanted]
         if not samples:
             raise DataError(f"{data_dir}: none of the model's {split} images are here")
-    loaded, unreadable = load_samples(samples, skip_bad=skip_bad)
+    loaded, unreadable = load_samples(samples, skip_bad=skip_bad, channel=channel)
     names = [sample.name for sample, _, _ in loaded]
     images = [image for _, image, _ in loaded]
     labels = [label for _, _, label in loaded]
     report, predictions = evaluate_images(segment, images, labels, names, target)
     report = {"method": method, "model": None if model_path is None else str(model_path),
-              "data": str(data_dir), "split": split, **report,
+              "data": str(data_dir), "split": split, "channel": channel, **report,
               "postprocessing": None if classical else dataclasses.asdict(instance_options),
               "skipped": [f"{name}: {why}" for name, why in skipped + unreadable]}
     if figure_path is not None:

@@ -17,14 +17,15 @@ from nucleiseg.instances import (
     labels_from_probabilities,
     quantise_probabilities,
 )
-from nucleiseg.io import CsvStream, find_images, read_image, write_png, write_tiff
+from nucleiseg.io import CsvStream, find_images, read_planes, write_labels, write_png
+from nucleiseg.microscopy import ReadOptions, format_pixel_size
 from nucleiseg.preprocess import (
     apply_intensity_range,
     intensity_range,
     normalize_image,
     resize_image,
 )
-from nucleiseg.scale import CHECK_COLUMNS
+from nucleiseg.scale import CHECK_COLUMNS, combine_checks
 
 
 def create_mask(logits: np.ndarray) -> np.ndarray:
@@ -166,15 +167,27 @@ class PredictionResult:
     seconds: float = 0.0
     error: str | None = None
     resumed: bool = False  # outputs were already there (--resume)
+    planes: int = 1  # 2-D planes segmented (a z-stack or time series with --planes each)
+    pixel_size_um: tuple[float, float] | None = None  # (y, x), when known
     check: dict | None = None  # ImageCheck.row(): diameter, scale, confidence, warning
 
 
 RUN_OUTPUTS = ("measurements.csv", "summary.csv")
-SUMMARY_COLUMNS = ("image", "nuclei", "mean_area", "seconds", "error", *CHECK_COLUMNS)
+SUMMARY_COLUMNS = ("image", "nuclei", "mean_area", "seconds", "error", "planes", "pixel_size_um",
+                   *CHECK_COLUMNS)
+
+
+def output_stem(image_path: Path) -> str:
+    """The file name without its type: 'a' for a.png, a.tif and a.ome.tif."""
+    name = Path(image_path).name
+    for suffix in (".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(image_path).stem
 
 
 def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
-    stem = Path(image_path).stem
+    stem = output_stem(image_path)
     return {"labels": out_dir / f"{stem}_labels.tif", "mask": out_dir / f"{stem}_mask.png",
             "overlay": out_dir / f"{stem}_overlay.png"}
 
@@ -271,10 +284,11 @@ def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool) -> None:
         raise UsageError("--overwrite and --resume exclude each other")
     stems: dict[str, Path] = {}
     for path in images:
-        if path.stem in stems:
-            raise UsageError(f"two inputs would write the same outputs: {stems[path.stem]} and "
-                             f"{path} (both named {path.stem!r})")
-        stems[path.stem] = path
+        stem = output_stem(path)
+        if stem in stems:
+            raise UsageError(f"two inputs would write the same outputs: {stems[stem]} and "
+                             f"{path} (both named {stem!r})")
+        stems[stem] = path
     if not overwrite and not resume:
         planned = [p for image in images for p in output_paths(image, out_dir).values()]
         existing = [p for p in planned + [out_dir / name for name in RUN_OUTPUTS] if p.exists()]
@@ -300,11 +314,16 @@ def previous_rows(out_dir: Path) -> dict[str, dict]:
 def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = False,
                   options: PredictOptions | None = None,
                   instance_options: InstanceOptions | None = None, progress=print,
-                  resume: bool = False):
+                  resume: bool = False, read_options: ReadOptions | None = None):
     """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei;
     uint32 above 65,535 nuclei), <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at
     the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
     (one row per image, failures included).
+
+    `read_options` (nucleiseg.microscopy.ReadOptions) picks the nuclear channel of
+    multi-channel files, segments each plane of a z-stack or time series (the labels TIFF is a
+    stack with the same plane axes, nuclei numbered per plane; the PNGs show the middle plane)
+    or a max/mean projection, and overrides the files' pixel size (measurements in µm).
 
     A file that cannot be read is reported and skipped; the others are still processed.
     With `resume`, images whose three outputs exist are not predicted again (their rows are
@@ -313,7 +332,8 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     Returns a list of PredictionResult.
     """
     from nucleiseg.engines import as_engine
-    from nucleiseg.instances import COLUMNS
+    from nucleiseg.instances import COLUMNS, MICRON_COLUMNS
+    from nucleiseg.microscopy import PLANE_COLUMNS
 
     model = as_engine(model)
     images = find_images(inputs)
@@ -322,7 +342,8 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     plan_outputs(images, out_dir, overwrite, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     earlier = previous_rows(out_dir) if resume else {}
-    measurements = CsvStream(out_dir / "measurements.csv", ("image", *COLUMNS))
+    measurements = CsvStream(out_dir / "measurements.csv",
+                             ("image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS))
     summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
     results = []
     try:
@@ -331,9 +352,10 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
             paths = output_paths(path, out_dir)
             done = resume and all(p.exists() for p in paths.values())
             try:
-                result, rows = (measure_saved(path, paths["labels"], earlier) if done else
+                result, rows = (measure_saved(path, paths["labels"], earlier, read_options)
+                                if done else
                                 segment_file(model, record, path, paths, options,
-                                             instance_options))
+                                             instance_options, read_options))
             except DataError as error:
                 result, rows = PredictionResult(path, error=str(error)), []
                 progress(f"[{index}/{len(images)}] skipped: {display_name(error)}")
@@ -342,7 +364,9 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                 check = result.check or {}
                 scale = float(check.get("scale") or 1.0)
                 at = f" (scale {scale:.2f})" if scale != 1.0 else ""
-                progress(f"[{index}/{len(images)}] {name}: {how}{result.nuclei} nuclei{at}")
+                planes = f" in {result.planes} planes" if result.planes > 1 else ""
+                progress(f"[{index}/{len(images)}] {name}: {how}{result.nuclei} nuclei"
+                         f"{planes}{at}")
                 if check.get("warning"):
                     progress(f"  warning: {name}: {check['warning']}")
             results.append(result)
@@ -350,6 +374,8 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
             summary.write([{"image": name, "nuclei": result.nuclei,
                             "mean_area": round(result.mean_area, 2),
                             "seconds": round(result.seconds, 3), "error": result.error or "",
+                            "planes": "" if result.error else result.planes,
+                            "pixel_size_um": format_pixel_size(result.pixel_size_um),
                             **(result.check or {})}])
     except BaseException:
         measurements.discard()
@@ -366,46 +392,85 @@ def display_name(item) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options):
-    """Read, predict, separate, write the three images; (PredictionResult, measurement rows)."""
-    from nucleiseg.instances import measure_nuclei
+def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options,
+                 read_options: ReadOptions | None = None):
+    """Read, predict, separate, write the three images; (PredictionResult, measurement rows).
+    A stack is segmented plane by plane: its labels are written as a stack, its mask and
+    overlay show the middle plane."""
     from nucleiseg.viz import outline_overlay
 
     start = time.perf_counter()
-    image = read_image(path)
-    intensity = intensity_range(image)  # once, for the model and for the overlay
-    try:
-        labels, _, check = segment_checked(model, image, record["config"], options,
-                                           instance_options, intensity)
-    except MemoryError:
-        raise DataError(f"{path}: not enough memory to segment this "
-                        f"{image.shape[1]}x{image.shape[0]} image; try a smaller --tile") from None
+    images, axes, info = read_planes(path, read_options)
+    shape = images.shape[:len(axes)]
+    planes = images.reshape(-1, *images.shape[len(axes):])
+    labels = None  # (planes, H, W); one 2-D image's labels are used as they come
+    middle = len(planes) // 2
+    checks = []
+    for flat, image in enumerate(planes):
+        intensity = intensity_range(image)  # once, for the model and for the overlay
+        try:
+            found, _, check = segment_checked(model, image, record["config"], options,
+                                              instance_options, intensity)
+            checks.append(check)
+            if len(planes) == 1:
+                labels = found[None]
+            else:
+                labels = np.zeros(planes.shape[:-1], np.int32) if labels is None else labels
+                labels[flat] = found
+        except MemoryError:
+            raise DataError(f"{path}: not enough memory to segment this "
+                            f"{image.shape[1]}x{image.shape[0]} image; try a smaller "
+                            "--tile") from None
+        if flat == middle:
+            shown = intensity
     count = int(labels.max())
-    write_tiff(paths["labels"], labels.astype(label_image_dtype(count)))
-    mask = (labels > 0).view(np.uint8)
+    write_labels(paths["labels"], labels.reshape(*shape, *labels.shape[1:])
+                 .astype(label_image_dtype(count)), axes, info.pixel_size_um)
+    mask = (labels[middle] > 0).view(np.uint8)
     mask *= 255
     write_png(paths["mask"], mask)
     del mask
-    write_png(paths["overlay"], outline_overlay(image, labels, *intensity))
-    rows = measure_nuclei(labels, image)
+    write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
+    rows = measure_planes(labels, planes, axes, shape, info.pixel_size_um)
     return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start,
-                            check=check.row()), rows
+                            planes=len(planes), pixel_size_um=info.pixel_size_um,
+                            check=combine_checks(checks)), rows
 
 
-def measure_saved(path: Path, labels_path: Path, earlier: dict):
+def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
+                   pixel_size: tuple[float, float] | None) -> list[dict]:
+    """Measurement rows of labels (N, H, W) over images (N, H, W, C): each plane's nuclei with
+    its plane indices (empty for one 2-D image, `axes` "") and µm columns."""
+    from nucleiseg.instances import in_micrometres, measure_nuclei
+    from nucleiseg.microscopy import plane_columns
+
+    rows = []
+    for flat, (plane_labels, image) in enumerate(zip(labels, planes)):
+        where = plane_columns(axes, shape, flat if axes else None)
+        rows += [{**where, **row, **in_micrometres(row, pixel_size)}
+                 for row in measure_nuclei(plane_labels, image)]
+    return rows
+
+
+def measure_saved(path: Path, labels_path: Path, earlier: dict,
+                  read_options: ReadOptions | None = None):
     """Rows of an image whose outputs an earlier run wrote (--resume)."""
-    from nucleiseg.instances import measure_nuclei
-    from nucleiseg.io import read_array
+    from nucleiseg.io import read_pixels
 
-    image, labels = read_image(path), read_array(labels_path)
-    if labels.shape != image.shape[:2]:
-        raise DataError(f"{labels_path}: does not match {path.name} (another image's output?); "
-                        "delete it or use --overwrite")
-    rows = measure_nuclei(labels, image)
+    images, axes, info = read_planes(path, read_options)
+    labels = read_pixels(labels_path)[0]
+    if labels.shape != images.shape[:-1]:
+        raise DataError(f"{labels_path}: does not match {path.name} (another image's output, or "
+                        "other --channel/--planes?); delete it or use --overwrite")
+    shape = images.shape[:len(axes)]
+    planes = images.reshape(-1, *images.shape[len(axes):])
+    rows = measure_planes(labels.reshape(-1, *labels.shape[len(axes):]), planes, axes, shape,
+                          info.pixel_size_um)
     row = earlier.get(display_name(path), {})
     seconds = float(row.get("seconds") or 0.0)
     check = {key: row.get(key, "") for key in CHECK_COLUMNS}
     return PredictionResult(path, len(rows), mean_area(rows), seconds, resumed=True,
+                            planes=len(planes), pixel_size_um=info.pixel_size_um,
                             check=check), rows
 
 

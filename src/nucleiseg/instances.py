@@ -161,6 +161,21 @@ COLUMNS = ("label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_
            "bbox_max_y", "bbox_max_x", "equivalent_diameter", "eccentricity", "mean_intensity")
 
 
+MICRON_COLUMNS = ("area_um2", "centroid_y_um", "centroid_x_um", "equivalent_diameter_um")
+
+
+def in_micrometres(row: dict, pixel_size: tuple[float, float] | None) -> dict:
+    """A measure_nuclei row's area, centroid and equivalent diameter in µm, for a (y, x) pixel
+    size in µm; empty values when the pixel size is unknown (None)."""
+    if pixel_size is None:
+        return dict.fromkeys(MICRON_COLUMNS, "")
+    y, x = pixel_size
+    area = row["area"] * y * x
+    return {"area_um2": area, "centroid_y_um": row["centroid_y"] * y,
+            "centroid_x_um": row["centroid_x"] * x,
+            "equivalent_diameter_um": float(np.sqrt(4 * area / np.pi))}
+
+
 def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
     """One row per nucleus: area, centroid, bounding box (max exclusive), equivalent diameter,
     eccentricity (of the ellipse with the same second moments) and mean intensity (of the raw

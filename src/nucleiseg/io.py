@@ -10,15 +10,27 @@ Layouts (detected by `find_samples`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import math
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from nucleiseg.errors import DataError, file_error
+from nucleiseg.microscopy import (
+    ImageInfo,
+    ReadOptions,
+    nuclear_channel,
+    project,
+    standard_axes,
+    tiff_metadata,
+)
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 IMAGE_DIRS = ("images", "inputs")
@@ -62,7 +74,6 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 MAX_PIXELS = 16384 * 16384  # per image; NUCLEISEG_MAX_PIXELS overrides
-STACK_AXES = "ZTIQR"  # tifffile's axes for planes, time points, pages: not one image
 
 
 def max_pixels() -> int:
@@ -78,24 +89,56 @@ def _check_size(path: Path, height: int, width: int) -> None:
                          "NUCLEISEG_MAX_PIXELS to read larger images")
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+class _TiffErrors(logging.Handler):
+    """Collects what tifffile logs as errors while this thread reads a file (a truncated page
+    chain, damaged OME/ImageJ metadata), and its warnings of missing or corrupted data: damage
+    it otherwise survives by reading less, or zeros."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.thread, self.messages = threading.get_ident(), []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if record.thread == self.thread and (
+                record.levelno >= logging.ERROR
+                or any(word in message.lower() for word in ("missing", "corrupt"))):
+            self.messages.append(message)
+
+
+@contextlib.contextmanager
+def _tiff_errors(path: Path):
+    logger, handler = logging.getLogger("tifffile"), _TiffErrors()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+    if handler.messages:
+        raise file_error(path, f"damaged or truncated TIFF ({handler.messages[0]})")
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, ImageInfo]:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _tiff_errors(path), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         shape, axes = series.shape, series.axes
-        stacked = [(axis, n) for axis, n in zip(axes, shape) if axis in STACK_AXES and n > 1]
-        if stacked or len(shape) > 3:
-            sizes = " x ".join(f"{n} ({axis})" for axis, n in zip(axes, shape))
-            raise file_error(path, f"a stack of images ({sizes}, tifffile axes {axes!r}), not "
-                             "one 2-D image; save each plane as its own file")
-        spatial = [n for axis, n in zip(axes, shape) if axis in "YX"]
-        if len(spatial) == 2:
-            _check_size(path, *spatial)
-        return series.asarray()
+        if sorted(a for a in axes if a in "YX") != ["X", "Y"]:
+            raise file_error(path, f"no 2-D image in this TIFF (tifffile axes {axes!r})")
+        _check_size(path, *(n for axis, n in zip(axes, shape) if axis in "YX"))
+        total = math.prod(shape)
+        if total > 8 * max_pixels():
+            raise file_error(path, f"header claims {total:,} values (planes x channels x "
+                             f"pixels), more than 8x the limit of {max_pixels():,} pixels; set "
+                             "NUCLEISEG_MAX_PIXELS to read larger files")
+        metadata = tiff_metadata(path, tif, series)
+        array = series.asarray()
+    array, axes = standard_axes(np.asarray(array).reshape(shape), axes)
+    return array, ImageInfo(axes, **metadata)
 
 
-def _read_other(path: Path) -> np.ndarray:
+def _read_other(path: Path) -> tuple[np.ndarray, ImageInfo]:
     import imageio.v3 as iio
     from PIL import Image
 
@@ -106,11 +149,20 @@ def _read_other(path: Path) -> np.ndarray:
     _check_size(path, height, width)
     if frames > 1:
         raise file_error(path, f"{frames} frames (an animation or stack), not one 2-D image")
-    return iio.imread(path)
+    array = iio.imread(path)
+    if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    axes = "YX" if array.ndim == 2 else "YXS"
+    return array, ImageInfo(axes, rgb=array.ndim == 3)
 
 
-def read_array(path: Path) -> np.ndarray:
-    """Read an image file as stored (any dtype); DataError naming the file if it can't be read."""
+def read_pixels(path: Path) -> tuple[np.ndarray, ImageInfo]:
+    """Read every pixel of an image file, with what its metadata says (axes, channel names,
+    pixel size; nucleiseg.microscopy.ImageInfo). The array's axes are `info.axes`: stack and
+    channel axes in file order, then Y, X, then S; axes of length 1 are dropped.
+    A DataError naming the file if it can't be read."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "no such file")
@@ -120,34 +172,42 @@ def read_array(path: Path) -> np.ndarray:
         raise file_error(path, "empty file (0 bytes)")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array = _read_tiff(path)
+            array, info = _read_tiff(path)
         else:
-            array = _read_other(path)
+            array, info = _read_other(path)
     except DataError:
         raise
     except MemoryError:
         raise file_error(path, "not enough memory to read this image") from None
     except Exception as exc:  # every decoder has its own exception types
+        if "imagecodecs" in str(exc):
+            raise file_error(path, f"cannot decode this compression ({exc}): pip install "
+                             "imagecodecs") from None
         raise file_error(path, f"cannot read as an image ({type(exc).__name__}: {exc})") from None
-    array = np.asarray(array)
     if array.size == 0:
         raise file_error(path, f"no pixels (shape {array.shape})")
+    return array, info
+
+
+def _stack_error(path: Path, array: np.ndarray, info: ImageInfo, hint: str):
+    sizes = " x ".join(f"{n} ({axis})" for axis, n in zip(info.axes, array.shape))
+    return file_error(path, f"a stack of images ({sizes}), not one 2-D image; {hint}")
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Read a 2-D image file (a mask, a label image) as stored, any dtype: H x W, or H x W x C
+    when it has channels. DataError naming the file if it can't be read or is a stack."""
+    array, info = read_pixels(path)
+    if info.plane_axes or "C" in info.axes:
+        raise _stack_error(path, array, info, "save each plane as its own file")
     return array
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an image as H x W x C (C = 1, 3 or 4), any of uint8/uint16/float (finite)."""
-    array = read_array(path)
-    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # channels-first TIFF
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise file_error(
-            path, f"unsupported image shape {array.shape}: expected a 2-D grey, RGB or RGBA image"
-        )
-    if array.shape[0] < 2 or array.shape[1] < 2:
-        raise file_error(path, f"image is too small ({array.shape[0]}x{array.shape[1]} pixels)")
+def check_pixels(path: Path, array: np.ndarray) -> np.ndarray:
+    """Refuse images too small, of a type we can't normalise, or with NaN or infinite values;
+    bool becomes uint8."""
+    if array.shape[-3] < 2 or array.shape[-2] < 2:
+        raise file_error(path, f"image is too small ({array.shape[-3]}x{array.shape[-2]} pixels)")
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
@@ -158,6 +218,39 @@ def read_image(path: Path) -> np.ndarray:
             raise file_error(path, f"{bad} pixel values are NaN or infinite; replace them "
                              "(e.g. with 0) before segmenting")
     return array
+
+
+def read_image(path: Path, channel: int | str | None = None) -> np.ndarray:
+    """Read a 2-D image as H x W x C (C = 1, 3 or 4), any of uint8/uint16/float (finite).
+
+    `channel` (an index or an OME channel name) picks the nuclear channel of a multi-channel
+    file; without it a file of two or more channels must be 8-bit RGB(A) (kept in colour).
+    Stacks (z, time) are refused: `read_planes` reads them."""
+    array, info = read_pixels(path)
+    if info.plane_axes:
+        raise _stack_error(path, array, info, "predict segments stacks (--planes); training "
+                           "and evaluation need one 2-D image per file")
+    array, axes = nuclear_channel(path, array, info, channel)
+    return check_pixels(path, array if axes.endswith("S") else array[..., None])
+
+
+def read_planes(path: Path, options: ReadOptions | None = None):
+    """Read an image, a z-stack or a time series as the 2-D images to segment.
+
+    Returns (images (*planes, H, W, C), their plane axes e.g. "ZT" or "" for one 2-D image,
+    ImageInfo): the nuclear channel picked by `options.channel` (as `read_image`), planes kept
+    (`options.planes` 'each') or projected ('max', 'mean'), and `info.pixel_size_um` replaced
+    by `options.pixel_size` when given."""
+    options = options or ReadOptions()
+    array, info = read_pixels(path)
+    if options.pixel_size is not None:
+        info = dataclasses.replace(info, pixel_size_um=(options.pixel_size,) * 2)
+    array, axes = nuclear_channel(path, array, info, options.channel)
+    array, axes = project(array, axes, options.planes)
+    if not axes.endswith("S"):
+        array = array[..., None]
+    lead = axes.replace("S", "")[:-2]
+    return check_pixels(path, array), lead, info
 
 
 def read_label_mask(path: Path) -> np.ndarray:
@@ -206,9 +299,11 @@ def merge_instance_masks(paths: tuple[Path, ...], shape: tuple[int, int]) -> np.
     return labels
 
 
-def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """Return (image H x W x C as stored, instance labels H x W int32)."""
-    image = read_image(sample.image_path)
+def load_sample(sample: Sample, channel: int | str | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Return (image H x W x C as stored, instance labels H x W int32); `channel` picks the
+    nuclear channel of a multi-channel image (see read_image)."""
+    image = read_image(sample.image_path, channel)
     shape = image.shape[:2]
     if sample.layout == "dsb":
         labels = merge_instance_masks(sample.mask_paths, shape)
@@ -223,15 +318,17 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def load_samples(samples, skip_bad: bool = False, workers: int = 4):
+def load_samples(samples, skip_bad: bool = False, workers: int = 4,
+                 channel: int | str | None = None):
     """Load samples in parallel. Returns (loaded [(sample, image, labels)], skipped [(name, why)]).
 
-    Without `skip_bad` the first unusable sample stops the run with its DataError.
+    Without `skip_bad` the first unusable sample stops the run with its DataError. `channel`:
+    the nuclear channel of multi-channel images (see read_image).
     """
 
     def load(sample):
         try:
-            return sample, *load_sample(sample)
+            return sample, *load_sample(sample, channel)
         except DataError as error:
             if not skip_bad:
                 raise
@@ -408,6 +505,29 @@ def write_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
 
     atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib"))
+
+
+def write_labels(path: Path, labels: np.ndarray, axes: str = "",
+                 pixel_size: tuple[float, float] | None = None) -> None:
+    """A label image or stack (`axes`: its plane axes, e.g. "Z", "TZ"; "" for one 2-D image),
+    atomically. An ImageJ hyperstack (axes and pixel size in µm, so Fiji shows both) when
+    ImageJ can hold it (8/16 bits, planes T and/or Z); otherwise a TIFF whose axes tifffile
+    reads back. A 2-D image without a pixel size is written as by write_tiff."""
+    import tifffile
+
+    if not axes and pixel_size is None:
+        return write_tiff(path, labels)
+    if axes in ("Z", "T", "TZ") or not axes:
+        if labels.dtype in (np.uint8, np.uint16):
+            metadata = {"axes": axes + "YX"}
+            extra = {}
+            if pixel_size is not None:
+                metadata["unit"] = "um"
+                extra["resolution"] = (1 / pixel_size[1], 1 / pixel_size[0])
+            return atomic_write(path, lambda tmp: tifffile.imwrite(
+                tmp, labels, imagej=True, metadata=metadata, compression="zlib", **extra))
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib",
+                                                    metadata={"axes": axes + "YX"}))
 
 
 class CsvStream:

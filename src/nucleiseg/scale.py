@@ -4,7 +4,6 @@ and the per-image checks that say when a result is not to be trusted."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -126,5 +125,22 @@ def warning_for(check: ImageCheck, training_diameter: float | None, nuclei: int)
     return "; ".join(problems)
 
 
-def describe_scale(scale: float) -> str:
-    return "" if math.isclose(scale, 1.0) else f" at scale {scale:.2f}"
+def combine_checks(checks) -> dict:
+    """One summary row for the planes of a stack (each checked on its own): median diameter,
+    scale and confidence figures; each distinct warning once, with how many planes had it."""
+    checks = list(checks)
+    if len(checks) == 1:
+        return checks[0].row()
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    warnings: dict[str, int] = {}
+    for check in checks:
+        if check.warning:
+            warnings[check.warning] = warnings.get(check.warning, 0) + 1
+    warning = "; ".join(f"{text} ({n} of {len(checks)} planes)" for text, n in warnings.items())
+    return ImageCheck(median(c.diameter for c in checks), median(c.scale for c in checks),
+                      median(c.confidence for c in checks), median(c.uncertain for c in checks),
+                      warning).row()

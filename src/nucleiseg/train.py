@@ -73,9 +73,9 @@ class DisplayCallback(keras.callbacks.Callback):
                          self.folder / f"epoch_{epoch + 1:03d}.png")
 
 
-def load_training_data(data_dir: Path, skip_bad: bool, log):
+def load_training_data(data_dir: Path, skip_bad: bool, log, channel=None):
     samples, skipped = find_samples(data_dir, skip_bad=skip_bad)
-    loaded, unreadable = load_samples(samples, skip_bad=skip_bad)
+    loaded, unreadable = load_samples(samples, skip_bad=skip_bad, channel=channel)
     skipped += unreadable
     if skipped:
         log(f"skipped {len(skipped)} unusable samples:")
@@ -191,21 +191,23 @@ def read_history(path: Path) -> dict[str, list[float]]:
 
 def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | None = None,
           skip_bad: bool = False, verbose="auto", log=print, command: str | None = None,
-          init_model: Path | None = None) -> tuple[Path, dict]:
+          init_model: Path | None = None, channel: int | str | None = None
+          ) -> tuple[Path, dict]:
     """Train a U-Net as configured; returns (run directory, the model's record).
 
     `command` (the command line that asked for this run) is kept in the record; `init_model`
-    (a saved model of the same architecture) gives the starting weights, for fine-tuning.
+    (a saved model of the same architecture) gives the starting weights, for fine-tuning;
+    `channel` (index or OME name) picks the nuclear channel of multi-channel images.
     """
     check_image_size(config.image_size)
     data_dir = Path(data_dir) if data_dir is not None else bundled_sample("train")
     initial, origin = (initial_weights(init_model, config) if init_model is not None
                        else (None, None))
-    loaded, skipped = load_training_data(data_dir, skip_bad, log)
+    loaded, skipped = load_training_data(data_dir, skip_bad, log, channel)
     run_dir = new_run_dir(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
     write_json(run_dir / "run.json", {
-        "data": str(data_dir), "skip_bad": skip_bad, "command": command,
+        "data": str(data_dir), "skip_bad": skip_bad, "channel": channel, "command": command,
         "init_model": origin,
         "nucleiseg_version": nucleiseg.__version__,
         "created": dt.datetime.now().isoformat(timespec="seconds")})
@@ -244,7 +246,8 @@ def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise DataError(f"{run_dir}: cannot resume, a run file is damaged ({exc})") from None
     data_dir = Path(run["data"])
-    loaded, _ = load_training_data(data_dir, run.get("skip_bad", False), log)
+    loaded, _ = load_training_data(data_dir, run.get("skip_bad", False), log,
+                                   run.get("channel"))
     by_name = {sample.name: (image, labels) for sample, image, labels in loaded}
     missing = sorted(set(split["train"] + split["val"]) - set(by_name))
     if missing:
