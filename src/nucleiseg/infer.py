@@ -69,19 +69,23 @@ def probability_function(model, tta: int = 1):
 
 
 def predict_probabilities(model, image: np.ndarray, config: dict,
-                          options: PredictOptions | None = None) -> np.ndarray:
+                          options: PredictOptions | None = None,
+                          intensity: tuple[float, float] | None = None) -> np.ndarray:
     """Class probabilities (H, W, C) at the image's own size.
 
     A model trained on resized whole images ('resize' sampling) sees the image resized to its
     training size; a model trained on native-resolution crops predicts in overlapping tiles.
     `options.scale` resizes the input first (e.g. 0.5 for nuclei twice the training size).
+    `intensity`: the intensity_range to normalise with (a block of a huge image: the whole
+    image's), else the image's own.
     """
     from nucleiseg.engines import as_engine
     from nucleiseg.tiling import predict_tiled
 
     options = options or PredictOptions()
     predict_batch = probability_function(model, options.tta)
-    normalised = normalize_image(image)
+    normalised = (normalize_image(image) if intensity is None
+                  else apply_intensity_range(image, *intensity))
     native_shape = normalised.shape[:2]
     if options.scale != 1.0:
         shape = tuple(max(1, round(n * options.scale)) for n in native_shape)
@@ -113,7 +117,8 @@ def predict_quantised(model, image: np.ndarray, config: dict,
     model = as_engine(model)
     options = options or PredictOptions()
     if config.get("sampling", "resize") == "resize" or options.scale != 1.0:
-        return quantise_probabilities(predict_probabilities(model, image, config, options))
+        return quantise_probabilities(predict_probabilities(model, image, config, options,
+                                                            intensity))
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image
     low, high = intensity if intensity is not None else intensity_range(image)
@@ -147,7 +152,13 @@ SUMMARY_COLUMNS = ("image", "nuclei", "mean_area", "seconds", "error")
 
 
 def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
+    from nucleiseg.blocks import is_zarr_image, zarr_labels_path
+
     stem = Path(image_path).stem
+    if is_zarr_image(image_path):  # OME-Zarr: labels/nuclei inside it, beside the image
+        stem = stem.removesuffix(".ome")
+        return {"labels": zarr_labels_path(image_path), "mask": out_dir / f"{stem}_mask.png",
+                "overlay": out_dir / f"{stem}_overlay.png"}
     return {"labels": out_dir / f"{stem}_labels.tif", "mask": out_dir / f"{stem}_mask.png",
             "overlay": out_dir / f"{stem}_overlay.png"}
 
@@ -262,9 +273,14 @@ def display_name(item) -> str:
 
 
 def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options):
-    """Read, predict, separate, write the three images; (PredictionResult, measurement rows)."""
+    """Read, predict, separate, write the three images; (PredictionResult, measurement rows).
+    Huge images (whole-slide TIFF, OME-Zarr) go block by block (nucleiseg.blocks)."""
+    from nucleiseg.blocks import is_large_input, segment_large_file
     from nucleiseg.instances import measure_nuclei
     from nucleiseg.viz import outline_overlay
+
+    if is_large_input(path):
+        return segment_large_file(model, record, path, paths, options, instance_options)
 
     start = time.perf_counter()
     image = read_image(path)
@@ -288,8 +304,12 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
 
 def measure_saved(path: Path, labels_path: Path, earlier: dict):
     """Rows of an image whose outputs an earlier run wrote (--resume)."""
+    from nucleiseg.blocks import is_large_input, measure_saved_large
     from nucleiseg.instances import measure_nuclei
     from nucleiseg.io import read_array
+
+    if is_large_input(path):
+        return measure_saved_large(path, labels_path, earlier)
 
     image, labels = read_image(path), read_array(labels_path)
     if labels.shape != image.shape[:2]:
