@@ -69,16 +69,26 @@ class Block:
         return slice(top - wtop, bottom - wtop), slice(left - wleft, right - wleft)
 
 
-def choose_core(tile: int = 512, overlap: int = 64, halo: int = HALO,
-                smallest: int = 2048, largest: int = 4608) -> int:
-    """The block core (a multiple of ALIGN) whose window (core + 2 halo) the model covers with
-    the fewest tiles per core pixel: the halo's extra model work kept small (about 10-15%)."""
+def choose_core(tile: int = 512, overlap: int = 64, halo: int = HALO, shape=None,
+                smallest: int = 2048, largest: int = 4096) -> int:
+    """The block core (a multiple of ALIGN) for which the model's tiles over all windows
+    (core + halo) are fewest, then the windows smallest: the halo's extra work kept small
+    (about 10-20% more tiles than the image read whole). `shape` (height, width): for that
+    image; without it, per core pixel of an endless image."""
     from nucleiseg.tiling import tile_starts
 
-    def cost(core):
-        return len(tile_starts(core + 2 * halo, tile, overlap)) ** 2 / core**2
+    def along(length, core):  # (tiles, window pixels) along one axis
+        windows = [min(start + core + halo, length) - max(start - halo, 0)
+                   for start in range(0, length, core)]
+        return sum(len(tile_starts(w, tile, overlap)) for w in windows), sum(windows)
 
-    return min(range(smallest, largest + 1, ALIGN), key=lambda core: (cost(core), core))
+    def cost(core):
+        if shape is None:
+            return len(tile_starts(core + 2 * halo, tile, overlap)) ** 2 / core**2, 0
+        (tiles_y, pixels_y), (tiles_x, pixels_x) = along(shape[0], core), along(shape[1], core)
+        return tiles_y * tiles_x, pixels_y * pixels_x
+
+    return min(range(smallest, largest + 1, ALIGN), key=lambda core: (*cost(core), core))
 
 
 def plan_blocks(height: int, width: int, core: int, halo: int = HALO) -> list[list[Block]]:
@@ -649,9 +659,13 @@ def segment_large_file(model, record: dict, path: Path, paths: dict, options=Non
 
     start = time.perf_counter()
     options = options or PredictOptions()
-    core = core or choose_core(options.tile, options.overlap, halo)
     image = open_large(path)
-    spool = RowSpool(Path(paths["mask"]).parent)
+    try:
+        spool = RowSpool(Path(paths["mask"]).parent)
+    except BaseException:
+        image.close()
+        raise
+    core = core or choose_core(options.tile, options.overlap, halo, image.shape[:2])
     try:
         intensity = image.intensity()
         table, previews = NucleusTable(), Previews.for_shape(image.shape, image.dtype)
