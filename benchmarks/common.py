@@ -104,3 +104,69 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def slide_pixels(ys: np.ndarray, xs: np.ndarray, seed: int = 0) -> np.ndarray:
+    """RGB uint8 pixels (len(ys), len(xs), 3) of an endless synthetic H&E-like slide: purple
+    nuclei (radius 6-11 px, one in 3 of 4 cells of a 32 px grid, jittered) on pink tissue, with
+    noise. Any pixel can be computed on its own, so a huge slide is made band by band and
+    its pyramid levels are the same slide sampled every 2nd, 4th... pixel."""
+    def mix(values):  # a 64-bit integer hash, elementwise
+        values = (values ^ (values >> np.uint64(33))) * np.uint64(0xFF51AFD7ED558CCD)
+        values = (values ^ (values >> np.uint64(33))) * np.uint64(0xC4CEB9FE1A85EC53)
+        return values ^ (values >> np.uint64(33))
+
+    y = ys.astype(np.uint64)[:, None]
+    x = xs.astype(np.uint64)[None, :]
+    cell = mix((y // np.uint64(32)) * np.uint64(1 << 20) + x // np.uint64(32)
+               + np.uint64(seed) * np.uint64(1 << 42))
+    dy = ((cell & np.uint64(7)).astype(np.int16) - 4) + 16 - (y % np.uint64(32)).astype(np.int16)
+    dx = (((cell >> np.uint64(3)) & np.uint64(7)).astype(np.int16) - 4) + 16 - \
+        (x % np.uint64(32)).astype(np.int16)
+    radius = 6 + ((cell >> np.uint64(6)) % np.uint64(6)).astype(np.int16)
+    present = ((cell >> np.uint64(9)) & np.uint64(3)) != 0
+    inside = present & (dy.astype(np.int32) ** 2 + dx.astype(np.int32) ** 2 <= radius**2)
+    noise = (mix(y * np.uint64(1 << 32) + x + np.uint64(seed)) & np.uint64(15)).astype(np.int16)
+    out = np.empty((len(ys), len(xs), 3), np.uint8)
+    for channel, (tissue, nucleus) in enumerate(((232, 95), (196, 62), (214, 150))):
+        out[..., channel] = np.where(inside, nucleus, tissue) + noise - 8
+    return out
+
+
+def synthetic_slide(path: Path, size: int, tile: int = 256, seed: int = 0) -> Path:
+    """A size x size RGB tiled pyramidal BigTIFF of slide_pixels (JPEG tiles when imagecodecs
+    is installed, else zlib; levels halve down to <= 2048 px), written tile row by tile row,
+    so making it takes little memory. Kept: an existing file of that name is reused."""
+    import tifffile
+
+    path = Path(path)
+    if path.exists():
+        return path
+    try:
+        import imagecodecs  # noqa: F401
+
+        compression = "jpeg"
+    except ImportError:
+        compression = "zlib"
+    levels = []
+    while size // 2 ** (len(levels) + 1) >= 1024:
+        levels.append(2 ** (len(levels) + 1))
+
+    def tiles(step):
+        length = -(-size // step)
+        xs = np.arange(length) * step
+        for top in range(0, length, tile):
+            band = slide_pixels(np.arange(top, min(top + tile, length)) * step, xs, seed)
+            for left in range(0, length, tile):
+                yield band[:, left:left + tile]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with tifffile.TiffWriter(partial, bigtiff=True) as tif:
+        for index, step in enumerate([1, *levels]):
+            length = -(-size // step)
+            extra = {"subifds": len(levels)} if index == 0 else {"subfiletype": 1}
+            tif.write(tiles(step), shape=(length, length, 3), dtype=np.uint8,
+                      tile=(tile, tile), photometric="rgb", compression=compression, **extra)
+    partial.replace(path)
+    return path

@@ -5,7 +5,8 @@ Each case runs `nucleiseg.infer.predict_files` itself, in a fresh process
 (`python -m benchmarks.prediction ENGINE IMAGES`), with its stages timed by wrapping the library
 functions it calls. IMAGES: "dsb-val" (the shipped model's 85 validation images, never trained
 on), "synthetic-4096" / "synthetic-8192" (one mosaic image), "many-N" (N small images, resident
-memory sampled as they go).
+memory sampled as they go), "wsi-N" (a synthetic N x N RGB tiled pyramidal TIFF, segmented block
+by block: nucleiseg.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Stopwatch, run_child, synthetic_image
+from benchmarks.common import Stopwatch, run_child, synthetic_image, synthetic_slide
 
 STAGES = ("read", "normalise", "model", "blend", "separate", "measure", "write")
 
@@ -37,6 +38,13 @@ def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]
         wanted = set(read_record(bundled_model_path())["split"]["val"])
         samples, _ = find_samples(data_dir, skip_bad=True)
         return [s.image_path for s in samples if s.name in wanted]
+    if images.startswith("wsi-"):
+        import os
+
+        os.environ["NUCLEISEG_BLOCKWISE_PIXELS"] = "0"  # block by block at any size
+        size = int(images.split("-")[1])
+        return [synthetic_slide(Path(tempfile.gettempdir()) / "nucleiseg-benchmarks"
+                                / f"wsi_{size}.tif", size)]
     if images.startswith("synthetic-"):
         size = int(images.split("-")[1])
         path = folder / f"synthetic_{size}.png"
@@ -69,6 +77,10 @@ def instrument(watch: Stopwatch):
     infer.write_png = watch.wrap("write", infer.write_png)
     viz.outline_overlay = watch.wrap("write", viz.outline_overlay)
     tiling.predict_tiled = watch.wrap("tiled", tiling.predict_tiled)
+    import nucleiseg.blocks as blocks  # huge images: read block by block, measured as they go
+
+    blocks.LargeImage.read = watch.wrap("read", blocks.LargeImage.read)
+    blocks.NucleusTable.add_block = watch.wrap("measure", blocks.NucleusTable.add_block)
 
 
 def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
@@ -85,6 +97,12 @@ def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
         from nucleiseg.io import read_image
 
         for path in paths[:2000]:
+            if images.startswith("wsi-"):  # from the header: too large to read whole
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    megapixels += np.prod(tif.series[0].shape[:2]) / 1e6
+                continue
             image = read_image(path)
             megapixels += image.shape[0] * image.shape[1] / 1e6
         megapixels *= len(paths) / min(len(paths), 2000)
@@ -117,6 +135,8 @@ def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
     # Tiled prediction = normalising tiles + the model + blending; blending is the rest.
     stages["blend"] = stages.pop("tiled", 0.0) - stages.get("model", 0.0) - \
         stages.get("normalise", 0.0)
+    if images.startswith("wsi-"):  # labels are written as blocks pass: write = the rest
+        stages["write"] = seconds - sum(stages.get(k, 0.0) for k in STAGES if k != "write")
     return {"engine": engine.name, "images": images, "files": len(results),
             "megapixels": round(megapixels, 2), "seconds": round(seconds, 2),
             "megapixels_per_second": round(megapixels / seconds, 3),
@@ -159,6 +179,20 @@ def classical(data_dir: Path) -> dict:
                      "megapixels_per_second": round(megapixels / seconds, 3),
                      **{k: round(report[k], 4) for k in ("foreground_iou", "ap_50", "dsb_score")}})
     return {"rows": rows}
+
+
+def run_wsi(size: int) -> list[dict]:
+    """A size x size whole-slide TIFF block by block, and a 4096 x 4096 image read whole, with
+    the default engine: MP/s, the ratio of the two, and peak memory."""
+    out = []
+    for images in ("synthetic-4096", f"wsi-{size}"):
+        result, peak = run_child(["benchmarks.prediction", "auto", images, "None"])
+        out.append(result | {"peak_rss_mb": round(peak)})
+        print(f"  {images}: {result['megapixels_per_second']} MP/s, peak {peak:.0f} MB",
+              flush=True)
+    out[1]["vs_4096"] = round(out[1]["megapixels_per_second"] /
+                              out[0]["megapixels_per_second"], 3)
+    return out
 
 
 def run(data_dir: Path | None, quick: bool = False) -> dict:

@@ -97,19 +97,23 @@ def probability_function(model, tta: int = 1):
 
 
 def predict_probabilities(model, image: np.ndarray, config: dict,
-                          options: PredictOptions | None = None) -> np.ndarray:
+                          options: PredictOptions | None = None,
+                          intensity: tuple[float, float] | None = None) -> np.ndarray:
     """Class probabilities (H, W, C) at the image's own size.
 
     A model trained on resized whole images ('resize' sampling) sees the image resized to its
     training size; a model trained on native-resolution crops predicts in overlapping tiles.
     `options.scale` resizes the input first (e.g. 0.5 for nuclei twice the training size).
+    `intensity`: the intensity_range to normalise with (a block of a huge image: the whole
+    image's), else the image's own.
     """
     from nucleiseg.engines import as_engine
     from nucleiseg.tiling import predict_tiled
 
     options = options or PredictOptions()
     predict_batch = probability_function(model, options.tta)
-    normalised = normalize_image(image)
+    normalised = (normalize_image(image) if intensity is None
+                  else apply_intensity_range(image, *intensity))
     native_shape = normalised.shape[:2]
     if options.scale != 1.0:
         shape = tuple(max(1, round(n * options.scale)) for n in native_shape)
@@ -140,7 +144,8 @@ def predict_quantised(model, image: np.ndarray, config: dict,
     model = as_engine(model)
     options = options or PredictOptions()
     if config.get("sampling", "resize") == "resize" or options.scale != 1.0:
-        return quantise_probabilities(predict_probabilities(model, image, config, options))
+        return quantise_probabilities(predict_probabilities(model, image, config, options,
+                                                            intensity))
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image
     low, high = intensity if intensity is not None else intensity_range(image)
@@ -187,7 +192,13 @@ def output_stem(image_path: Path) -> str:
 
 
 def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
+    from nucleiseg.blocks import is_zarr_image, zarr_labels_path
+
     stem = output_stem(image_path)
+    if is_zarr_image(image_path):  # OME-Zarr: labels/nuclei inside it, beside the image
+        stem = stem.removesuffix(".ome")
+        return {"labels": zarr_labels_path(image_path), "mask": out_dir / f"{stem}_mask.png",
+                "overlay": out_dir / f"{stem}_overlay.png"}
     return {"labels": out_dir / f"{stem}_labels.tif", "mask": out_dir / f"{stem}_mask.png",
             "overlay": out_dir / f"{stem}_overlay.png"}
 
@@ -396,8 +407,14 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
                  read_options: ReadOptions | None = None):
     """Read, predict, separate, write the three images; (PredictionResult, measurement rows).
     A stack is segmented plane by plane: its labels are written as a stack, its mask and
-    overlay show the middle plane."""
+    overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go block by block
+    (nucleiseg.blocks)."""
+    from nucleiseg.blocks import is_large_input, segment_large_file
     from nucleiseg.viz import outline_overlay
+
+    if is_large_input(path):
+        refuse_file_options_for_blocks(path, read_options)
+        return segment_large_file(model, record, path, paths, options, instance_options)
 
     start = time.perf_counter()
     images, axes, info = read_planes(path, read_options)
@@ -437,6 +454,15 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
                             check=combine_checks(checks)), rows
 
 
+def refuse_file_options_for_blocks(path: Path, read_options: ReadOptions | None) -> None:
+    """Huge images are read block by block, as grey or RGB(A) 2-D images only (for now)."""
+    if read_options is not None and (read_options.channel is not None
+                                     or read_options.planes != "each"):
+        raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are read block by "
+                        "block, which takes grey or RGB images only: --channel and --planes "
+                        "do not apply to them yet")
+
+
 def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
                    pixel_size: tuple[float, float] | None) -> list[dict]:
     """Measurement rows of labels (N, H, W) over images (N, H, W, C): each plane's nuclei with
@@ -455,8 +481,11 @@ def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
 def measure_saved(path: Path, labels_path: Path, earlier: dict,
                   read_options: ReadOptions | None = None):
     """Rows of an image whose outputs an earlier run wrote (--resume)."""
+    from nucleiseg.blocks import is_large_input, measure_saved_large
     from nucleiseg.io import read_pixels
 
+    if is_large_input(path):
+        return measure_saved_large(path, labels_path, earlier)
     images, axes, info = read_planes(path, read_options)
     labels = read_pixels(labels_path)[0]
     if labels.shape != images.shape[:-1]:

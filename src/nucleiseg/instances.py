@@ -185,19 +185,26 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
 
     sums = pixel_moments(labels, image)
     present = np.flatnonzero(sums["area"][1:]) + 1
-    area = sums["area"][present]
-    mean_y, mean_x = sums["y"][present] / area, sums["x"][present] / area
-    var_y = sums["yy"][present] / area - mean_y**2
-    var_x = sums["xx"][present] / area - mean_x**2
-    cov = sums["xy"][present] / area - mean_y * mean_x
+    boxes = ndimage.find_objects(labels)
+    boxes = np.array([(b[0].start, b[1].start, b[0].stop, b[1].stop)
+                      for b in (boxes[i - 1] for i in present)]).reshape(-1, 4)
+    return nucleus_rows(present, {key: value[present] for key, value in sums.items()}, boxes)
+
+
+def nucleus_rows(ids: np.ndarray, sums: dict, boxes: np.ndarray) -> list[dict]:
+    """measure_nuclei's rows from each nucleus's pixel_moments sums (one entry per id, in
+    image coordinates) and bounding box (k, 4: min y, min x, max y, max x exclusive): what
+    block-by-block segmentation (nucleiseg.blocks) adds up block by block."""
+    area = sums["area"]
+    mean_y, mean_x = sums["y"] / area, sums["x"] / area
+    var_y = sums["yy"] / area - mean_y**2
+    var_x = sums["xx"] / area - mean_x**2
+    cov = sums["xy"] / area - mean_y * mean_x
     spread = np.sqrt(((var_y - var_x) / 2) ** 2 + cov**2)
     major, minor = (var_y + var_x) / 2 + spread, np.maximum((var_y + var_x) / 2 - spread, 0)
     eccentricity = np.where(major > 0, np.sqrt(1 - minor / np.where(major > 0, major, 1)), 0.0)
-    boxes = ndimage.find_objects(labels)
-    columns = [present, area, mean_y, mean_x,
-               *np.array([(b[0].start, b[1].start, b[0].stop, b[1].stop)
-                          for b in (boxes[i - 1] for i in present)]).reshape(-1, 4).T,
-               np.sqrt(4 * area / np.pi), eccentricity, sums["intensity"][present] / area]
+    columns = [ids, area, mean_y, mean_x, *np.asarray(boxes).reshape(-1, 4).T,
+               np.sqrt(4 * area / np.pi), eccentricity, sums["intensity"] / area]
     return [dict(zip(COLUMNS, (v.item() for v in values))) for values in zip(*columns)]
 
 

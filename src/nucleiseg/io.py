@@ -433,11 +433,24 @@ def find_samples(root: Path, skip_bad: bool = False):
     return sorted(samples, key=lambda s: s.name), skipped
 
 
+def _large_images(folder: Path) -> list[Path]:
+    """OME-Zarr images (*.zarr folders) and whole-slide files (*.svs) in a folder."""
+    from nucleiseg.blocks import LARGE_SUFFIXES, is_zarr_image
+
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (
+        is_zarr_image(p) or (p.is_file() and p.suffix.lower() in LARGE_SUFFIXES)))
+
+
 def find_images(inputs) -> list[Path]:
-    """Expand prediction inputs (files, folders, paired or DSB folders) into image files."""
+    """Expand prediction inputs (files, folders, paired or DSB folders) into image files;
+    OME-Zarr images (*.zarr folders) and *.svs files are images too (nucleiseg.blocks)."""
+    from nucleiseg.blocks import LARGE_SUFFIXES, is_zarr_image
+
     found: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_file():
+        if is_zarr_image(item) or (item.is_file() and item.suffix.lower() in LARGE_SUFFIXES):
+            found.append(item)
+        elif item.is_file():
             if item.suffix.lower() not in IMAGE_SUFFIXES:
                 raise file_error(item, f"not a supported image type ({', '.join(IMAGE_SUFFIXES)})")
             found.append(item)
@@ -446,7 +459,7 @@ def find_images(inputs) -> list[Path]:
             if image_dir is not None:
                 found.extend(_image_files(image_dir))
                 continue
-            direct = _image_files(item)
+            direct = sorted(_image_files(item) + _large_images(item))
             nested = [
                 path
                 for child in sorted(p for p in item.iterdir() if p.is_dir())

@@ -1,0 +1,338 @@
+"""Huge images block by block (nucleiseg.blocks): the stitched labels are the whole image's."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from nucleiseg.blocks import (
+    NucleusTable,
+    Previews,
+    choose_core,
+    label_blocks,
+    plan_blocks,
+    segment_block,
+    stitch,
+)
+from nucleiseg.engines import Engine
+from nucleiseg.errors import DataError
+from nucleiseg.infer import PredictOptions, predict_files, segment_image
+from nucleiseg.instances import measure_nuclei
+from nucleiseg.preprocess import intensity_range
+
+zarr = pytest.importorskip("zarr")
+
+OPTIONS = PredictOptions(tile=128, overlap=32)
+CONFIG = {"sampling": "crops"}
+
+
+def touching_disks(shape=(700, 900), count=260, seed=0):
+    """Grey uint8: bright disks brightest at their centres, many touching or overlapping."""
+    rng = np.random.default_rng(seed)
+    height, width = shape
+    yy, xx = np.mgrid[:height, :width]
+    value = np.zeros(shape)
+    for _ in range(count):
+        radius = rng.uniform(6, 14)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        distance = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+        value = np.maximum(value, np.clip(1 - distance / radius, 0, None))
+    image = 20 + 200 * np.sqrt(value) + rng.normal(0, 3, shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def pointwise_logits(tiles):
+    """A fake 3-class model: background / interior / boundary from each pixel alone."""
+    value = tiles.mean(-1)
+    return np.stack([12 * (0.35 - value), 12 * (value - 0.8), np.zeros_like(value)], -1)
+
+
+def blurred_logits(tiles):
+    """A fake model that looks at its neighbours (a 7 x 7 mean): tiles see less context at
+    their edges, as a real network does, so blocks and the whole image differ slightly."""
+    from scipy import ndimage
+
+    return pointwise_logits(ndimage.uniform_filter(tiles, size=(1, 7, 7, 1), mode="reflect"))
+
+
+POINTWISE = Engine("pointwise", pointwise_logits, 3)
+
+
+class InMemory:
+    """label_blocks' view of an image held in memory."""
+
+    def __init__(self, image):
+        self.image, self.shape = image, image.shape
+
+    def read(self, top, bottom, left, right):
+        return self.image[top:bottom, left:right]
+
+
+def stitched(image, engine, core=256, halo=48):
+    intensity = intensity_range(image)
+    table, previews = NucleusTable(), Previews.for_shape(image.shape, image.dtype)
+    labels, rows = np.zeros(image.shape[:2], np.uint32), []
+
+    def segment(window):
+        return segment_block(window, engine, CONFIG, OPTIONS, None, intensity)
+
+    for block, core_labels in label_blocks(InMemory(image), segment, core, halo, table,
+                                           previews,
+                                           on_row=lambda bottom: rows.extend(table.rows(bottom))):
+        top, bottom, left, right = block.core
+        labels[top:bottom, left:right] = core_labels
+    rows.extend(table.rows())
+    whole = segment_image(engine, image, CONFIG, OPTIONS, None, intensity)
+    return labels, rows, previews, whole
+
+
+def same_nuclei(a, b) -> bool:
+    """The same nuclei (pixel for pixel), whatever their numbers."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    both = a > 0
+    pairs = np.unique(np.stack([a[both], b[both]]), axis=1).shape[1]
+    return pairs == len(np.unique(a[both])) == len(np.unique(b[both]))
+
+
+def test_blocks_cover_the_image_once_and_the_core_fits_the_model_tiles():
+    rows = plan_blocks(1000, 1300, 512, 64)
+    covered = np.zeros((1000, 1300), int)
+    for row in rows:
+        for block in row:
+            top, bottom, left, right = block.core
+            covered[top:bottom, left:right] += 1
+            wtop, wbottom, wleft, wright = block.window
+            assert wtop == max(top - 64, 0) and wright == min(right + 64, 1300)
+    assert (covered == 1).all() and (len(rows), len(rows[0])) == (2, 3)
+    assert choose_core(512, 64, 128) % 256 == 0
+    with pytest.raises(ValueError):
+        plan_blocks(100, 100, 300, 64)
+
+
+def test_stitched_labels_are_the_whole_image_labels_and_rows_its_rows():
+    """Nuclei crossing seams are neither cut nor doubled: block by block gives exactly the
+    whole image's nuclei (numbered 1..N once), and the same measurements."""
+    image = touching_disks()[..., None]
+    labels, rows, previews, whole = stitched(image, POINTWISE)
+    assert whole.max() > 200
+    assert same_nuclei(labels, whole)
+    assert sorted(np.unique(labels[labels > 0])) == list(range(1, int(whole.max()) + 1))
+    expected = measure_nuclei(labels.astype(np.int32), image)
+    assert [row["label"] for row in rows] == [row["label"] for row in expected]
+    for got, want in zip(rows, expected):
+        assert all(math.isclose(got[key], want[key], rel_tol=1e-9, abs_tol=1e-9) for key in got)
+    assert previews.step == 1 and np.array_equal(previews.labels, labels)
+
+
+def test_with_a_model_that_sees_context_blocks_match_the_whole_image_closely():
+    image = touching_disks(seed=1)[..., None]
+    labels, _, _, whole = stitched(image, Engine("blurred", blurred_logits, 3))
+    assert labels.max() == whole.max()
+    overlap = np.zeros((int(labels.max()) + 1, int(whole.max()) + 1))
+    np.add.at(overlap, (labels.ravel(), whole.ravel()), 1)
+    sizes_a, sizes_b = overlap.sum(1), overlap.sum(0)
+    iou = overlap / (sizes_a[:, None] + sizes_b[None, :] - overlap)
+    assert (iou[1:, 1:].max(axis=1) >= 0.95).all()
+
+
+def test_stitch_joins_by_majority_and_ignores_what_is_not_written_yet():
+    labels = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 0, 0]])
+    context = np.array([[7, 7, 9, 0], [7, 5, 9, -1], [-1, -1, -1, -1]])
+    links = stitch(labels, context)
+    assert links.tolist() == [[1, 7], [2, 9]]  # 3: nothing written under it; 2: 2 of 3 are 9
+    assert stitch(labels, np.full(labels.shape, -1)).shape == (0, 2)
+
+
+def test_previews_of_a_large_image_are_downsampled():
+    previews = Previews.for_shape((10000, 6000, 3), np.uint8, side=4096)
+    assert previews.step == 3 and previews.labels.shape == (3334, 2000)
+
+
+# ---------------------------------------------------------------- files, end to end
+
+
+def rgb_disks(seed=3):
+    grey = touching_disks(seed=seed).astype(np.uint16)
+    return np.stack([grey, grey * 3 // 4, grey // 2], -1).astype(np.uint8)
+
+
+def write_pyramid(path, image, tile=128, levels=2):
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(image, tile=(tile, tile), subifds=levels, photometric="rgb",
+                  compression="zlib")
+        for level in range(1, levels + 1):
+            step = 2**level
+            tif.write(image[::step, ::step], tile=(tile, tile), subfiletype=1,
+                      photometric="rgb", compression="zlib")
+    return path
+
+
+def write_ome_zarr(path, image, zarr_format=2, levels=2):
+    """A small OME-Zarr image (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3), axes c, y, x."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    planes = np.moveaxis(image, -1, 0)
+    names = {"dimension_names": ["c", "y", "x"]} if zarr_format == 3 else {}
+    for level in range(levels):
+        step = 2**level
+        group.create_array(str(level), data=np.ascontiguousarray(planes[:, ::step, ::step]),
+                           chunks=(planes.shape[0], 128, 128), **names)
+    multiscale = {"name": path.stem, "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": str(level), "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 0.5 * 2**level, 0.5 * 2**level]}]}
+            for level in range(levels)]}
+    if zarr_format == 2:
+        group.attrs["multiscales"] = [{"version": "0.4", **multiscale}]
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
+    return path
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Every tiled TIFF goes block by block, in 256 px blocks with a 48 px halo."""
+    import nucleiseg.blocks as blocks
+
+    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", "0")
+    monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
+    monkeypatch.setattr(blocks, "HALO", 48)
+    original = blocks.segment_large_file
+
+    def with_small_halo(*args, **kwargs):
+        return original(*args, **{**kwargs, "halo": 48})
+
+    monkeypatch.setattr(blocks, "segment_large_file", with_small_halo)
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def whole_image_outputs(tmp_path, image, monkeypatch):
+    import tifffile
+
+    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(10**12))
+    tifffile.imwrite(tmp_path / "whole.tif", image)
+    predict_files(POINTWISE, {"config": CONFIG}, [tmp_path / "whole.tif"], tmp_path / "whole",
+                  options=OPTIONS, progress=lambda _: None)
+    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", "0")
+    return (tifffile.imread(tmp_path / "whole" / "whole_labels.tif"),
+            read_rows(tmp_path / "whole" / "measurements.csv"))
+
+
+def assert_same_rows(rows, expected):
+    assert len(rows) == len(expected)
+    key = lambda row: (float(row["centroid_y"]), float(row["centroid_x"]))  # noqa: E731
+    for got, want in zip(sorted(rows, key=key), sorted(expected, key=key)):
+        for column in ("area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_max_x",
+                       "eccentricity", "mean_intensity"):
+            assert math.isclose(float(got[column]), float(want[column]), rel_tol=1e-9)
+
+
+def test_tiled_pyramid_tiff_gives_a_tiled_bigtiff_and_the_whole_image_nuclei(
+        tmp_path, small_blocks, monkeypatch):
+    import imageio.v3 as iio
+    import tifffile
+
+    image = rgb_disks()
+    whole, expected = whole_image_outputs(tmp_path, image, monkeypatch)
+    slide = write_pyramid(tmp_path / "slide.tif", image)
+    results = predict_files(POINTWISE, {"config": CONFIG}, [slide], tmp_path / "out",
+                            options=OPTIONS, progress=lambda _: None)
+    assert results[0].error is None and results[0].nuclei == whole.max() > 200
+    with tifffile.TiffFile(tmp_path / "out" / "slide_labels.tif") as tif:
+        page = tif.pages[0]
+        assert tif.is_bigtiff and page.is_tiled and page.tile == (256, 256)
+        labels = page.asarray()
+    assert labels.dtype == np.uint32 and same_nuclei(labels, whole)
+    rows = read_rows(tmp_path / "out" / "measurements.csv")
+    assert [int(row["label"]) for row in rows] == list(range(1, int(whole.max()) + 1))
+    assert_same_rows(rows, expected)
+    assert iio.imread(tmp_path / "out" / "slide_overlay.png").shape == image.shape
+    summary = read_rows(tmp_path / "out" / "summary.csv")
+    assert summary[0]["nuclei"] == str(whole.max()) and summary[0]["error"] == ""
+    again = predict_files(POINTWISE, {"config": CONFIG}, [slide], tmp_path / "out",
+                          options=OPTIONS, progress=lambda _: None, resume=True)
+    assert again[0].resumed and again[0].nuclei == whole.max()
+    assert_same_rows(read_rows(tmp_path / "out" / "measurements.csv"), expected)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ome_zarr_gets_ngff_labels_beside_the_image(tmp_path, small_blocks, monkeypatch,
+                                                    zarr_format):
+    image = rgb_disks(seed=4)
+    whole, expected = whole_image_outputs(tmp_path, image, monkeypatch)
+    source = write_ome_zarr(tmp_path / "cells.ome.zarr", image, zarr_format)
+    results = predict_files(POINTWISE, {"config": CONFIG}, [tmp_path], tmp_path / "out",
+                            options=OPTIONS, progress=lambda _: None)
+    by_name = {result.image.name: result for result in results}
+    assert by_name["cells.ome.zarr"].nuclei == whole.max()
+    group = zarr.open_group(str(source), mode="r")
+    meta = group["labels/nuclei"].attrs.asdict()
+    meta = meta.get("ome", meta)
+    assert meta["image-label"]["source"] == {"image": "../../"}
+    assert [d["path"] for d in meta["multiscales"][0]["datasets"]] == ["0", "1"]
+    listed = group["labels"].attrs.asdict()
+    assert listed.get("ome", listed)["labels"] == ["nuclei"]
+    labels = group["labels/nuclei/0"][:]
+    assert labels.shape == (1, *image.shape[:2]) and same_nuclei(labels[0], whole)
+    assert np.array_equal(group["labels/nuclei/1"][0], labels[0, ::2, ::2])
+    assert (tmp_path / "out" / "cells_mask.png").exists()
+    rows = [row for row in read_rows(tmp_path / "out" / "measurements.csv")
+            if row["image"] == "cells.ome.zarr"]
+    assert_same_rows(rows, expected)
+    again = predict_files(POINTWISE, {"config": CONFIG}, [source], tmp_path / "out2",
+                          options=OPTIONS, progress=lambda _: None, overwrite=True)
+    assert again[0].nuclei == whole.max()
+    assert sorted(p.name for p in (source / "labels").iterdir() if p.name.startswith("."))\
+        in ([], [".zattrs"], [".zgroup"], [".zattrs", ".zgroup"])
+    models = pytest.importorskip(f"ome_zarr_models.v0{4 if zarr_format == 2 else 5}")
+    reopened = zarr.open_group(str(source), mode="r")  # the NGFF validator, where installed
+    models.ImageLabel.from_zarr(reopened["labels/nuclei"])
+    models.Image.from_zarr(reopened)
+
+
+def test_bad_huge_files_are_one_line_errors_naming_the_file(tmp_path, small_blocks):
+    slide = write_pyramid(tmp_path / "slide.tif", rgb_disks())
+    data = slide.read_bytes()
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(data[: len(data) * 2 // 3])  # the header is fine, the pixels are cut
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    bare = tmp_path / "bare.zarr"
+    zarr.open_group(str(bare), mode="w", zarr_format=2)
+    damaged = write_ome_zarr(tmp_path / "damaged.zarr", rgb_disks(seed=5), levels=1)
+    for chunk in (damaged / "0").iterdir():
+        if not chunk.name.startswith("."):
+            chunk.write_bytes(b"not a chunk")
+    inputs = [broken, empty, bare, damaged]
+    results = predict_files(POINTWISE, {"config": CONFIG}, inputs, tmp_path / "out",
+                            options=OPTIONS, progress=lambda _: None)
+    for path, result in zip(inputs, results):
+        assert result.error is not None and result.error.startswith(f"{path}: ")
+        assert "\n" not in result.error
+    assert "no multiscales" in results[2].error
+    assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())
+    assert not (damaged / "labels" / "nuclei").exists()
+
+
+def test_only_images_read_whole_keep_the_pixel_limit(tmp_path, monkeypatch):
+    import tifffile
+
+    from nucleiseg.blocks import is_large_input
+    from nucleiseg.io import read_image
+
+    monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", str(200 * 200))
+    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(200 * 200))
+    tiled, strips = tmp_path / "tiled.tif", tmp_path / "strips.tif"
+    tifffile.imwrite(tiled, np.zeros((300, 300), np.uint8), tile=(128, 128))
+    tifffile.imwrite(strips, np.zeros((300, 300), np.uint8))
+    assert is_large_input(tiled) and not is_large_input(strips)
+    with pytest.raises(DataError, match="header claims 300x300 pixels, more than the limit"):
+        read_image(strips)
