@@ -77,15 +77,13 @@ def test_size_thresholds_follow_the_scale():
 def test_confidence_and_uncertainty_from_probabilities():
     probabilities = np.zeros((4, 4, 2), np.uint8)
     probabilities[..., 0] = 255  # background everywhere...
-    probabilities[:2, :2, 0] = 0  # ...but a sure nucleus
-    probabilities[2:, 2:, 0] = 128  # and an unsure one
-    labels = np.zeros((4, 4), int)
-    labels[:2, :2] = 1
-    confidence, uncertain = confidence_figures(probabilities, labels)
-    assert confidence == pytest.approx(1.0)
-    assert uncertain == pytest.approx(0.5)
-    assert confidence_figures(np.full((3, 3, 2), 255, np.uint8), labels[:3, :3] * 0) == (None,
-                                                                                          None)
+    probabilities[:2, :2, 0] = 0  # ...but a sure nucleus (P 1)
+    probabilities[2:, 2:, 0] = 100  # and an unsure one (P 155/255)
+    probabilities[0, 3, 0] = 170  # and a pixel of P 85/255: likely, not called nucleus
+    confidence, uncertain = confidence_figures(probabilities)
+    assert confidence == pytest.approx((4 * 255 + 4 * 155) / 8 / 255)
+    assert uncertain == pytest.approx(5 / 9)  # of 9 likely pixels, 5 between 0.25 and 0.75
+    assert confidence_figures(np.full((3, 3, 2), 255, np.uint8)) == (None, None)
 
 
 def test_warnings_say_what_is_wrong_and_nothing_when_all_is_well():
@@ -95,6 +93,7 @@ def test_warnings_say_what_is_wrong_and_nothing_when_all_is_well():
     assert warning_for(ImageCheck(None, 1.0, None, None), 20, 0) == "no nuclei found"
     assert "unsure" in warning_for(ImageCheck(20, 1.0, 0.6, 0.1), 20, 5)
     assert "edge of the decision" in warning_for(ImageCheck(20, 1.0, 0.9, 0.6), 20, 5)
+    assert warning_for(ImageCheck(20, 1.0, 0.85, 0.45), 20, 5) == ""
 
 
 @pytest.mark.parametrize("factor", [1.0, 2.0, 3.0])

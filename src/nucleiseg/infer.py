@@ -274,8 +274,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
             scale = wanted
             probabilities, labels = run(scale)
             diameter, count = typical_diameter(labels)
-    confidence, uncertain = confidence_figures(
-        quantise_probabilities(probabilities), labels)
+    confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
     check = ImageCheck(diameter, scale, confidence, uncertain)
     warning = warning_for(check, training, int(labels.max()))
     if scale >= upscale_limit > 1.0 and training and diameter and training / diameter > scale:
