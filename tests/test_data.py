@@ -9,8 +9,10 @@ from nucleiseg.data import (
     make_train_dataset,
     make_val_dataset,
     prepare_arrays,
+    random_blur_noise,
     random_crops,
     random_intensity,
+    random_stain,
     split_names,
 )
 
@@ -177,3 +179,47 @@ def test_crops_with_contact_weights_keep_weights_aligned_through_augmentation():
         assert np.array_equal(image_out[..., 0] > 0.5, mask_out > 0)
         moved = [f for f in symmetries if np.array_equal(f(y), mask_out)]
         assert moved and any(np.array_equal(f(w), weight_out) for f in moved)
+
+
+def _he_like(size=64, seed=0):
+    """A colour crop: purple (haematoxylin) disks on a pink (eosin) background, in [0, 1]."""
+    from skimage.color import hed2rgb
+
+    _, labels = make_disks((size, size), count=5, seed=seed)
+    hed = np.zeros((size, size, 3))
+    hed[..., 1] = 0.15  # eosin everywhere
+    hed[..., 0] = np.where(labels > 0, 0.6, 0.02)  # haematoxylin in the nuclei
+    return hed2rgb(hed).astype(np.float32), labels
+
+
+def test_random_stain_changes_the_haematoxylin_of_colour_crops_only():
+    from skimage.color import rgb2hed
+
+    rng = np.random.default_rng(0)
+    colour, labels = _he_like()
+    grey = np.repeat(colour.mean(-1, keepdims=True), 3, -1)
+    haematoxylin = []
+    for _ in range(40):
+        out = random_stain(colour, rng)
+        assert out.dtype == np.float32 and out.shape == colour.shape
+        assert 0.0 <= out.min() and out.max() <= 1.0
+        amount = rgb2hed(out)[..., 0]
+        haematoxylin.append(amount[labels > 0].mean())
+        assert random_stain(grey, rng) is grey  # no stain to change
+    change = np.array(haematoxylin) / np.median(haematoxylin)
+    assert change.min() < 0.8 and change.max() > 1.25  # pale and dark nuclei both drawn
+
+
+def test_random_blur_noise_blurs_or_adds_noise_and_keeps_grey_grey():
+    rng = np.random.default_rng(1)
+    image, _ = make_disks((64, 64), count=5)
+    grey = np.repeat((image / 255.0).astype(np.float32)[..., None], 3, -1)
+    smoother = noisier = 0
+    edge = lambda x: np.abs(np.diff(x[..., 0], axis=1)).mean()
+    for _ in range(60):
+        out = random_blur_noise(grey, rng)
+        assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+        assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])
+        smoother += edge(out) < 0.9 * edge(grey)
+        noisier += np.abs(out - grey).std() > 0.01 and edge(out) > edge(grey)
+    assert 8 <= smoother <= 35 and 8 <= noisier <= 35  # about a third each, independently
