@@ -23,7 +23,7 @@ from nucleiseg.config import (
     TrainConfig,
     check_image_size,
 )
-from nucleiseg.engines import import_tensorflow_quietly
+from nucleiseg.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflow
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.infer import PredictOptions, options_for
 from nucleiseg.instances import InstanceOptions, instance_options_from
@@ -408,6 +408,26 @@ COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predi
 NEEDS_TENSORFLOW = ("train", "evaluate", "export")  # predict imports it only for --engine keras
 
 
+def missing_tensorflow(args) -> str:
+    """The one line for a command that needs TensorFlow and Keras where the 'train' extra is
+    not installed (a light install: predict with the bundled model or .onnx exports only)."""
+    if args.command == "train":
+        return f"training needs TensorFlow and Keras: {TRAIN_EXTRA}"
+    if args.command == "evaluate":
+        return f"evaluate runs .keras models with TensorFlow and Keras: {TRAIN_EXTRA}"
+    if args.command == "export":
+        return "export needs TensorFlow and Keras: pip install 'nucleiseg[train,export]'"
+    engine = getattr(args, "engine", None)
+    if engine == "tflite":
+        return ("--engine tflite needs ai-edge-litert (pip install 'nucleiseg[export]') or "
+                f"TensorFlow ({TRAIN_EXTRA})")
+    if engine == "keras":
+        return (f"--engine keras needs TensorFlow and Keras: {TRAIN_EXTRA} (without them, "
+                "predict runs the bundled model and .onnx exports on ONNX Runtime)")
+    return (f"this model has no up-to-date ONNX export beside it, so it runs on Keras, which "
+            f"needs TensorFlow: {TRAIN_EXTRA} (or predict with an .onnx export of it)")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -418,8 +438,13 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         if args.command in NEEDS_TENSORFLOW and not args.debug:
-            import_tensorflow_quietly()
+            import_keras_quietly()
         return COMMANDS[args.command](args)
+    except ModuleNotFoundError as error:  # TensorFlow or Keras, in a light install
+        if args.debug or not lacks_tensorflow(error):
+            raise
+        print(f"nucleiseg {args.command}: error: {missing_tensorflow(args)}", file=sys.stderr)
+        return UsageError.exit_code
     except NucleisegError as error:
         if args.debug:
             raise
