@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "int8 first), else Keras (default %(default)s)")
     add_prediction_options(predict)
     add_file_options(predict, stacks=True)
+    add_outline_options(predict)
 
     export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite")
     export.add_argument("--model", type=Path,
@@ -249,6 +250,22 @@ def add_file_options(parser, stacks: bool = False) -> None:
     group.add_argument("--pixel-size", type=float, metavar="MICRONS",
                        help="pixel size in µm, for measurements in µm (default: from the OME or "
                        "ImageJ metadata, when the file has it)")
+
+
+def add_outline_options(parser) -> None:
+    """--geojson and --imagej-rois (predict): each nucleus's outline for QuPath and Fiji."""
+    group = parser.add_argument_group("outlines for QuPath and Fiji")
+    group.add_argument("--geojson", action="store_true",
+                       help="also write <stem>.geojson: one polygon per nucleus along its pixel "
+                       "edges, with its measurements (QuPath: File > Import objects from file)")
+    group.add_argument("--imagej-rois", action="store_true",
+                       help="also write <stem>_rois.zip: one ImageJ ROI per nucleus, named by "
+                       "its label (Fiji: ROI Manager > More > Open)")
+
+
+def outline_exports(args) -> tuple[str, ...]:
+    return tuple(name for name, wanted in (("geojson", args.geojson),
+                                           ("imagej-rois", args.imagej_rois)) if wanted)
 
 
 def read_options(args) -> ReadOptions:
@@ -377,7 +394,8 @@ def run_predict(args) -> int:
     print(f"engine: {model.name}")
     options, instance_options = prediction_options(args, record)
     results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
-                            instance_options, resume=args.resume, read_options=read_options(args))
+                            instance_options, resume=args.resume, read_options=read_options(args),
+                            exports=outline_exports(args))
     failed = [r for r in results if r.error]
     resumed = sum(r.resumed for r in results)
     kept = f", {resumed} of them from an earlier run" if resumed else ""
