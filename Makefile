@@ -45,7 +45,7 @@ test-fast: $(INSTALLED)
 	$(PY) -m pytest -q -m "not slow"
 
 # `pip install nucleiseg` without extras, in a fresh venv (not .venv): no TensorFlow, the bundled
-# sample segmented, outlines for QuPath and Fiji written (about a minute; needs PyPI)
+# sample segmented, outlines for QuPath and Fiji written (1 to 2 minutes; needs PyPI)
 check-light-install:
 	PYTHON=$(PYTHON) scripts/check_light_install.sh
 
