@@ -436,9 +436,9 @@ def missing_tensorflow(args) -> str:
     if args.command == "export":
         return "export needs TensorFlow and Keras: pip install 'nucleiseg[train,export]'"
     engine = getattr(args, "engine", None)
-    if engine == "tflite":
-        return ("--engine tflite needs ai-edge-litert (pip install 'nucleiseg[export]') or "
-                f"TensorFlow ({TRAIN_EXTRA})")
+    if engine == "tflite" or str(getattr(args, "model", None) or "").endswith(".tflite"):
+        return ("running a .tflite model needs ai-edge-litert (pip install "
+                f"'nucleiseg[export]') or TensorFlow ({TRAIN_EXTRA})")
     if engine == "keras":
         return (f"--engine keras needs TensorFlow and Keras: {TRAIN_EXTRA} (without them, "
                 "predict runs the bundled model and .onnx exports on ONNX Runtime)")
