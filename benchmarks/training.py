@@ -86,7 +86,7 @@ def run(data_dir: Path | None, quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from nucleiseg.cli import import_tensorflow_quietly
+    from nucleiseg.engines import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     case, size, data = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -1,7 +1,8 @@
 """nucleiseg: find cell nuclei in microscopy images.
 
-Importing the package is cheap; TensorFlow/Keras load only in the modules that need them
-(`model`, `train`, `evaluate`, `infer`, `saving`).
+Importing the package is cheap; TensorFlow/Keras (the 'train' extra) load only in the modules
+that need them (`model`, `data`, `keras_metrics`, `train`, `evaluate`, `export`, and
+`saving.load_model`); prediction with ONNX Runtime never imports them.
 """
 
 from nucleiseg.errors import DataError, NucleisegError, UsageError

@@ -23,7 +23,7 @@ from nucleiseg.config import (
     TrainConfig,
     check_image_size,
 )
-from nucleiseg.engines import import_tensorflow_quietly
+from nucleiseg.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflow
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.infer import PredictOptions, options_for
 from nucleiseg.instances import InstanceOptions, instance_options_from
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "int8 first), else Keras (default %(default)s)")
     add_prediction_options(predict)
     add_file_options(predict, stacks=True)
+    add_outline_options(predict)
 
     export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite")
     export.add_argument("--model", type=Path,
@@ -249,6 +250,22 @@ def add_file_options(parser, stacks: bool = False) -> None:
     group.add_argument("--pixel-size", type=float, metavar="MICRONS",
                        help="pixel size in µm, for measurements in µm (default: from the OME or "
                        "ImageJ metadata, when the file has it)")
+
+
+def add_outline_options(parser) -> None:
+    """--geojson and --imagej-rois (predict): each nucleus's outline for QuPath and Fiji."""
+    group = parser.add_argument_group("outlines for QuPath and Fiji")
+    group.add_argument("--geojson", action="store_true",
+                       help="also write <stem>.geojson: one polygon per nucleus along its pixel "
+                       "edges, with its measurements (QuPath: File > Import objects from file)")
+    group.add_argument("--imagej-rois", action="store_true",
+                       help="also write <stem>_rois.zip: one ImageJ ROI per nucleus, named by "
+                       "its label (Fiji: ROI Manager > More > Open)")
+
+
+def outline_exports(args) -> tuple[str, ...]:
+    return tuple(name for name, wanted in (("geojson", args.geojson),
+                                           ("imagej-rois", args.imagej_rois)) if wanted)
 
 
 def read_options(args) -> ReadOptions:
@@ -377,7 +394,8 @@ def run_predict(args) -> int:
     print(f"engine: {model.name}")
     options, instance_options = prediction_options(args, record)
     results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
-                            instance_options, resume=args.resume, read_options=read_options(args))
+                            instance_options, resume=args.resume, read_options=read_options(args),
+                            exports=outline_exports(args))
     failed = [r for r in results if r.error]
     resumed = sum(r.resumed for r in results)
     kept = f", {resumed} of them from an earlier run" if resumed else ""
@@ -408,6 +426,26 @@ COMMANDS = {"eda": run_eda, "train": run_train, "evaluate": run_evaluate, "predi
 NEEDS_TENSORFLOW = ("train", "evaluate", "export")  # predict imports it only for --engine keras
 
 
+def missing_tensorflow(args) -> str:
+    """The one line for a command that needs TensorFlow and Keras where the 'train' extra is
+    not installed (a light install: predict with the bundled model or .onnx exports only)."""
+    if args.command == "train":
+        return f"training needs TensorFlow and Keras: {TRAIN_EXTRA}"
+    if args.command == "evaluate":
+        return f"evaluate runs .keras models with TensorFlow and Keras: {TRAIN_EXTRA}"
+    if args.command == "export":
+        return "export needs TensorFlow and Keras: pip install 'nucleiseg[train,export]'"
+    engine = getattr(args, "engine", None)
+    if engine == "tflite" or str(getattr(args, "model", None) or "").endswith(".tflite"):
+        return ("running a .tflite model needs ai-edge-litert (pip install "
+                f"'nucleiseg[export]') or TensorFlow ({TRAIN_EXTRA})")
+    if engine == "keras":
+        return (f"--engine keras needs TensorFlow and Keras: {TRAIN_EXTRA} (without them, "
+                "predict runs the bundled model and .onnx exports on ONNX Runtime)")
+    return (f"this model has no up-to-date ONNX export beside it, so it runs on Keras, which "
+            f"needs TensorFlow: {TRAIN_EXTRA} (or predict with an .onnx export of it)")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -418,8 +456,13 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         if args.command in NEEDS_TENSORFLOW and not args.debug:
-            import_tensorflow_quietly()
+            import_keras_quietly()
         return COMMANDS[args.command](args)
+    except ModuleNotFoundError as error:  # TensorFlow or Keras, in a light install
+        if args.debug or not lacks_tensorflow(error):
+            raise
+        print(f"nucleiseg {args.command}: error: {missing_tensorflow(args)}", file=sys.stderr)
+        return UsageError.exit_code
     except NucleisegError as error:
         if args.debug:
             raise

@@ -10,6 +10,9 @@ With engine "auto", a `.keras` model runs on ONNX Runtime when onnxruntime is in
 up-to-date export lies beside it (the bundled model ships with both ONNX exports), the int8 one
 first: on 2 CPU cores it is the fastest engine measured (README, Speed and memory). ONNX Runtime
 and TFLite need no TensorFlow.
+
+ONNX Runtime is installed with nucleiseg; TensorFlow and Keras only with the 'train' extra
+(`pip install 'nucleiseg[train]'`), for training, evaluation, export and --engine keras.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from nucleiseg.errors import UsageError, file_error
 ENGINES = ("auto", "keras", "onnx", "onnx-int8", "tflite")
 AUTO_ORDER = ("onnx-int8", "onnx")  # fastest first (README, Speed and memory)
 RECORD_KEY = "nucleiseg"  # ONNX metadata key; also the SavedModel's nucleiseg.json
+TRAIN_EXTRA = "pip install 'nucleiseg[train]'"  # TensorFlow and Keras
+TENSORFLOW_MODULES = ("tensorflow", "keras", "tensorboard")  # what the 'train' extra brings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +62,24 @@ def import_tensorflow_quietly() -> None:
     silences those lines)."""
     import sys
 
-    if "tensorflow" in sys.modules:
+    if sys.modules.get("tensorflow") is not None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_stderr_silenced():
         import tensorflow  # noqa: F401
+
+
+def import_keras_quietly() -> None:
+    """TensorFlow (quietly) and Keras: what train, evaluate and export need. Raises
+    ModuleNotFoundError when either is not installed (see `lacks_tensorflow`)."""
+    import_tensorflow_quietly()
+    import keras  # noqa: F401
+
+
+def lacks_tensorflow(error: ImportError) -> bool:
+    """Whether an ImportError says TensorFlow, Keras or TensorBoard is missing: the 'train'
+    extra is not installed (TRAIN_EXTRA)."""
+    return (getattr(error, "name", None) or "").split(".")[0] in TENSORFLOW_MODULES
 
 
 def keras_engine(model) -> Engine:
@@ -154,8 +172,8 @@ def read_export_record(path: Path, session=None) -> dict:
         session = session or onnx_session(path)
         return json.loads(session.get_modelmeta().custom_metadata_map[RECORD_KEY])
     except ImportError as exc:
-        raise UsageError(f"{path}: reading ONNX models needs onnxruntime ({exc}); "
-                         "pip install 'nucleiseg[onnx]'") from None
+        raise UsageError(f"{path}: reading ONNX models needs onnxruntime ({exc}), which "
+                         "nucleiseg installs: pip install onnxruntime") from None
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise file_error(path, f"not a nucleiseg export ({type(exc).__name__}: {exc}); "
                          "make one with nucleiseg export") from None
@@ -233,7 +251,8 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
         model, record = load_model(path)
         return keras_engine(model), record
     if engine.startswith("onnx") and not onnx_available():
-        raise UsageError(f"--engine {engine} needs onnxruntime: pip install 'nucleiseg[onnx]'")
+        raise UsageError(f"--engine {engine} needs onnxruntime, which nucleiseg installs: "
+                         "pip install onnxruntime")
     opened = matching_export(path, engine)
     if opened is None:
         wanted = export_path(path, engine)

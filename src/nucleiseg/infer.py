@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.errors import DataError, UsageError
+from nucleiseg.exchange import EXPORTS, export_paths, write_exports
 from nucleiseg.instances import (
     InstanceOptions,
     instance_options_from,
@@ -191,16 +192,19 @@ def output_stem(image_path: Path) -> str:
     return Path(image_path).stem
 
 
-def output_paths(image_path: Path, out_dir: Path) -> dict[str, Path]:
+def output_paths(image_path: Path, out_dir: Path, exports=()) -> dict[str, Path]:
+    """{kind: path} of one image's outputs; `exports` adds "geojson" and "imagej-rois"
+    (nucleiseg.exchange: <stem>.geojson, <stem>_rois.zip)."""
     from nucleiseg.blocks import is_zarr_image, zarr_labels_path
 
     stem = output_stem(image_path)
     if is_zarr_image(image_path):  # OME-Zarr: labels/nuclei inside it, beside the image
         stem = stem.removesuffix(".ome")
         return {"labels": zarr_labels_path(image_path), "mask": out_dir / f"{stem}_mask.png",
-                "overlay": out_dir / f"{stem}_overlay.png"}
+                "overlay": out_dir / f"{stem}_overlay.png",
+                **export_paths(stem, out_dir, exports)}
     return {"labels": out_dir / f"{stem}_labels.tif", "mask": out_dir / f"{stem}_mask.png",
-            "overlay": out_dir / f"{stem}_overlay.png"}
+            "overlay": out_dir / f"{stem}_overlay.png", **export_paths(stem, out_dir, exports)}
 
 
 def segment_image(model, image: np.ndarray, config: dict,
@@ -287,7 +291,7 @@ def label_image_dtype(count: int):
     return np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32
 
 
-def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool) -> None:
+def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool, exports=()) -> None:
     """Refuse inputs that would write the same outputs, and existing outputs unless
     --overwrite (replace them) or --resume (keep complete ones) says what to do."""
     if overwrite and resume:
@@ -300,7 +304,8 @@ def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool) -> None:
                              f"{path} (both named {stem!r})")
         stems[stem] = path
     if not overwrite and not resume:
-        planned = [p for image in images for p in output_paths(image, out_dir).values()]
+        planned = [p for image in images
+                   for p in output_paths(image, out_dir, exports).values()]
         existing = [p for p in planned + [out_dir / name for name in RUN_OUTPUTS] if p.exists()]
         if existing:
             raise UsageError(f"{existing[0]}: output exists ({len(existing)} in all); pass "
@@ -324,7 +329,8 @@ def previous_rows(out_dir: Path) -> dict[str, dict]:
 def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = False,
                   options: PredictOptions | None = None,
                   instance_options: InstanceOptions | None = None, progress=print,
-                  resume: bool = False, read_options: ReadOptions | None = None):
+                  resume: bool = False, read_options: ReadOptions | None = None,
+                  exports=()):
     """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei;
     uint32 above 65,535 nuclei), <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at
     the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
@@ -335,21 +341,29 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     stack with the same plane axes, nuclei numbered per plane; the PNGs show the middle plane)
     or a max/mean projection, and overrides the files' pixel size (measurements in µm).
 
+    `exports` ("geojson", "imagej-rois"; nucleiseg.exchange) adds per image the nuclei's
+    outlines for QuPath (<stem>.geojson) and Fiji (<stem>_rois.zip); huge images (block by
+    block) do not take them yet and are reported as failed.
+
     A file that cannot be read is reported and skipped; the others are still processed.
-    With `resume`, images whose three outputs exist are not predicted again (their rows are
-    measured from the saved labels). Every file is written atomically. Without
-    `instance_options`, the model's tuned post-processing (from its record) is used.
+    With `resume`, images whose outputs (the three, and the exports asked for) exist are not
+    predicted again (their rows are measured from the saved labels). Every file is written
+    atomically. Without `instance_options`, the model's tuned post-processing (from its
+    record) is used.
     Returns a list of PredictionResult.
     """
     from nucleiseg.engines import as_engine
     from nucleiseg.instances import COLUMNS, MICRON_COLUMNS
     from nucleiseg.microscopy import PLANE_COLUMNS
 
+    unknown = [name for name in exports if name not in EXPORTS]
+    if unknown:
+        raise UsageError(f"unknown exports {unknown}; choose from {', '.join(EXPORTS)}")
     model = as_engine(model)
     images = find_images(inputs)
     instance_options = instance_options or instance_options_from(record)
     out_dir = Path(out_dir)
-    plan_outputs(images, out_dir, overwrite, resume)
+    plan_outputs(images, out_dir, overwrite, resume, exports)
     out_dir.mkdir(parents=True, exist_ok=True)
     earlier = previous_rows(out_dir) if resume else {}
     measurements = CsvStream(out_dir / "measurements.csv",
@@ -359,7 +373,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     try:
         for index, path in enumerate(images, start=1):
             name = display_name(path)
-            paths = output_paths(path, out_dir)
+            paths = output_paths(path, out_dir, exports)
             done = resume and all(p.exists() for p in paths.values())
             try:
                 result, rows = (measure_saved(path, paths["labels"], earlier, read_options)
@@ -413,6 +427,7 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
 
     if is_large_input(path):
         refuse_file_options_for_blocks(path, read_options)
+        refuse_exports_for_blocks(path, paths)
         return segment_large_file(model, record, path, paths, options, instance_options)
 
     start = time.perf_counter()
@@ -448,6 +463,8 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     del mask
     write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
     rows = measure_planes(labels, planes, axes, shape, info.pixel_size_um)
+    if set(EXPORTS) & paths.keys():
+        write_exports(paths, labels, rows, axes, shape)
     return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start,
                             planes=len(planes), pixel_size_um=info.pixel_size_um,
                             check=combine_checks(checks)), rows
@@ -460,6 +477,15 @@ def refuse_file_options_for_blocks(path: Path, read_options: ReadOptions | None)
         raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are read block by "
                         "block, which takes grey or RGB images only: --channel and --planes "
                         "do not apply to them yet")
+
+
+def refuse_exports_for_blocks(path: Path, paths: dict) -> None:
+    """Huge images have no outlines for QuPath or Fiji yet (their labels are written block by
+    block, never held whole)."""
+    asked = sorted(set(EXPORTS) & paths.keys())
+    if asked:
+        raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are segmented block "
+                        f"by block, without --{' or --'.join(asked)} for now")
 
 
 def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
