@@ -129,10 +129,9 @@ def test_reader_labels_output_with_measurements_as_features(tmp_path, engine):
     from nucleiseg.infer import predict_files
 
     model, record = engine
+    (tmp_path / "in").mkdir()
     for key in ("fluorescence", "brightfield"):  # two images: rows must be told apart
-        iio.imwrite(tmp_path / "in" / f"{key}.png", sample_image(key)) if (
-            tmp_path / "in").exists() else ((tmp_path / "in").mkdir(), iio.imwrite(
-                tmp_path / "in" / f"{key}.png", sample_image(key)))
+        iio.imwrite(tmp_path / "in" / f"{key}.png", sample_image(key))
     results = predict_files(model, record, [tmp_path / "in"], tmp_path / "out",
                             progress=lambda *_: None)
     found = {r.image.stem: r.nuclei for r in results}

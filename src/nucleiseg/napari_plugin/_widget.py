@@ -73,6 +73,7 @@ class SegmentNuclei(Container):
         self._record: dict = {}
         self._cancel_event = threading.Event()
         self.worker = None
+        self._done = False
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
 
@@ -148,7 +149,7 @@ class SegmentNuclei(Container):
         try:
             record = model_record(self.model_path())
         except Exception as error:  # a half-chosen or foreign file: say so
-            self._status.value = str(error) if self._model.value != BUNDLED else repr(error)
+            self._status.value = f"model: {error}"
             return
         self._record = record
         tuned = instance_options_from(record)
@@ -156,7 +157,7 @@ class SegmentNuclei(Container):
         self._min_size.value = tuned.min_size
         self._min_confidence.value = tuned.min_confidence
         sized = bool((record.get("nucleus_size") or {}).get("median_diameter"))
-        self._diameter.value = "auto" if sized else ""
+        self._diameter.value = "auto" if sized else "not in the model's record"
         self._diameter.enabled = sized
         self._diameter.tooltip = (self._diameter.tooltip if sized else
                                   "this model records no nucleus size: set the scale instead")
@@ -211,6 +212,7 @@ class SegmentNuclei(Container):
         self.worker.finished.connect(self._stopped)
         self._run.enabled, self._cancel.enabled = False, True
         self._status.value = ""
+        self._done = False
         self._stage.value = "loading the model"
         self._progress.max, self._progress.value = 0, 0
         self.worker.start()
@@ -245,6 +247,7 @@ class SegmentNuclei(Container):
             return
         add_result_layers(self.viewer, layer, result, job["channel"])
         self._status.value = result.summary()
+        self._done = True
 
     def _failed(self, error):
         self._status.value = f"failed: {error}"
@@ -252,5 +255,5 @@ class SegmentNuclei(Container):
     def _stopped(self):
         self.worker = None
         self._run.enabled, self._cancel.enabled = True, False
-        self._progress.max, self._progress.value = 1, 0
+        self._progress.max, self._progress.value = 1, int(self._done)  # 100% when done
         self._stage.value = ""
