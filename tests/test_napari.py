@@ -380,3 +380,22 @@ def test_diameter_field():
     for bad in ("big", "0", "-3"):
         with pytest.raises(ValueError, match="diameter"):
             parse_diameter(bad)
+
+
+def test_napari_finds_the_plugin_reader_and_samples(tmp_path):
+    """Through napari itself (npe2's plugin manager): File > Open with the nucleiseg reader,
+    File > Open Sample > nucleiseg."""
+    import imageio.v3 as iio
+    from npe2 import PluginManager
+
+    manager = PluginManager.instance()
+    manager.discover()
+    if "nucleiseg" not in manager._manifests:
+        pytest.skip("nucleiseg is not installed with its napari.manifest entry point")
+    iio.imwrite(tmp_path / "cells.png", sample_image("fluorescence"))
+    viewer = ViewerModel()
+    viewer.open(str(tmp_path / "cells.png"), plugin="nucleiseg")
+    viewer.open_sample("nucleiseg", "histology")
+    assert [layer.name for layer in viewer.layers] == [
+        "cells", "histology_c0152b1a", "histology_c0152b1a true nuclei"]
+    assert viewer.layers["histology_c0152b1a"].rgb
