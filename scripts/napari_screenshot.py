@@ -27,8 +27,7 @@ def main() -> None:
     viewer.window._qt_window.resize(width, height)
     viewer.open_sample("nucleiseg", args.sample)
     _, widget = viewer.window.add_plugin_dock_widget("nucleiseg", "Segment nuclei")
-    image = next(layer for layer in viewer.layers if layer.name.endswith(
-        tuple("0123456789abcdef")))
+    image = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Image))
     widget._image.value = image
     widget.run()
     app = QApplication.instance()

@@ -211,6 +211,10 @@ def test_widget_computation_adds_labels_with_features_and_centroids(engine):
     assert labels_layer.features.shape[0] == result.count
     assert len(points.data) == result.count
     assert "nuclei" in result.summary()
+    first = {key: values[0] for key, values in result.features.items()}
+    inside = np.argwhere(result.labels == first["index"])[0]
+    status = labels_layer.get_status(tuple(inside.astype(float)), world=True)
+    assert f"{first['index']}; area: {first['area']:.0f}" in status["coordinates"]  # hover
     # a second run replaces the result instead of adding layers
     _results.add_result_layers(viewer, image, result)
     assert len(viewer.layers) == 4
