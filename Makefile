@@ -12,7 +12,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,plots,export,large,test]'
+	$(PY) -m pip install --quiet -e '.[train,plots,export,large,napari,test]'
 	touch $@
 
 SAMPLE = "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample("$(1)"))')"
@@ -38,11 +38,12 @@ demo: $(INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src scripts benchmarks tests
 
+# The napari widget's test runs Qt offscreen: no display needed.
 test: lint
-	$(PY) -m pytest -q
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 test-fast: $(INSTALLED)
-	$(PY) -m pytest -q -m "not slow"
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
 
 # `pip install nucleiseg` without extras, in a fresh venv (not .venv): no TensorFlow, the bundled
 # sample segmented, outlines for QuPath and Fiji written (1 to 2 minutes; needs PyPI)
