@@ -91,3 +91,15 @@ def test_a_second_run_into_the_same_out_is_refused_until_the_first_ends(folder, 
     assert main(["predict", str(folder), "--out", str(out)]) == 0
     assert not (out / ".nucleiseg.lock").exists()
     assert (out / "summary.csv").exists()
+
+
+def test_dask_without_its_packages_or_with_a_bad_address_is_one_line(folder, tmp_path,
+                                                                     monkeypatch, capsys):
+    argv = ["predict", str(folder), "--out", str(tmp_path / "out"), "--dask"]
+    assert main([*argv, "local:0"]) == 2
+    assert "--dask local:N needs a number of workers N >= 1" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "distributed", None)  # not installed
+    assert main([*argv, "local:2"]) == 2
+    assert capsys.readouterr().err.strip() == ("nucleiseg predict: error: --dask needs dask and "
+                                               "distributed: pip install 'nucleiseg[dask]'")
+    assert not (tmp_path / "out").exists()
