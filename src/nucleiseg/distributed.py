@@ -254,6 +254,11 @@ class DaskRunner:
                 continue
             try:
                 result, rows = future.result()
+            except OSError as exc:  # a worker's disk full: name the file as given here
+                given = {str(absolute(p)): str(p) for p in job.paths.values()}
+                if exc.filename not in given:
+                    raise
+                raise OSError(exc.errno, exc.strerror, given[exc.filename]) from exc
             except Exception as exc:
                 if not is_killed_worker(exc):
                     raise
