@@ -28,6 +28,13 @@ def machine() -> dict:
             "date": dt.datetime.now().isoformat(timespec="seconds")}
 
 
+def peak_memory(row: dict):
+    """Peak MB; on Dask, the client's + each worker's."""
+    workers = row.get("worker_peak_rss_mb")
+    return row["peak_rss_mb"] if not workers else \
+        f"{row['peak_rss_mb']} + " + " + ".join(map(str, workers))
+
+
 def render(results: dict) -> str:
     parts = [f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
              f"{results['machine']['date']}; `{results['command']}`"]
@@ -35,7 +42,7 @@ def render(results: dict) -> str:
     if prediction:
         stage_names = ("read", "normalise", "model", "blend", "separate", "measure", "write")
         rows = [[r["images"], r["engine"], r["files"], r["megapixels"], r["seconds"],
-                 r["megapixels_per_second"], r["peak_rss_mb"],
+                 r["megapixels_per_second"], peak_memory(r),
                  *[r["stages"][s] for s in stage_names]] for r in prediction["engines"]]
         parts += ["### Prediction, end to end (seconds per stage)",
                   markdown_table(["images", "engine", "files", "MP", "s", "MP/s", "peak MB",

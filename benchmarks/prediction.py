@@ -6,7 +6,10 @@ Each case runs `nucleiseg.infer.predict_files` itself, in a fresh process
 functions it calls. IMAGES: "dsb-val" (the shipped model's 85 validation images, never trained
 on), "synthetic-4096" / "synthetic-8192" (one mosaic image), "many-N" (N small images, resident
 memory sampled as they go), "wsi-N" (a synthetic N x N RGB tiled pyramidal TIFF, segmented block
-by block: nucleiseg.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks).
+by block: nucleiseg.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks). ENGINE
+"dask-local:N": the default engine on a Dask LocalCluster of N one-thread workers
+(`predict --dask local:N`; nucleiseg.distributed), timed from the first image submitted, the
+cluster's start apart; the stages run in the workers and are not split.
 """
 
 from __future__ import annotations
@@ -68,12 +71,12 @@ def instrument(watch: Stopwatch):
     import nucleiseg.tiling as tiling
     import nucleiseg.viz as viz
 
-    infer.read_image = watch.wrap("read", infer.read_image)
+    infer.read_planes = watch.wrap("read", infer.read_planes)
     infer.apply_intensity_range = watch.wrap("normalise", infer.apply_intensity_range)
     infer.intensity_range = watch.wrap("normalise", infer.intensity_range)
     infer.labels_from_probabilities = watch.wrap("separate", infer.labels_from_probabilities)
     instances.measure_nuclei = watch.wrap("measure", instances.measure_nuclei)
-    infer.write_tiff = watch.wrap("write", infer.write_tiff)
+    infer.write_labels = watch.wrap("write", infer.write_labels)
     infer.write_png = watch.wrap("write", infer.write_png)
     viz.outline_overlay = watch.wrap("write", viz.outline_overlay)
     tiling.predict_tiled = watch.wrap("tiled", tiling.predict_tiled)
@@ -146,6 +149,42 @@ def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
             "rss_samples_mb": samples}
 
 
+def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
+    """predict_files on a Dask cluster (`predict --dask local:N`): seconds from the first image
+    submitted to the CSV files written (model loads in the workers included), the cluster's
+    start apart; each worker's peak resident memory."""
+    from nucleiseg.distributed import EngineSpec, connect
+    from nucleiseg.engines import load_engine
+    from nucleiseg.infer import PredictOptions, predict_files
+    from nucleiseg.io import read_image
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        paths = write_inputs(images, data_dir, folder)
+        megapixels = sum(np.prod(read_image(p).shape[:2]) for p in paths) / 1e6
+        engine, record = load_engine(None)
+        started = time.perf_counter()
+        with connect(where, EngineSpec(), progress=lambda _: None) as runner:
+            start_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            results = predict_files(engine, record, paths, folder / "out",
+                                    options=PredictOptions(), progress=lambda _: None,
+                                    runner=runner)
+            seconds = time.perf_counter() - started
+            workers = runner.client.run(peak_rss_mb)
+    return {"engine": f"{engine.name}, dask {where}", "images": images, "files": len(results),
+            "megapixels": round(megapixels, 2), "seconds": round(seconds, 2),
+            "megapixels_per_second": round(megapixels / seconds, 3),
+            "load_seconds": round(start_seconds, 2),
+            "nuclei": sum(r.nuclei for r in results),
+            "worker_peak_rss_mb": sorted(round(mb) for mb in workers.values()),
+            "stages": {k: "" for k in STAGES}, "rss_samples_mb": []}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def classical(data_dir: Path) -> dict:
     """Speed and quality of the classical pipeline and of the shipped model (ONNX engine when
     available) on the shipped model's validation images."""
@@ -195,6 +234,14 @@ def run_wsi(size: int) -> list[dict]:
     return out
 
 
+def dask_installed() -> bool:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(data_dir: Path | None, quick: bool = False) -> dict:
     have_data = data_dir is not None and Path(data_dir).is_dir()
     out = {"engines": [], "memory": [], "classical": None}
@@ -205,6 +252,13 @@ def run(data_dir: Path | None, quick: bool = False) -> dict:
             out["engines"].append(result | {"peak_rss_mb": round(peak)})
             print(f"  predict {images} {engine}: {result['megapixels_per_second']} MP/s, "
                   f"peak {peak:.0f} MB", flush=True)
+        if images == "dsb-val" and dask_installed():  # the same folder on 2 Dask workers
+            result, peak = run_child(["benchmarks.prediction", "dask-local:2", images,
+                                      str(data_dir)])
+            out["engines"].append(result | {"peak_rss_mb": round(peak)})
+            print(f"  predict {images} {result['engine']}: {result['megapixels_per_second']} "
+                  f"MP/s, client peak {peak:.0f} MB, workers {result['worker_peak_rss_mb']} MB",
+                  flush=True)
     for images in ("synthetic-8192", f"many-{1000 if quick else 10000}"):
         result, peak = run_child(["benchmarks.prediction", "auto", images, str(data_dir)])
         out["memory"].append(result | {"peak_rss_mb": round(peak)})
@@ -219,6 +273,10 @@ def run(data_dir: Path | None, quick: bool = False) -> dict:
 if __name__ == "__main__":
     engine_name, images, data = sys.argv[1], sys.argv[2], sys.argv[3]
     data_dir = None if data == "None" else Path(data)
-    result = classical(data_dir) if engine_name == "classical" else measure(engine_name, images,
-                                                                             data_dir)
+    if engine_name == "classical":
+        result = classical(data_dir)
+    elif engine_name.startswith("dask-"):
+        result = measure_dask(engine_name.removeprefix("dask-"), images, data_dir)
+    else:
+        result = measure(engine_name, images, data_dir)
     print(json.dumps(result))

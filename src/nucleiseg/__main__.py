@@ -1,3 +1,4 @@
 from nucleiseg.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not again in worker processes (multiprocessing, Dask)
+    raise SystemExit(main())

@@ -479,18 +479,26 @@ class Previews:
 
 
 def label_blocks(image: LargeImage, segment, core: int, halo: int = HALO, table=None,
-                 previews: Previews | None = None, on_row=None):
+                 previews: Previews | None = None, on_row=None, segmented=None):
     """Segment `image` block by block in raster order; yields (block, final core labels
     uint32). `segment(window pixels) -> block labels` is segment_block with the model and
     the image's intensity range bound. Nuclei are numbered 1..N once across the image.
     `table` (NucleusTable) and `previews` collect measurements and previews as blocks pass;
-    `on_row(bottom)` is called when the rows above `bottom` are final."""
+    `on_row(bottom)` is called when the rows above `bottom` are final.
+
+    `segmented(blocks) -> (core pixels, window labels) per block, in the order given`
+    segments the blocks elsewhere (a Dask cluster: nucleiseg.distributed), in parallel; without
+    it, each block is read and segmented here when its turn comes. Either way the blocks are
+    stitched and numbered here, in raster order, so the labels are the same."""
+    plan = plan_blocks(*image.shape[:2], core, halo)
+    flat = [block for row in plan for block in row]
+    done = iter(segmented(flat) if segmented is not None else read_and_segment(image, segment,
+                                                                               flat))
     seams = Seams(image.shape[1], halo)
     next_label = 1
-    for row in plan_blocks(*image.shape[:2], core, halo):
+    for row in plan:
         for block in row:
-            window = image.read(*block.window)
-            labels = segment(window)
+            pixels, labels = next(done)
             links = stitch(labels, seams.context(block))
             if table is not None:  # a nucleus given out as a row already cannot grow
                 links = links[links[:, 1] >= table.base]
@@ -498,15 +506,22 @@ def label_blocks(image: LargeImage, segment, core: int, halo: int = HALO, table=
             core_labels, numbers, next_label = number_block(labels, inner, links, next_label)
             seams.remember(block, core_labels)
             if table is not None:
-                table.add_block(labels[inner], numbers, window[inner], block.core[::2],
+                table.add_block(labels[inner], numbers, pixels, block.core[::2],
                                 lowest_rows(labels, block.window[0]))
             if previews is not None:
-                previews.add(block, window[inner], core_labels)
-            del window, labels
+                previews.add(block, pixels, core_labels)
+            del pixels, labels
             yield block, core_labels
         seams.next_row(row[-1])
         if on_row is not None:
             on_row(row[-1].core[1])
+
+
+def read_and_segment(image: LargeImage, segment, blocks):
+    """(core pixels, window labels) of each block, read and segmented here, one at a time."""
+    for block in blocks:
+        window = image.read(*block.window)
+        yield window[block.core_in_window], segment(window)
 
 
 def lowest_rows(labels: np.ndarray, top: int) -> np.ndarray:
@@ -648,11 +663,14 @@ def zarr_labels_path(image_path: Path, name: str = "nuclei") -> Path:
 
 
 def segment_large_file(model, record: dict, path: Path, paths: dict, options=None,
-                       instance_options=None, halo: int = HALO, core: int | None = None):
+                       instance_options=None, halo: int = HALO, core: int | None = None,
+                       segmented=None):
     """predict_files' segment_file for a huge image: (PredictionResult, measurement rows).
     Labels: a tiled BigTIFF at paths['labels'] (TIFF input) or labels/nuclei inside the
     OME-Zarr input; mask and overlay: previews (longest side <= 4096); rows: streamed from a
-    temporary file as they were measured, so memory stays flat however many nuclei."""
+    temporary file as they were measured, so memory stays flat however many nuclei.
+    `segmented(blocks, options, intensity)`: segments the blocks elsewhere (label_blocks), with
+    the image's one scale and intensity range; `model` then only fixes the scale."""
     from nucleiseg.infer import PredictionResult, PredictOptions
     from nucleiseg.io import write_png
     from nucleiseg.viz import outline_overlay
@@ -680,8 +698,11 @@ def segment_large_file(model, record: dict, path: Path, paths: dict, options=Non
                 raise file_error(path, "not enough memory to segment a block; try a smaller "
                                  "--tile") from None
 
+        elsewhere = (None if segmented is None else
+                     lambda blocks: segmented(blocks, options, intensity))
         blocks = label_blocks(image, segment, core, halo, table, previews,
-                              on_row=lambda bottom: spool.write(table.rows(bottom)))
+                              on_row=lambda bottom: spool.write(table.rows(bottom)),
+                              segmented=elsewhere)
         if image.kind == "ome-zarr":
             writer = ZarrLabels(image)
             try:

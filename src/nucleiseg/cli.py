@@ -27,6 +27,7 @@ from nucleiseg.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflo
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.infer import PredictOptions, options_for
 from nucleiseg.instances import InstanceOptions, instance_options_from
+from nucleiseg.io import DISK_FULL
 from nucleiseg.microscopy import PLANE_MODES, ReadOptions, parse_channel
 
 DEFAULTS = TrainConfig()
@@ -181,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what runs the model: auto = ONNX Runtime when installed and an "
                          "up-to-date export lies beside the model (the bundled one has them; "
                          "int8 first), else Keras (default %(default)s)")
+    predict.add_argument("--dask", metavar="ADDRESS|local:N",
+                         help="segment on a Dask cluster: a running `dask scheduler`'s address "
+                         "(tcp://host:8786; inputs and --out on a filesystem the workers share), "
+                         "or local:N for N worker processes here; the outputs are the same "
+                         "(needs pip install 'nucleiseg[dask]')")
     add_prediction_options(predict)
     add_file_options(predict, stacks=True)
     add_outline_options(predict)
@@ -390,12 +396,28 @@ def run_predict(args) -> int:
     from nucleiseg.engines import load_engine
     from nucleiseg.infer import predict_files
 
+    if args.dask is not None:
+        from nucleiseg.distributed import parse_dask, require_distributed
+
+        parse_dask(args.dask)
+        require_distributed()
     model, record = load_engine(args.model, args.engine)
     print(f"engine: {model.name}")
     options, instance_options = prediction_options(args, record)
-    results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
-                            instance_options, resume=args.resume, read_options=read_options(args),
-                            exports=outline_exports(args))
+    reading, exports = read_options(args), outline_exports(args)
+    if args.dask is None:
+        results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
+                                instance_options, resume=args.resume, read_options=reading,
+                                exports=exports)
+    else:
+        from nucleiseg.distributed import EngineSpec, connect
+
+        spec = EngineSpec(None if args.model is None else str(args.model.absolute()),
+                          args.engine)
+        with connect(args.dask, spec) as runner:
+            results = predict_files(model, record, args.inputs, args.out, args.overwrite,
+                                    options, instance_options, resume=args.resume,
+                                    read_options=reading, exports=exports, runner=runner)
     failed = [r for r in results if r.error]
     resumed = sum(r.resumed for r in results)
     kept = f", {resumed} of them from an earlier run" if resumed else ""
@@ -472,7 +494,12 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         where = f"{error.filename}: " if error.filename else ""
-        print(f"nucleiseg {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        then = ""
+        if error.errno in DISK_FULL and args.command == "predict":
+            then = ("; make room, then run the same command with --resume: it keeps the images "
+                    "done and does the rest")
+        print(f"nucleiseg {args.command}: error: {where}{error.strerror or error}{then}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"nucleiseg {args.command}: interrupted", file=sys.stderr)

@@ -94,6 +94,10 @@ def as_engine(model_or_engine) -> Engine:
 
 
 def cpu_threads() -> int:
+    """Threads for ONNX Runtime and TFLite: NUCLEISEG_THREADS when set (a Dask worker sets its
+    own thread count), else the cores this process may run on."""
+    if os.environ.get("NUCLEISEG_THREADS", "").isdigit() and int(os.environ["NUCLEISEG_THREADS"]):
+        return int(os.environ["NUCLEISEG_THREADS"])
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 

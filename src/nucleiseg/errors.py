@@ -25,6 +25,12 @@ class TrainingError(NucleisegError):
     exit_code = 4
 
 
+class OutputBusy(NucleisegError):
+    """Another run is writing into the same output folder."""
+
+    exit_code = 1
+
+
 class Interrupted(NucleisegError):
     """Ctrl-C or SIGTERM; the message says what was kept and how to go on."""
 

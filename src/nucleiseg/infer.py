@@ -330,7 +330,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                   options: PredictOptions | None = None,
                   instance_options: InstanceOptions | None = None, progress=print,
                   resume: bool = False, read_options: ReadOptions | None = None,
-                  exports=()):
+                  exports=(), runner=None):
     """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei;
     uint32 above 65,535 nuclei), <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at
     the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
@@ -349,11 +349,17 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     With `resume`, images whose outputs (the three, and the exports asked for) exist are not
     predicted again (their rows are measured from the saved labels). Every file is written
     atomically. Without `instance_options`, the model's tuned post-processing (from its
-    record) is used.
+    record) is used. `runner`: where the images are segmented (None: here, one after the
+    other; a nucleiseg.distributed.DaskRunner: on a Dask cluster); the outputs are the same.
+    While the run writes into `out_dir`, a second run into it is refused
+    (nucleiseg.io.OutputLock).
     Returns a list of PredictionResult.
     """
+    import contextlib
+
     from nucleiseg.engines import as_engine
     from nucleiseg.instances import COLUMNS, MICRON_COLUMNS
+    from nucleiseg.io import OutputLock
     from nucleiseg.microscopy import PLANE_COLUMNS
 
     unknown = [name for name in exports if name not in EXPORTS]
@@ -363,51 +369,109 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     images = find_images(inputs)
     instance_options = instance_options or instance_options_from(record)
     out_dir = Path(out_dir)
-    plan_outputs(images, out_dir, overwrite, resume, exports)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    earlier = previous_rows(out_dir) if resume else {}
-    measurements = CsvStream(out_dir / "measurements.csv",
-                             ("image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS))
-    summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
-    results = []
-    try:
-        for index, path in enumerate(images, start=1):
-            name = display_name(path)
-            paths = output_paths(path, out_dir, exports)
-            done = resume and all(p.exists() for p in paths.values())
-            try:
-                result, rows = (measure_saved(path, paths["labels"], earlier, read_options)
-                                if done else
-                                segment_file(model, record, path, paths, options,
-                                             instance_options, read_options))
-            except DataError as error:
-                result, rows = PredictionResult(path, error=str(error)), []
-                progress(f"[{index}/{len(images)}] skipped: {display_name(error)}")
-            else:
-                how = "done before, " if done else ""
-                check = result.check or {}
-                scale = float(check.get("scale") or 1.0)
-                at = f" (scale {scale:.2f})" if scale != 1.0 else ""
-                planes = f" in {result.planes} planes" if result.planes > 1 else ""
-                progress(f"[{index}/{len(images)}] {name}: {how}{result.nuclei} nuclei"
-                         f"{planes}{at}")
-                if check.get("warning"):
-                    progress(f"  warning: {name}: {check['warning']}")
-            results.append(result)
-            measurements.write({"image": name, **row} for row in rows)
-            summary.write([{"image": name, "nuclei": result.nuclei,
-                            "mean_area": round(result.mean_area, 2),
-                            "seconds": round(result.seconds, 3), "error": result.error or "",
-                            "planes": "" if result.error else result.planes,
-                            "pixel_size_um": format_pixel_size(result.pixel_size_um),
-                            **(result.check or {})}])
-    except BaseException:
-        measurements.discard()
-        summary.discard()
-        raise
-    measurements.commit()
-    summary.commit()
+    with contextlib.ExitStack() as stack:
+        if out_dir.is_dir():  # refuse a folder in use before looking at what it holds
+            stack.enter_context(OutputLock(out_dir))
+        plan_outputs(images, out_dir, overwrite, resume, exports)
+        if not out_dir.is_dir():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(OutputLock(out_dir))
+        earlier = previous_rows(out_dir) if resume else {}
+        jobs = [Job(path, output_paths(path, out_dir, exports)) for path in images]
+        if resume:
+            jobs = [dataclasses.replace(job, done=all(p.exists() for p in job.paths.values()))
+                    for job in jobs]
+        measurements = CsvStream(out_dir / "measurements.csv",
+                                 ("image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS))
+        summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
+        work = (runner.outcomes if runner is not None else local_outcomes)(
+            model, record, jobs, options, instance_options, read_options, earlier)
+        results = []
+        try:
+            for index, (job, (result, rows)) in enumerate(zip(jobs, work), start=1):
+                report(progress, index, len(jobs), job, result)
+                results.append(result)
+                name = display_name(job.path)
+                measurements.write({"image": name, **row} for row in rows)
+                summary.write([summary_row(name, result)])
+        except BaseException:
+            work.close()
+            measurements.discard()
+            summary.discard()
+            raise
+        measurements.commit()
+        summary.commit()
+        remove_partials(out_dir, jobs)
     return results
+
+
+def remove_partials(out_dir: Path, jobs) -> None:
+    """Remove what a killed writer left: the hidden temporary files (nucleiseg.io.atomic_write:
+    `.<name>.XXXXXXXX<suffix>`) of this run's outputs. Called while the run holds the lock on
+    `out_dir` and all its images are done, so no writer is left to own them."""
+    import os
+    import re
+
+    names = {(p.stem, p.suffix) for job in jobs for p in map(Path, job.paths.values())
+             if p.parent == out_dir}
+    pattern = re.compile(r"\.(.+)\.[a-z0-9_]{8}(\.[^.]+)$")
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            match = pattern.fullmatch(entry.name) if entry.name.startswith(".") else None
+            if match and match.groups() in names and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One image of a run: its outputs, and whether they exist already (--resume)."""
+
+    path: Path
+    paths: dict
+    done: bool = False
+
+
+def local_outcomes(model, record, jobs, options, instance_options, read_options, earlier):
+    """(PredictionResult, rows) of each job in turn, in this process."""
+    for job in jobs:
+        yield run_job(model, record, job, options, instance_options, read_options, earlier)
+
+
+def run_job(model, record, job: Job, options, instance_options, read_options, earlier,
+            segmented=None):
+    """(PredictionResult, rows) of one image: segmented and written, or (resumed) measured
+    from its saved labels; an unusable file gives a result with its error and no rows.
+    `segmented`: how a huge image's blocks are segmented (nucleiseg.blocks.label_blocks)."""
+    try:
+        if job.done:
+            return measure_saved(job.path, job.paths["labels"], earlier, read_options)
+        return segment_file(model, record, job.path, job.paths, options, instance_options,
+                            read_options, segmented=segmented)
+    except DataError as error:
+        return PredictionResult(job.path, error=str(error)), []
+
+
+def report(progress, index: int, total: int, job: Job, result: PredictionResult) -> None:
+    """The progress line of one image (and its warning)."""
+    if result.error:
+        progress(f"[{index}/{total}] skipped: {display_name(result.error)}")
+        return
+    name = display_name(job.path)
+    how = "done before, " if job.done else ""
+    check = result.check or {}
+    scale = float(check.get("scale") or 1.0)
+    at = f" (scale {scale:.2f})" if scale != 1.0 else ""
+    planes = f" in {result.planes} planes" if result.planes > 1 else ""
+    progress(f"[{index}/{total}] {name}: {how}{result.nuclei} nuclei{planes}{at}")
+    if check.get("warning"):
+        progress(f"  warning: {name}: {check['warning']}")
+
+
+def summary_row(name: str, result: PredictionResult) -> dict:
+    return {"image": name, "nuclei": result.nuclei, "mean_area": round(result.mean_area, 2),
+            "seconds": round(result.seconds, 3), "error": result.error or "",
+            "planes": "" if result.error else result.planes,
+            "pixel_size_um": format_pixel_size(result.pixel_size_um), **(result.check or {})}
 
 
 def display_name(item) -> str:
@@ -417,18 +481,20 @@ def display_name(item) -> str:
 
 
 def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options,
-                 read_options: ReadOptions | None = None):
+                 read_options: ReadOptions | None = None, segmented=None):
     """Read, predict, separate, write the three images; (PredictionResult, measurement rows).
     A stack is segmented plane by plane: its labels are written as a stack, its mask and
     overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go block by block
-    (nucleiseg.blocks)."""
+    (nucleiseg.blocks; `segmented`: how their blocks are segmented, default here)."""
     from nucleiseg.blocks import is_large_input, segment_large_file
     from nucleiseg.viz import outline_overlay
 
     if is_large_input(path):
         refuse_file_options_for_blocks(path, read_options)
         refuse_exports_for_blocks(path, paths)
-        return segment_large_file(model, record, path, paths, options, instance_options)
+        extra = {} if segmented is None else {"segmented": segmented}
+        return segment_large_file(model, record, path, paths, options, instance_options,
+                                  **extra)
 
     start = time.perf_counter()
     images, axes, info = read_planes(path, read_options)
