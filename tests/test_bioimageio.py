@@ -1,12 +1,15 @@
 """`nucleiseg export --format bioimageio`: a bioimage.io model package that validates and
 passes its test offline (issue 14, part 4)."""
 
+import os
 import socket
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import make_disks
+from conftest import TINY_MODEL, disk_samples, make_disks, write_paired
 
 from nucleiseg.errors import UsageError
 
@@ -132,6 +135,38 @@ def test_described_preprocessing_is_nucleisegs_normalisation(package, kind):
         get_pre_and_postprocessing(model, dataset_for_initial_statistics=[]).pre(sample)
     described = next(iter(sample.members.values())).data.to_numpy()[0]
     np.testing.assert_allclose(described, normalize_image(image), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_trained_model_exports_and_its_keras_weights_need_no_nucleiseg(tmp_path):
+    """A model from nucleiseg train (its custom loss compiled in): the package passes its
+    test, and its model.keras loads with plain Keras, as bioimage.io consumers load it."""
+    from nucleiseg.config import TrainConfig
+    from nucleiseg.export import export_model
+    from nucleiseg.train import train
+
+    data = write_paired(tmp_path / "data", disk_samples(8))
+    config = TrainConfig(image_size=64, sampling="crops", target="binary", epochs=1,
+                         batch_size=4, steps_per_epoch=2, **TINY_MODEL)
+    run, _ = train(config, data, tmp_path / "run", verbose=0, log=lambda *_: None)
+    out = tmp_path / "tiny.zip"
+    backend = os.environ.get("KERAS_BACKEND")
+    export_model(run / "model.keras", "bioimageio", out, log=lambda *_: None)
+    assert os.environ.get("KERAS_BACKEND") == backend  # bioimageio.core's setting undone
+    rdf, _ = read_rdf(out)
+    assert rdf["name"] == "nucleiseg U-Net model"
+    assert rdf["outputs"][0]["axes"][3]["channel_names"] == ["background", "nucleus"]
+    assert "cite" not in rdf or not rdf["cite"]  # not trained on DSB 2018: no DSB citation
+    with zipfile.ZipFile(out) as archive:
+        archive.extract("model.keras", tmp_path / "unpacked")
+    code = ("import keras; model = keras.models.load_model(%r); "
+            "print(model.output_shape, 'nucleiseg' in __import__('sys').modules)"
+            % str(tmp_path / "unpacked" / "model.keras"))
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.stdout.strip().splitlines()[-1:] == ["(None, None, None, 2) False"], (
+        result.stdout + result.stderr)
 
 
 def test_cli_refuses_a_bad_out_with_one_line(tmp_path, capsys):

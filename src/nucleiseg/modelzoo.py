@@ -21,7 +21,6 @@ import contextlib
 import datetime
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ DSB_CITATION = ("Caicedo JC, Goodman A, Karhohs KW, et al. Nucleus segmentation 
                 "experiments: the 2018 Data Science Bowl. Nature Methods 16, 1247-1253 (2019).")
 DSB_DOI = "10.1038/s41592-019-0612-7"
 POSTPROCESSING_NOTE = (
-    "Nuclei as separate objects come from nucleiseg's post-processing (a watershed on these "
+    "Nuclei as separate objects come from nucleiseg's post-processing (a watershed on the class "
     "probabilities), which bioimage.io cannot describe: pip install nucleiseg; nucleiseg predict.")
 TAGS = ("nuclei", "2d", "unet", "tensorflow", "onnx", "keras", "semantic-segmentation",
         "fluorescence-light-microscopy", "transmission-light-microscopy", "dsb2018", "nucleiseg")
@@ -94,8 +93,7 @@ def build_bioimageio(model, record: dict, source: Path, work: Path,
     if difference > TOLERANCE:
         raise ExportError(f"{out}: the ONNX weights differ from the Keras model by "
                           f"{difference:.2g} in probability (tolerance {TOLERANCE})")
-    keras_path = files / "model.keras"
-    shutil.copyfile(source, keras_path)
+    save_inference_model(model, record, files / "model.keras")
 
     engine = onnx_engine(onnx_path)
     test_image = sample_image(TEST_IMAGE)
@@ -107,13 +105,27 @@ def build_bioimageio(model, record: dict, source: Path, work: Path,
     write_cover(files / "cover.png", cover_image, engine.predict_logits(
         normalize_image(cover_image)[None])[0])
     classes = class_names(engine.num_classes)
-    (files / "README.md").write_text(readme(record, source, classes, difference))
-    (files / "LICENSE").write_text(MIT_LICENSE)
+    (files / "README.md").write_text(readme(record, source, classes, difference),
+                                     encoding="utf-8")
+    (files / "LICENSE").write_text(MIT_LICENSE, encoding="utf-8")
 
-    descr = describe(record, source, files, classes)
+    with bioimageio_quiet():  # its FAIR notices (no citation, no maintainer) go to stderr
+        descr = describe(record, source, files, classes)
     package = work / "package.zip"
     check_package(save_package(descr, package), out)
     return package, difference
+
+
+def save_inference_model(model, record: dict, path: Path) -> None:
+    """The model without its training state (optimizer, nucleiseg's custom loss and metrics),
+    so that plain Keras loads it, as bioimage.io consumers do; the record stays inside."""
+    import keras
+
+    from nucleiseg.saving import save_model
+
+    inference = keras.Model.from_config(model.get_config())
+    inference.set_weights(model.get_weights())
+    save_model(inference, path, record)
 
 
 def sample_image(name: str) -> np.ndarray:
@@ -226,8 +238,9 @@ def describe(record: dict, source: Path, files: Path, classes: tuple[str, ...]):
         keras_v3=v0_5.KerasV3WeightsDescr(
             source=files / "model.keras", keras_version=v0_5.Version(keras.__version__),
             backend=("tensorflow", v0_5.Version(tf.__version__)), authors=[author],
-            comment="the model as nucleiseg trained it; its record (training configuration, "
-                    "data split, metrics, post-processing) is nucleiseg.json inside the file"),
+            comment="the model as nucleiseg trained it, without its training state (loads "
+                    "with plain Keras); its record (training configuration, data split, "
+                    "metrics, post-processing) is nucleiseg.json inside the file"),
         onnx=v0_5.OnnxWeightsDescr(
             source=files / "model.onnx", opset_version=ONNX_OPSET, parent="keras_v3",
             authors=[author],
@@ -288,11 +301,26 @@ def validate_package(path: Path):
 
 def run_package_test(path: Path):
     """bioimageio.core's test of a package: validation, then the test input through every
-    weights format. Returns the validation summary (status 'passed' or 'failed')."""
-    from bioimageio.core import test_model
+    weights format. Returns the validation summary (status 'passed' or 'failed').
 
-    with bioimageio_quiet():
-        return test_model(path)
+    bioimageio.core runs Keras weights with the backend its settings name (default torch, which
+    nucleiseg lacks) and writes it to the environment variable KERAS_BACKEND; here it is
+    TensorFlow, nucleiseg's, and the variable is put back afterwards."""
+    import os
+
+    from bioimageio.core import settings, test_model
+
+    before, backend = os.environ.get("KERAS_BACKEND"), settings.keras_backend
+    settings.keras_backend = "tensorflow"
+    try:
+        with bioimageio_quiet():
+            return test_model(path)
+    finally:
+        settings.keras_backend = backend
+        if before is None:
+            os.environ.pop("KERAS_BACKEND", None)
+        else:
+            os.environ["KERAS_BACKEND"] = before
 
 
 def check_package(path: Path, out: Path) -> None:
