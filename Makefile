@@ -12,7 +12,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,plots,export,large,napari,dask,test]'
+	$(PY) -m pip install --quiet -e '.[train,plots,export,large,napari,dask,bioimageio,test]'
 	touch $@
 
 SAMPLE = "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample("$(1)"))')"

@@ -191,17 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_options(predict, stacks=True)
     add_outline_options(predict)
 
-    export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite")
+    export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite, "
+                                 "or as a bioimage.io model package")
     export.add_argument("--model", type=Path,
                         help="a model.keras file (default: the bundled pretrained model)")
     export.add_argument("--format", required=True,
-                        choices=("savedmodel", "onnx", "onnx-int8", "tflite"),
-                        help="onnx-int8: quantised to int8 for fast CPU inference")
+                        choices=("savedmodel", "onnx", "onnx-int8", "tflite", "bioimageio"),
+                        help="onnx-int8: quantised to int8 for fast CPU inference; "
+                        "bioimageio: a bioimage.io model package (.zip) for the model zoo, "
+                        "deepImageJ, ilastik, QuPath")
     export.add_argument("--calibration", type=Path, metavar="FOLDER",
                         help="images to calibrate onnx-int8 on (default: the bundled sample)")
     export.add_argument("--out", type=Path, required=True,
-                        help="output file (.onnx, .tflite) or folder (savedmodel); put it "
-                        "beside the .keras file with the same name for predict --engine")
+                        help="output file (.onnx, .tflite, .zip) or folder (savedmodel); put "
+                        "an .onnx or .tflite file beside the .keras file with the same name for "
+                        "predict --engine")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return parser
 
