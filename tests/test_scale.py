@@ -88,8 +88,11 @@ def test_confidence_and_uncertainty_from_probabilities():
 
 def test_warnings_say_what_is_wrong_and_nothing_when_all_is_well():
     assert warning_for(ImageCheck(20, 1.0, 0.95, 0.1), 20, 12) == ""
-    assert "too large" in warning_for(ImageCheck(200, 0.25, 0.95, 0.1), 20, 3)
-    assert "too small" in warning_for(ImageCheck(3, 4.0, 0.95, 0.1), 20, 3)
+    assert "too large" in warning_for(ImageCheck(240, 0.25, 0.95, 0.1), 20, 3)
+    assert "too small" in warning_for(ImageCheck(1.5, 4.0, 0.95, 0.1), 20, 3)
+    # resized into what the model handles (80 px at 0.25: 20 px), or seen as they are
+    assert warning_for(ImageCheck(80, 0.25, 0.95, 0.1), 20, 3) == ""
+    assert warning_for(ImageCheck(45, 1.0, 0.95, 0.1), 20, 3) == ""
     assert warning_for(ImageCheck(None, 1.0, None, None), 20, 0) == "no nuclei found"
     assert "unsure" in warning_for(ImageCheck(20, 1.0, 0.6, 0.1), 20, 5)
     assert "edge of the decision" in warning_for(ImageCheck(20, 1.0, 0.9, 0.6), 20, 5)
