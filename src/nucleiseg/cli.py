@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import signal
 import sys
@@ -103,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --sampling crops: loss weight of pixels within 2 px of two "
                        "different nuclei, where touching nuclei must be split (default "
                        "%(default)s: no extra weight)")
-    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                       help="images per training step, split among the --devices "
+                       "(default %(default)s)")
+    train.add_argument("--devices", type=int, default=DEFAULTS.devices, metavar="N",
+                       help="train on N devices: the first N GPUs, or without GPUs N logical "
+                       "CPU devices (for testing); --batch-size must be a multiple of N "
+                       "(default %(default)s)")
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=DEFAULTS.lr_schedule)
     train.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
@@ -342,7 +349,7 @@ def run_train(args) -> int:
         freeze_encoder=args.freeze_encoder, encoder_alpha=args.encoder_alpha,
         decoder_filters=args.decoder_filters, dropout=args.dropout,
         bn_momentum=args.bn_momentum, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, devices=args.devices,
         learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
         deterministic=args.deterministic,
         augment=not args.no_augment, zoom_augment=args.zoom_augment,
@@ -356,6 +363,19 @@ def run_train(args) -> int:
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
                             command=command, init_model=args.init_model, channel=args.channel)
     return report_training(run_dir, record)
+
+
+def training_devices(args) -> int:
+    """How many devices `nucleiseg train` will use (a resumed run: its config.json's), known
+    before TensorFlow is imported."""
+    if args.command != "train":
+        return 1
+    if args.resume is None:
+        return args.devices
+    try:
+        return int(json.loads((args.resume / "config.json").read_text()).get("devices", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1  # resume() says what is wrong with the run directory
 
 
 def report_training(run_dir, record) -> int:
@@ -480,6 +500,8 @@ def main(argv=None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
+    if training_devices(args) > 1:  # logical CPU devices need it (train.check_onednn_off)
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         if args.command in NEEDS_TENSORFLOW and not args.debug:
             import_keras_quietly()

@@ -51,7 +51,8 @@ class TrainConfig:
     bn_momentum: float = 0.9
     epochs: int = 15
     steps_per_epoch: int | None = None  # None: one pass over the training images
-    batch_size: int = 16
+    batch_size: int = 16  # images per training step, split evenly among the devices
+    devices: int = 1  # replicas that train together: GPUs, or logical CPU devices without GPUs
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     val_fraction: float = 0.3
@@ -90,9 +91,14 @@ class TrainConfig:
                                          or self.contact_weight != 1.0):
             raise UsageError("zoom, intensity, stain, blur and noise augmentation and contact "
                              "weights work on random crops: add --sampling crops")
-        for name in ("epochs", "batch_size", "early_stopping_patience"):
+        for name in ("epochs", "batch_size", "devices", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.batch_size % self.devices:
+            raise UsageError(
+                f"batch_size {self.batch_size} cannot be split evenly among {self.devices} "
+                f"devices: use a multiple of {self.devices} (the batch size is the global "
+                "batch, split among the devices)")
         object.__setattr__(self, "decoder_filters", tuple(int(f) for f in self.decoder_filters))
 
     @property

@@ -6,10 +6,16 @@ Run directory:
 
 checkpoints/last.* (weights, optimizer state, early-stopping state) are written atomically at the
 end of every epoch, so an interrupted or killed run continues with `resume(run_dir)`.
+
+With config.devices > 1 the model trains under a tf.distribute.MirroredStrategy
+(`distribution_strategy`): each step's batch of config.batch_size images is split among the
+devices, BatchNorm statistics are synchronised over the whole batch, and the gradients are summed,
+so a step computes what it computes on one device, up to float rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -71,6 +77,89 @@ class DisplayCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         show_predictions(self.model, self.images, self.masks,
                          self.folder / f"epoch_{epoch + 1:03d}.png")
+
+
+def distribution_strategy(devices: int):
+    """None for one device; for more, a MirroredStrategy over the first `devices` GPUs or, on a
+    machine without GPUs, over `devices` logical CPU devices (the same cores: no faster, for
+    testing). Call before anything else in the process has used TensorFlow: logical CPU
+    devices can only be made before TensorFlow sets up its devices.
+
+    Multi-worker training (TF_CONFIG naming several tasks) is refused: Keras 3's `fit` fails
+    under MultiWorkerMirroredStrategy (README, Training on several devices)."""
+    check_single_worker()
+    if devices == 1:
+        return None
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        found = tf.config.list_logical_devices("GPU")
+        kind = "GPU"
+    else:
+        check_onednn_off()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        configured = tf.config.get_logical_device_configuration(cpu)
+        if configured is None or len(configured) < devices:
+            try:
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)])
+            except RuntimeError:
+                raise UsageError(
+                    f"cannot split the CPU into {devices} devices: TensorFlow has already set "
+                    "up its devices in this process (with "
+                    f"{len(tf.config.list_logical_devices('CPU'))} CPU device). Train on "
+                    "several devices in a fresh process (`nucleiseg train --devices N`), or "
+                    "call train() before anything else uses TensorFlow") from None
+        found = tf.config.list_logical_devices("CPU")
+        kind = "logical CPU"
+    if len(found) < devices:
+        raise UsageError(f"--devices {devices}: this machine has only {len(found)} {kind} "
+                         f"device{'s' if len(found) != 1 else ''}")
+    return tf.distribute.MirroredStrategy([device.name for device in found[:devices]])
+
+
+def check_single_worker() -> None:
+    """Refuse TF_CONFIG with several tasks rather than train one copy per machine."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return
+    try:
+        cluster = json.loads(text).get("cluster", {})
+        tasks = sum(len(members) for members in cluster.values())
+    except (ValueError, AttributeError, TypeError):
+        raise UsageError("TF_CONFIG is set but is not valid JSON with a cluster") from None
+    if tasks > 1:
+        raise UsageError(
+            "TF_CONFIG names several workers, but multi-worker training is not supported: "
+            "Keras 3's fit fails under tf.distribute.MultiWorkerMirroredStrategy (README, "
+            "Training on several devices). Unset TF_CONFIG and train on one machine with "
+            "--devices N (its GPUs)")
+
+
+def check_onednn_off() -> None:
+    """Logical CPU devices need TensorFlow's oneDNN kernels off: with them, a convolution of
+    an empty batch (a device's share of a last, small batch) returns a wrongly shaped tensor
+    (TensorFlow 2.21) and training fails. The setting is read when TensorFlow is imported."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = _pywrap_util_port.IsMklEnabled()
+    except (ImportError, AttributeError):
+        onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"
+    if onednn:
+        raise UsageError(
+            "training on several logical CPU devices needs TensorFlow's oneDNN kernels off: "
+            "set TF_ENABLE_ONEDNN_OPTS=0 before TensorFlow is imported (`nucleiseg train "
+            "--devices N` does this itself)")
+
+
+def batchnorm_layers(model: keras.Model):
+    """Every BatchNormalization layer of `model`, inside nested models too."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from batchnorm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            yield layer
 
 
 def load_training_data(data_dir: Path, skip_bad: bool, log, channel=None):
@@ -200,6 +289,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     `channel` (index or OME name) picks the nuclear channel of multi-channel images.
     """
     check_image_size(config.image_size)
+    strategy = distribution_strategy(config.devices)  # before anything else uses TensorFlow
     data_dir = Path(data_dir) if data_dir is not None else bundled_sample("train")
     initial, origin = (initial_weights(init_model, config) if init_model is not None
                        else (None, None))
@@ -222,7 +312,7 @@ def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | Non
     log(f"{len(train_names)} training and {len(val_names)} validation images from {data_dir}")
     (run_dir / "checkpoints").mkdir()
     return fit_run(run_dir, config, by_name, kinds, train_names, val_names, verbose, log,
-                   initial_weights=initial)
+                   initial_weights=initial, strategy=strategy)
 
 
 def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
@@ -245,6 +335,11 @@ def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
                          "(the run stopped before its first epoch ended: start it again)") from None
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise DataError(f"{run_dir}: cannot resume, a run file is damaged ({exc})") from None
+    try:
+        strategy = distribution_strategy(config.devices)
+    except UsageError as exc:
+        raise UsageError(f"{run_dir}: this run trains on {config.devices} devices and resumes "
+                         f"on as many; {exc}") from None
     data_dir = Path(run["data"])
     loaded, _ = load_training_data(data_dir, run.get("skip_bad", False), log,
                                    run.get("channel"))
@@ -255,7 +350,7 @@ def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
                         f"(first: {missing[0]}); cannot resume on other data")
     log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
     return fit_run(run_dir, config, by_name, split["kinds"], split["train"], split["val"],
-                   verbose, log, state=state)
+                   verbose, log, state=state, strategy=strategy)
 
 
 def initial_weights(path: Path, config: TrainConfig) -> tuple[list, dict]:
@@ -288,7 +383,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_model(config: TrainConfig, decay_steps: int | None = None) -> keras.Model:
+def build_model(config: TrainConfig, decay_steps: int | None = None,
+                strategy=None) -> keras.Model:
+    """The compiled U-Net; with a `strategy`, its variables are made in the strategy's scope
+    and BatchNorm computes its batch statistics over all devices' images together."""
+    if strategy is not None:
+        with strategy.scope():
+            model = build_model(config, decay_steps)
+        for layer in batchnorm_layers(model):
+            layer.synchronized = True
+        return model
     return compile_model(build_unet(
         num_classes=config.num_classes, encoder_weights=config.encoder_weights,
         freeze_encoder=config.freeze_encoder, encoder_alpha=config.encoder_alpha,
@@ -297,26 +401,62 @@ def build_model(config: TrainConfig, decay_steps: int | None = None) -> keras.Mo
     ), config.learning_rate, config.boundary_weight, decay_steps=decay_steps)
 
 
+def build_without_peeking(model: keras.Model, strategy, element_spec) -> None:
+    """Under a distribution strategy, Keras' fit first draws a batch from a fresh pass over the
+    training data only to learn its shapes (the TensorFlow trainer's _maybe_symbolic_build);
+    that pass moves the seeded shuffle and the augmentation's random state on (by as many
+    batches as were prefetched), so the run would train on other batches than on one device,
+    and not repeatably. Build from the data's shapes (`element_spec`) instead."""
+    if not (hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build")):
+        return  # another Keras: it builds as it does
+
+    def symbolic_build(iterator=None, data_batch=None):
+        with strategy.scope():
+            model._symbolic_build(data_batch=element_spec)
+
+    model._maybe_symbolic_build = symbolic_build
+
+
+def single_device_copy(model: keras.Model, config: TrainConfig,
+                       decay_steps: int | None = None) -> keras.Model:
+    """The same model, weights and optimizer state outside any distribution strategy: what is
+    evaluated and saved after training on several devices (Keras' predict_on_batch under a
+    MirroredStrategy gives every device the whole batch and returns each one's outputs)."""
+    copy = build_model(config, decay_steps)
+    copy.set_weights(model.get_weights())
+    copy.optimizer.build(copy.trainable_variables)
+    for target, source in zip(copy.optimizer.variables, model.optimizer.variables, strict=True):
+        target.assign(source.numpy())
+    return copy
+
+
 def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, train_names,
             val_names, verbose, log, state: dict | None = None,
-            initial_weights: list | None = None) -> tuple[Path, dict]:
+            initial_weights: list | None = None, strategy=None) -> tuple[Path, dict]:
     """Fit (from scratch, from `initial_weights`, or from a resume `state`), then evaluate and
-    save the model with its record."""
+    save the model with its record. With a `strategy` (distribution_strategy(config.devices)),
+    the model trains on its devices; the saved model is a plain single-device one."""
     epochs_done = state["epochs_done"] if state else 0
     # A resumed run draws new crops and augmentations rather than replaying epoch 1's.
     seed_everything(config.seed + epochs_done, config.deterministic)
     train_ds, steps, (x_val, y_val) = make_datasets(config, by_name, kinds, train_names,
                                                     val_names, seed=config.seed + epochs_done)
-    log(f"{steps} steps of {config.batch_size} per epoch")
+    split = (f", split among {config.devices} devices ({config.batch_size // config.devices} "
+             "each)" if strategy is not None else "")
+    log(f"{steps} steps of {config.batch_size} per epoch{split}")
     val_ds = make_val_dataset(x_val, y_val, config.batch_size)
-    model = build_model(config, config.epochs * steps if config.lr_schedule == "cosine" else None)
+    decay_steps = config.epochs * steps if config.lr_schedule == "cosine" else None
+    model = build_model(config, decay_steps, strategy)
+    if strategy is not None:
+        build_without_peeking(model, strategy, train_ds.element_spec)
     checkpoints = run_dir / "checkpoints"
-    if state:
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(checkpoints / "last.weights.h5")
-        truncate_history(run_dir / "history.csv", epochs_done)
-    elif initial_weights is not None:
-        model.set_weights(initial_weights)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if state:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(checkpoints / "last.weights.h5")
+            truncate_history(run_dir / "history.csv", epochs_done)
+        elif initial_weights is not None:
+            model.set_weights(initial_weights)
 
     drawing = can_draw()
     if not drawing:
@@ -358,6 +498,8 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
             f"{run_dir}: the loss became NaN in epoch {backup.nan_epoch}, before any epoch "
             "finished; no model was saved. Try a lower --learning-rate")
     model.load_weights(best_weights)  # the best epoch, also when early stopping never fired
+    if strategy is not None:
+        model = single_device_copy(model, config, decay_steps)
 
     history = read_history(run_dir / "history.csv")
     best_epoch = int(np.nanargmin(history[monitor]) if monitor == "val_loss"
