@@ -1,0 +1,58 @@
+"""How --diameter auto decides: SCALE_TOLERANCE and the diameter estimate's weighting, tried on
+training images (never on the validation images the README reports), native and shifted copies.
+
+    python scripts/tune_scale_tolerance.py [--images 60] [--tolerances 1.25 1.5 2]
+                                           [--weightings area count]
+"""
+
+import argparse
+import functools
+import itertools
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+import nucleiseg.scale  # noqa: E402
+from benchmarks.common import DEFAULT_DATA  # noqa: E402
+from benchmarks.robustness import score, shifted_copies  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--images", type=int, default=60)
+    parser.add_argument("--tolerances", type=float, nargs="+", default=[1.25, 1.5, 2.0])
+    parser.add_argument("--weightings", nargs="+", default=["area"], choices=["area", "count"])
+    parser.add_argument("--conditions", nargs="+",
+                        default=["native", "scale 0.5x", "scale 2x", "scale 0.33x", "scale 3x"])
+    args = parser.parse_args()
+
+    from nucleiseg.engines import load_engine
+    from nucleiseg.io import find_samples, load_samples
+
+    engine, record = load_engine()
+    samples, _ = find_samples(args.data, skip_bad=True)
+    train = sorted((s for s in samples if s.name in set(record["split"]["train"])),
+                   key=lambda s: s.name)
+    chosen = np.random.default_rng(0).choice(len(train), args.images, replace=False)
+    loaded, _ = load_samples([train[i] for i in sorted(chosen)], skip_bad=True)
+    images, labels = [x for _, x, _ in loaded], [y for _, _, y in loaded]
+    print("| tolerance | weighting | "
+          + " | ".join(f"{c} AP@0.5 / DSB" for c in args.conditions) + " |")
+    print("|---|---|" + "---|" * len(args.conditions))
+    estimate = nucleiseg.scale.typical_diameter
+    for tolerance, weighting in itertools.product(args.tolerances, args.weightings):
+        nucleiseg.scale.SCALE_TOLERANCE = tolerance
+        nucleiseg.scale.typical_diameter = functools.partial(estimate, weighting=weighting)
+        cells = []
+        for condition in args.conditions:
+            result = score(engine, record, *shifted_copies(condition, images, labels), "auto")
+            cells.append(f"{result['ap_50']:.3f} / {result['dsb_score']:.3f}")
+        print(f"| {tolerance:g} | {weighting} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
