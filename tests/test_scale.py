@@ -68,6 +68,11 @@ def test_scale_brings_nuclei_to_the_training_size(diameter, expected):
     assert scale_for(diameter, 20.0) == pytest.approx(expected)
 
 
+def test_scales_are_rounded_so_small_differences_in_the_estimate_do_not_matter():
+    assert scale_for(12.9, 20.0) == scale_for(13.1, 20.0) == pytest.approx(2 ** (5 / 8))
+    assert scale_for(12.9, 20.0) != 20.0 / 12.9
+
+
 def test_size_thresholds_follow_the_scale():
     assert scaled_sizes({"min_size": 30, "min_split_size": 80}, 0.5) == {
         "min_size": 120, "min_split_size": 320}

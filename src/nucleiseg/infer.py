@@ -368,6 +368,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     model = as_engine(model)
     images = find_images(inputs)
     instance_options = instance_options or instance_options_from(record)
+    options = options or options_for(record)  # --diameter auto when the model records its size
     out_dir = Path(out_dir)
     with contextlib.ExitStack() as stack:
         if out_dir.is_dir():  # refuse a folder in use before looking at what it holds

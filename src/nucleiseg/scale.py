@@ -4,6 +4,7 @@ and the per-image checks that say when a result is not to be trusted."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -64,16 +65,22 @@ def typical_diameter(labels: np.ndarray, weighting: str = "count") -> tuple[floa
     return float(order[np.searchsorted(cumulative, cumulative[-1] / 2)]), int(diameters.size)
 
 
+SCALE_STEPS_PER_OCTAVE = 8  # scales are powers of 2^(1/8): about 9% apart
+
+
 def scale_for(diameter: float | None, training_diameter: float) -> float:
     """Resize factor that brings nuclei of `diameter` to the training size: 1 within
-    SCALE_TOLERANCE (or when nothing is known), else training / diameter, kept inside
-    SCALE_LIMITS."""
+    SCALE_TOLERANCE (or when nothing is known), else training / diameter rounded to a power
+    of 2^(1/8) and kept inside SCALE_LIMITS. The rounding makes the result stable: engines or
+    thread counts whose probabilities differ in the last digits estimate diameters that differ
+    a little, and would otherwise resize the image by a slightly different factor."""
     if diameter is None or diameter <= 0:
         return 1.0
     factor = training_diameter / diameter
     if 1 / SCALE_TOLERANCE <= factor <= SCALE_TOLERANCE:
         return 1.0
-    return float(np.clip(factor, *SCALE_LIMITS))
+    steps = round(math.log2(factor) * SCALE_STEPS_PER_OCTAVE)
+    return float(np.clip(2.0 ** (steps / SCALE_STEPS_PER_OCTAVE), *SCALE_LIMITS))
 
 
 def scaled_sizes(sizes: dict, scale: float) -> dict:
