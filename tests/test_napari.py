@@ -205,7 +205,9 @@ def test_widget_computation_adds_labels_with_features_and_centroids(engine):
                                          **_results.layer_inputs(image))
     assert result.labels.shape == image.data.shape and result.count > 20
     check_features(result)
-    assert reports[-1][:2] == (1, 1)  # one tile of one tile
+    # one tile per pass: a first pass, and one more if the estimated diameter asked for a rescale
+    passes = 1 if float(result.checks[0]["scale"]) == 1 else 2
+    assert reports[0][:2] == (0, 1) and reports[-1][0] == passes
     labels_layer, points = _results.add_result_layers(viewer, image, result)
     assert labels_layer.name == "fluorescence_df53d0b6 nuclei"
     assert labels_layer.features.shape[0] == result.count
@@ -368,7 +370,7 @@ def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
     wait_for(qt_app, widget)
     assert widget._status.value == "cancelled"
     assert labels.features.shape[0] == count and len(viewer.layers) == 4
-    assert not widget._diameter.enabled  # the bundled model records no nucleus size
+    assert widget._diameter.enabled  # the bundled model records its training nucleus size
     widget._model.value = "file"  # no file chosen: said, nothing started
     widget.run()
     assert not widget.running and "choose a model file" in widget._status.value
