@@ -5,14 +5,14 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_DIR := demo_output/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo lint test test-fast check-light-install clean pretrained
+.PHONY: install demo lint docs docs-serve test test-fast check-light-install clean pretrained
 
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,plots,export,large,napari,dask,bioimageio,test]'
+	$(PY) -m pip install --quiet -e '.[train,plots,export,large,napari,dask,bioimageio,docs,test]'
 	touch $@
 
 SAMPLE = "$$($(PY) -c 'from nucleiseg.io import bundled_sample; print(bundled_sample("$(1)"))')"
@@ -36,10 +36,18 @@ demo: $(INSTALLED)
 	@echo "  run_predictions/      that model's outputs for the test images"
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check src scripts benchmarks tests
+	$(VENV)/bin/ruff check src scripts benchmarks tests docs
+
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link, a missing page, a
+# command without its generated reference or a docstring that does not render fails the build.
+docs: $(INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+docs-serve: $(INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 # The napari widget's test runs Qt offscreen: no display needed.
-test: lint
+test: lint docs
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 test-fast: $(INSTALLED)
@@ -51,7 +59,7 @@ check-light-install:
 	PYTHON=$(PYTHON) scripts/check_light_install.sh
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache site
 
 # Retrain and ship the bundled pretrained model: a base model on native-resolution crops, then a
 # fine-tune of it with wide zoom (nuclei 1/3x to 3x), stain, blur and noise augmentation (about
@@ -59,7 +67,7 @@ clean:
 # `nucleiseg train --resume <run>`, then run `make pretrained` again with the same RUN):
 #   make pretrained DSB=../shared/data/dsb2018-stage1-train
 # The post-processing values were chosen with scripts/tune_postprocessing.py on 60 training
-# images (README, Results); ship_model.py stores in the model the ones the evaluation used.
+# images (docs/design.md); ship_model.py stores in the model the ones the evaluation used.
 DSB ?= ../shared/data/dsb2018-stage1-train
 RUN ?= runs/pretrained-$(shell date +%Y%m%d-%H%M%S)
 POSTPROCESSING := --foreground-threshold 0.6 --marker-threshold 0.5 --min-size 30 \

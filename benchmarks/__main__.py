@@ -2,8 +2,8 @@
                        [--wsi-size PIXELS]
 
 Runs every benchmark on this machine, one process per case, and writes results.json and
-results.md (the tables README shows) to --out (default benchmarks/results). What needs the
-DSB data (../shared/data/dsb2018-stage1-train) is skipped when it is absent.
+results.md (the tables docs/performance.md shows) to --out (default benchmarks/results). What
+needs the DSB data (../shared/data/dsb2018-stage1-train) is skipped when it is absent.
 """
 
 from __future__ import annotations

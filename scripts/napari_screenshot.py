@@ -1,5 +1,5 @@
-"""Make docs/napari_widget.png: a napari window with the 'Segment nuclei' widget docked, after
-segmenting a bundled sample image. Needs nucleiseg[napari] and a display; headless:
+"""Make docs/images/napari_widget.png: a napari window with the 'Segment nuclei' widget docked,
+after segmenting a bundled sample image. Needs nucleiseg[napari] and a display; headless:
 
     xvfb-run -s "-screen 0 1400x900x24" python scripts/napari_screenshot.py
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("docs/napari_widget.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/images/napari_widget.png"))
     parser.add_argument("--sample", default="fluorescence")
     parser.add_argument("--size", default="1280x760", help="window size WxH")
     args = parser.parse_args()

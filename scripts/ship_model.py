@@ -89,7 +89,7 @@ def main() -> None:
         f"`{path.with_suffix('.onnx').name}` is its ONNX export and "
         f"`{path.stem}.int8.onnx` its int8 quantisation (calibrated on 32 crops of 64 training "
         "images), both made by `nucleiseg export` and checked against it; `nucleiseg predict` "
-        "runs the int8 one with ONNX Runtime when that is installed (README, Speed and memory).",
+        "runs the int8 one with ONNX Runtime when that is installed (docs/performance.md).",
     ]
     size = record["nucleus_size"]
     lines += ["", f"Nucleus size in training (what `--diameter auto` resizes images to): median "

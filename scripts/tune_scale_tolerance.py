@@ -1,5 +1,5 @@
 """How --diameter auto decides: SCALE_TOLERANCE and the diameter estimate's weighting, tried on
-training images (never on the validation images the README reports), native and shifted copies.
+training images (never on the validation images docs/results.md reports), native and shifted copies.
 
     python scripts/tune_scale_tolerance.py [--images 60] [--tolerances 1.25 1.5 2]
                                            [--weightings area count]

@@ -8,7 +8,7 @@ file, in `nucleiseg.json` inside a SavedModel folder.
 Exports beside `name.keras` are found by name: `name.onnx`, `name.int8.onnx`, `name.tflite`.
 With engine "auto", a `.keras` model runs on ONNX Runtime when onnxruntime is installed and an
 up-to-date export lies beside it (the bundled model ships with both ONNX exports), the int8 one
-first: on 2 CPU cores it is the fastest engine measured (README, Speed and memory). ONNX Runtime
+first: on 2 CPU cores it is the fastest engine measured (docs/performance.md). ONNX Runtime
 and TFLite need no TensorFlow.
 
 ONNX Runtime is installed with nucleiseg; TensorFlow and Keras only with the 'train' extra
@@ -30,7 +30,7 @@ import numpy as np
 from nucleiseg.errors import UsageError, file_error
 
 ENGINES = ("auto", "keras", "onnx", "onnx-int8", "tflite")
-AUTO_ORDER = ("onnx-int8", "onnx")  # fastest first (README, Speed and memory)
+AUTO_ORDER = ("onnx-int8", "onnx")  # fastest first (docs/performance.md)
 RECORD_KEY = "nucleiseg"  # ONNX metadata key; also the SavedModel's nucleiseg.json
 TRAIN_EXTRA = "pip install 'nucleiseg[train]'"  # TensorFlow and Keras
 TENSORFLOW_MODULES = ("tensorflow", "keras", "tensorboard")  # what the 'train' extra brings

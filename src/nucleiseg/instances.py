@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class InstanceOptions:
-    """Post-processing choices (see README for how the defaults were measured)."""
+    """Post-processing choices (docs/design.md: how the defaults were measured)."""
 
     foreground_threshold: float = 0.5  # P(nucleus) = 1 - P(background) above this is nucleus
     marker_threshold: float = 0.5  # P(interior) above this seeds one nucleus (3-class models)

@@ -1,7 +1,7 @@
 """Pixel metrics on NumPy arrays: plain functions returning small typed results.
 
 Foreground IoU and Dice are pooled: counts are summed over all images, then divided
-(one large image weighs more than a small one), as the reference figures in README are.
+(one large image weighs more than a small one), as the reference figures in docs/results.md are.
 """
 
 from __future__ import annotations

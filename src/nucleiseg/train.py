@@ -86,7 +86,7 @@ def distribution_strategy(devices: int):
     devices can only be made before TensorFlow sets up its devices.
 
     Multi-worker training (TF_CONFIG naming several tasks) is refused: Keras 3's `fit` fails
-    under MultiWorkerMirroredStrategy (README, Training on several devices)."""
+    under MultiWorkerMirroredStrategy (docs/training.md, Several machines)."""
     check_single_worker()
     if devices == 1:
         return None
@@ -131,9 +131,9 @@ def check_single_worker() -> None:
     if tasks > 1:
         raise UsageError(
             "TF_CONFIG names several workers, but multi-worker training is not supported: "
-            "Keras 3's fit fails under tf.distribute.MultiWorkerMirroredStrategy (README, "
-            "Training on several devices). Unset TF_CONFIG and train on one machine with "
-            "--devices N (its GPUs)")
+            "Keras 3's fit fails under tf.distribute.MultiWorkerMirroredStrategy "
+            "(docs/training.md, Several machines). Unset TF_CONFIG and train on one machine "
+            "with --devices N (its GPUs)")
 
 
 def check_onednn_off() -> None:
