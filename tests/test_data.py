@@ -13,6 +13,7 @@ from nucleiseg.data import (
     random_crops,
     random_intensity,
     random_stain,
+    render_as_he,
     split_names,
 )
 
@@ -208,6 +209,34 @@ def test_random_stain_changes_the_haematoxylin_of_colour_crops_only():
         assert random_stain(grey, rng) is grey  # no stain to change
     change = np.array(haematoxylin) / np.median(haematoxylin)
     assert change.min() < 0.8 and change.max() > 1.25  # pale and dark nuclei both drawn
+
+
+def test_render_as_he_draws_grey_nuclei_as_dark_stained_ones_on_pink_tissue():
+    image, labels = make_disks((96, 96), count=6)
+    grey = np.repeat((image / 255.0).astype(np.float32)[..., None], 3, -1)
+    inside, outside = labels > 0, labels == 0
+    colours = []
+    for seed in range(20):
+        out = render_as_he(grey, np.random.default_rng(seed))
+        assert out.dtype == np.float32 and out.shape == grey.shape
+        assert 0.0 < out.min() and out.max() <= 1.0
+        assert not np.array_equal(out[..., 0], out[..., 1])  # colour now
+        assert out[inside].sum(-1).mean() < out[outside].sum(-1).mean()  # nuclei darker
+        background = out[outside].mean(0)
+        assert background[1] < background[0] and background[1] < background[2]  # eosin: pink
+        colours.append(out[inside].mean(0))
+    assert np.ptp(np.array(colours), axis=0).max() > 0.15  # stains differ from crop to crop
+    colour = np.stack([grey[..., 0], grey[..., 1] * 0.8, grey[..., 2]], -1)
+    assert render_as_he(colour, np.random.default_rng(0)) is colour  # already colour
+
+
+def test_random_crops_render_about_a_third_of_grey_crops_as_he():
+    image, labels = make_disks((128, 128), count=8)
+    grey = np.repeat((image / 255.0).astype(np.float32)[..., None], 3, -1)
+    crops = random_crops([grey], [labels], 64, seed=0, he_render=True)
+    rendered = sum(not np.array_equal(x[..., 0], x[..., 1]) for x, _ in
+                   (next(crops) for _ in range(90)))
+    assert 15 <= rendered <= 45
 
 
 def test_random_blur_noise_blurs_or_adds_noise_and_keeps_grey_grey():

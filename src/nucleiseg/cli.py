@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "each colour crop (other stainings and scanners)")
     train.add_argument("--blur-noise-augment", action="store_true",
                        help="with --sampling crops: random Gaussian blur and noise")
+    train.add_argument("--he-render-augment", action="store_true",
+                       help="with --sampling crops: draw 30%% of the grey (fluorescence) crops "
+                       "as H&E-stained tissue, with random stain colours and amounts")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic TensorFlow ops: the same --seed gives the same "
                        "weights on CPU")
@@ -354,7 +357,8 @@ def run_train(args) -> int:
         deterministic=args.deterministic,
         augment=not args.no_augment, zoom_augment=args.zoom_augment,
         intensity_augment=args.intensity_augment, stain_augment=args.stain_augment,
-        blur_noise_augment=args.blur_noise_augment, early_stopping_monitor=args.monitor,
+        blur_noise_augment=args.blur_noise_augment, he_render_augment=args.he_render_augment,
+        early_stopping_monitor=args.monitor,
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
     )
     from nucleiseg.train import train

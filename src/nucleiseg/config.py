@@ -63,6 +63,7 @@ class TrainConfig:
     intensity_augment: bool = False  # random gain, contrast, brightness, gamma, inversion
     stain_augment: bool = False  # random haematoxylin/eosin amounts (colour crops)
     blur_noise_augment: bool = False  # random Gaussian blur and noise
+    he_render_augment: bool = False  # a share of grey crops drawn as H&E-stained tissue
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5
     early_stopping_warmup_steps: int = 200  # no early stop before this many training steps
@@ -88,8 +89,9 @@ class TrainConfig:
             raise UsageError(f"contact_weight must be positive; got {self.contact_weight}")
         if self.sampling != "crops" and (self.zoom_augment != 1.0 or self.intensity_augment
                                          or self.stain_augment or self.blur_noise_augment
+                                         or self.he_render_augment
                                          or self.contact_weight != 1.0):
-            raise UsageError("zoom, intensity, stain, blur and noise augmentation and contact "
+            raise UsageError("zoom, intensity, stain, H&E, blur and noise augmentation and contact "
                              "weights work on random crops: add --sampling crops")
         for name in ("epochs", "batch_size", "devices", "early_stopping_patience"):
             if getattr(self, name) < 1:

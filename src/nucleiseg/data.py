@@ -108,14 +108,16 @@ def crop_weights(shapes, kinds, crop: int, power: float = 0.5) -> np.ndarray:
 
 def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: str = "binary",
                  zoom: float = 1.0, intensity: bool = False, stain: bool = False,
-                 blur_noise: bool = False, contact_weight: float = 1.0):
+                 blur_noise: bool = False, he_render: bool = False,
+                 contact_weight: float = 1.0):
     """Endless generator of (image crop, class-target crop) at native resolution.
 
     Crops are cut from the images and their instance `labels`, optionally zoomed by a random
     log-uniform factor in [1/zoom, zoom] (nuclei of other sizes than the training images'),
     then each crop's `target` classes are made from its labels (so boundaries stay one pixel
-    wide at any zoom). Appearance changes, in this order: `stain` (random_stain),
-    `intensity` (random_intensity), `blur_noise` (random_blur_noise). A `contact_weight`
+    wide at any zoom). Appearance changes, in this order: `he_render` (render_as_he),
+    `stain` (random_stain), `intensity` (random_intensity), `blur_noise` (random_blur_noise).
+    A `contact_weight`
     other than 1 adds a third item, the per-pixel loss weight: `contact_weight` on
     contact_pixels, 1 elsewhere.
     """
@@ -138,6 +140,8 @@ def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: 
             pixel_weights = np.where(contact_pixels(target_crop), np.float32(contact_weight),
                                      np.float32(1.0))
         target_crop = labels_to_classes(target_crop, target)
+        if he_render and rng.random() < HE_RENDER_SHARE:
+            image_crop = render_as_he(image_crop, rng)
         if stain:
             image_crop = random_stain(image_crop, rng)
         if intensity:
@@ -185,6 +189,40 @@ def random_stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     hed = rgb2hed(image)
     change = hed2rgb(np.maximum(hed * gain + shift, 0.0)) - hed2rgb(hed)
     return np.clip(image + change, 0.0, 1.0).astype(np.float32)
+
+
+# Optical densities per unit stain (Ruifrok & Johnston 2001, as in skimage's rgb2hed).
+HAEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
+EOSIN_OD = np.array([0.07, 0.99, 0.11])
+HE_RENDER_SHARE = 0.3  # of the grey crops
+
+
+def render_as_he(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A grey fluorescence crop (bright nuclei, dark background) drawn as an H&E-stained one:
+    haematoxylin where the nuclear stain is, eosin on a textured background, each with a
+    randomly perturbed colour (labs' stains and scanners differ) and amount, mixed in optical
+    density and brought back to RGB by Beer-Lambert. Colour crops are returned unchanged. The
+    DSB's histology is one preparation; its fluorescence images hold far more nuclei of every
+    size and density, which this shows to the model as tissue."""
+    from scipy import ndimage
+
+    if not (np.array_equal(image[..., 0], image[..., 1])
+            and np.array_equal(image[..., 0], image[..., 2])):
+        return image
+
+    def colour(od):
+        vector = np.clip(od + rng.normal(0.0, 0.12, 3), 0.02, None)
+        return vector / np.linalg.norm(vector)
+
+    nuclear = np.clip(image[..., 0], 0.0, 1.0) ** rng.uniform(0.6, 1.5)
+    haematoxylin = rng.uniform(0.4, 1.6) * nuclear + rng.uniform(0.0, 0.08)
+    texture = ndimage.gaussian_filter(rng.normal(size=nuclear.shape), rng.uniform(1.5, 6.0))
+    texture /= texture.std() + 1e-6
+    eosin = (rng.uniform(0.05, 0.9) * np.clip(1.0 + rng.uniform(0.1, 0.6) * texture, 0.0, None)
+             * (1.0 - rng.uniform(0.3, 0.9) * nuclear))
+    density = (haematoxylin[..., None] * colour(HAEMATOXYLIN_OD)
+               + eosin[..., None] * colour(EOSIN_OD))
+    return np.exp(-density).astype(np.float32)
 
 
 def random_blur_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
