@@ -109,6 +109,9 @@ def onnx_session(path: Path):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle intra-op threads sleep instead of spinning, leaving the cores to the stages that
+    # overlap the model (infer.overlapped_outcomes) and to other processes.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
