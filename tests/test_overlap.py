@@ -60,7 +60,9 @@ def files_of(out):
 
 def test_overlapped_run_writes_what_the_sequential_run_writes(bundled, folder, tmp_path):
     one_by_one, told = run(bundled, folder, tmp_path / "sequential", False, exports=("geojson",))
+    threads = threading.active_count()
     overlapped, said = run(bundled, folder, tmp_path / "overlapped", True, exports=("geojson",))
+    assert threading.active_count() == threads  # the run's threads have ended
     assert said == told
     assert any("skipped" in line and "c_broken.png" in line for line in said)
     assert any("(scale" in line for line in said)  # the auto diameter path ran a second pass

@@ -93,12 +93,17 @@ def as_engine(model_or_engine) -> Engine:
     return model_or_engine if isinstance(model_or_engine, Engine) else keras_engine(model_or_engine)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def cpu_threads() -> int:
     """Threads for ONNX Runtime and TFLite: NUCLEISEG_THREADS when set (a Dask worker sets its
     own thread count), else the cores this process may run on."""
     if os.environ.get("NUCLEISEG_THREADS", "").isdigit() and int(os.environ["NUCLEISEG_THREADS"]):
         return int(os.environ["NUCLEISEG_THREADS"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return usable_cores()
 
 
 def onnx_session(path: Path):

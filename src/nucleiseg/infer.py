@@ -411,6 +411,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
             measurements.discard()
             summary.discard()
             raise
+        work.close()  # zip stops before asking `work` for more: let it end its threads now
         measurements.commit()
         summary.commit()
         remove_partials(out_dir, jobs)
@@ -451,9 +452,9 @@ def local_outcomes(model, record, jobs, options, instance_options, read_options,
 
 def overlap_wanted() -> bool:
     """Overlap by default where two cores or more may run: NUCLEISEG_OVERLAP=0 turns it off."""
-    from nucleiseg.engines import cpu_threads
+    from nucleiseg.engines import usable_cores
 
-    return os.environ.get("NUCLEISEG_OVERLAP", "1") != "0" and cpu_threads() > 1
+    return os.environ.get("NUCLEISEG_OVERLAP", "1") != "0" and usable_cores() > 1
 
 
 class Cancelled(Exception):
