@@ -10,6 +10,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -514,8 +515,6 @@ def overlapped_outcomes(model, record, jobs, options, instance_options, read_opt
     ONNX Runtime release the GIL in most of their work). Each image writes its files only once
     the previous one is reported, so an interrupted or failed run leaves the files a run one
     image after the other would have left. Huge images (block by block) run alone, here."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from nucleiseg.blocks import is_large_input
     from nucleiseg.engines import as_engine
 
@@ -597,8 +596,9 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     measurement rows). A stack is segmented plane by plane: its labels are written as a stack,
     its mask and overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go
     block by block (nucleiseg.blocks; `segmented`: how their blocks are segmented, default
-    here). `turn()`, when given, is called between measuring and writing (the overlapped path
-    writes one image's files after the previous image is reported)."""
+    here). The nuclei are measured in a thread while the files are written; `turn()`, when
+    given, is called before writing (the overlapped path writes one image's files after the
+    previous image is reported)."""
     from nucleiseg.blocks import is_large_input, segment_large_file
     from nucleiseg.viz import outline_overlay
 
@@ -633,17 +633,20 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
                             "--tile") from None
         if flat == middle:
             shown = intensity
-    rows = measure_planes(labels, planes, axes, shape, info.pixel_size_um)
-    if turn is not None:
-        turn()
-    count = int(labels.max())
-    write_labels(paths["labels"], labels.reshape(*shape, *labels.shape[1:])
-                 .astype(label_image_dtype(count)), axes, info.pixel_size_um)
-    mask = (labels[middle] > 0).view(np.uint8)
-    mask *= 255
-    write_png(paths["mask"], mask)
-    del mask
-    write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
+    with ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-measure") as helper:
+        measured = helper.submit(measure_planes, labels, planes, axes, shape,
+                                 info.pixel_size_um)  # while the files are written
+        if turn is not None:
+            turn()
+        count = int(labels.max())
+        write_labels(paths["labels"], labels.reshape(*shape, *labels.shape[1:])
+                     .astype(label_image_dtype(count)), axes, info.pixel_size_um)
+        mask = (labels[middle] > 0).view(np.uint8)
+        mask *= 255
+        write_png(paths["mask"], mask)
+        del mask
+        write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
+        rows = measured.result()
     if set(EXPORTS) & paths.keys():
         write_exports(paths, labels, rows, axes, shape)
     return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start,
