@@ -41,12 +41,17 @@ def render(results: dict) -> str:
     prediction = results.get("prediction")
     if prediction:
         stage_names = ("read", "normalise", "model", "blend", "separate", "measure", "write")
-        rows = [[r["images"], r["engine"], r["files"], r["megapixels"], r["seconds"],
+        rows = [[r["images"], r["engine"], r.get("run", "one-by-one"),
+                 r.get("diameter", "fixed"), r["files"], r["megapixels"], r["seconds"],
                  r["megapixels_per_second"], peak_memory(r),
                  *[r["stages"][s] for s in stage_names]] for r in prediction["engines"]]
         parts += ["### Prediction, end to end (seconds per stage)",
-                  markdown_table(["images", "engine", "files", "MP", "s", "MP/s", "peak MB",
-                                  *stage_names], rows)]
+                  "run: images overlapped in two threads (what `predict` does on two cores or "
+                  "more; stage seconds add up over both threads) or one by one; diameter: fixed "
+                  "scale 1, or `--diameter auto` (`predict`'s default; may predict an image "
+                  "twice).",
+                  markdown_table(["images", "engine", "run", "diameter", "files", "MP", "s",
+                                  "MP/s", "peak MB", *stage_names], rows)]
         rows = []
         for r in prediction["memory"]:
             rss = r["rss_samples_mb"]

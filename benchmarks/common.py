@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,10 +17,12 @@ DEFAULT_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 class Stopwatch:
-    """Accumulates named durations: `with watch("read"): ...`."""
+    """Accumulates named durations: `with watch("read"): ...`; from any thread (overlapped
+    stages add up to more than the time they took together)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.lock = threading.Lock()
 
     def __call__(self, name: str):
         watch = self
@@ -30,7 +33,8 @@ class Stopwatch:
 
             def __exit__(self, *exc):
                 elapsed = time.perf_counter() - self.start
-                watch.seconds[name] = watch.seconds.get(name, 0.0) + elapsed
+                with watch.lock:
+                    watch.seconds[name] = watch.seconds.get(name, 0.0) + elapsed
 
         return _Lap()
 

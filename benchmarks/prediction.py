@@ -10,6 +10,12 @@ by block: nucleiseg.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks).
 "dask-local:N": the default engine on a Dask LocalCluster of N one-thread workers
 (`predict --dask local:N`; nucleiseg.distributed), timed from the first image submitted, the
 cluster's start apart; the stages run in the workers and are not split.
+
+Optional RUN: "overlapped" (the default: images overlapped in two threads, as `predict` runs
+them on two cores or more; their stage seconds add up over both threads) or "one-by-one"
+(overlap=False). Optional DIAMETER: "fixed" (PredictOptions(): scale 1, the default here) or
+"auto" (`predict`'s default --diameter auto: options_for(record), which may predict an image a
+second time at another scale).
 """
 
 from __future__ import annotations
@@ -86,9 +92,14 @@ def instrument(watch: Stopwatch):
     blocks.NucleusTable.add_block = watch.wrap("measure", blocks.NucleusTable.add_block)
 
 
-def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
+RUNS = ("overlapped", "one-by-one")
+DIAMETERS = ("fixed", "auto")
+
+
+def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "overlapped",
+            diameter: str = "fixed") -> dict:
     from nucleiseg.engines import Engine, import_tensorflow_quietly, load_engine
-    from nucleiseg.infer import PredictOptions, predict_files
+    from nucleiseg.infer import PredictOptions, options_for, predict_files
 
     if engine_name == "keras":
         import_tensorflow_quietly()
@@ -130,9 +141,11 @@ def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
                 samples.append((done[0], round(rss_mb(), 1)))
 
         started = time.perf_counter()
+        options = PredictOptions() if diameter == "fixed" else options_for(record)
         results = predict_files(engine, record, [p.parent for p in paths[:1]] if
                                 images.startswith("many-") else paths, folder / "out",
-                                options=PredictOptions(), progress=progress)
+                                options=options, progress=progress,
+                                overlap=run == "overlapped")
         seconds = time.perf_counter() - started
     stages = dict(watch.seconds)
     # Tiled prediction = normalising tiles + the model + blending; blending is the rest.
@@ -140,8 +153,9 @@ def measure(engine_name: str, images: str, data_dir: Path | None) -> dict:
         stages.get("normalise", 0.0)
     if images.startswith("wsi-"):  # labels are written as blocks pass: write = the rest
         stages["write"] = seconds - sum(stages.get(k, 0.0) for k in STAGES if k != "write")
-    return {"engine": engine.name, "images": images, "files": len(results),
-            "megapixels": round(megapixels, 2), "seconds": round(seconds, 2),
+    return {"engine": engine.name, "run": run, "diameter": diameter, "images": images,
+            "files": len(results), "megapixels": round(megapixels, 2),
+            "seconds": round(seconds, 2),
             "megapixels_per_second": round(megapixels / seconds, 3),
             "load_seconds": round(load_seconds, 2),
             "nuclei": sum(r.nuclei for r in results),
@@ -172,8 +186,9 @@ def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
                                     runner=runner)
             seconds = time.perf_counter() - started
             workers = runner.client.run(peak_rss_mb)
-    return {"engine": f"{engine.name}, dask {where}", "images": images, "files": len(results),
-            "megapixels": round(megapixels, 2), "seconds": round(seconds, 2),
+    return {"engine": f"{engine.name}, dask {where}", "run": "dask", "diameter": "fixed",
+            "images": images, "files": len(results), "megapixels": round(megapixels, 2),
+            "seconds": round(seconds, 2),
             "megapixels_per_second": round(megapixels / seconds, 3),
             "load_seconds": round(start_seconds, 2),
             "nuclei": sum(r.nuclei for r in results),
@@ -246,12 +261,16 @@ def run(data_dir: Path | None, quick: bool = False) -> dict:
     have_data = data_dir is not None and Path(data_dir).is_dir()
     out = {"engines": [], "memory": [], "classical": None}
     sets = (["dsb-val"] if have_data else []) + ["synthetic-4096"]
+    cases = [("keras", "overlapped", "fixed"), ("onnx", "overlapped", "fixed"),
+             *[("onnx-int8", run, diameter) for diameter in DIAMETERS for run in RUNS[::-1]],
+             ("tflite", "overlapped", "fixed")]  # the fastest engine: one by one vs overlapped
     for images in sets:
-        for engine in ("keras", "onnx", "onnx-int8", "tflite"):
-            result, peak = run_child(["benchmarks.prediction", engine, images, str(data_dir)])
+        for engine, run, diameter in cases:
+            result, peak = run_child(["benchmarks.prediction", engine, images, str(data_dir),
+                                      run, diameter])
             out["engines"].append(result | {"peak_rss_mb": round(peak)})
-            print(f"  predict {images} {engine}: {result['megapixels_per_second']} MP/s, "
-                  f"peak {peak:.0f} MB", flush=True)
+            print(f"  predict {images} {engine} {run} {diameter}: "
+                  f"{result['megapixels_per_second']} MP/s, peak {peak:.0f} MB", flush=True)
         if images == "dsb-val" and dask_installed():  # the same folder on 2 Dask workers
             result, peak = run_child(["benchmarks.prediction", "dask-local:2", images,
                                       str(data_dir)])
@@ -278,5 +297,5 @@ if __name__ == "__main__":
     elif engine_name.startswith("dask-"):
         result = measure_dask(engine_name.removeprefix("dask-"), images, data_dir)
     else:
-        result = measure(engine_name, images, data_dir)
+        result = measure(engine_name, images, data_dir, *sys.argv[4:6])
     print(json.dumps(result))

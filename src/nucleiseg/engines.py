@@ -93,12 +93,17 @@ def as_engine(model_or_engine) -> Engine:
     return model_or_engine if isinstance(model_or_engine, Engine) else keras_engine(model_or_engine)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def cpu_threads() -> int:
     """Threads for ONNX Runtime and TFLite: NUCLEISEG_THREADS when set (a Dask worker sets its
     own thread count), else the cores this process may run on."""
     if os.environ.get("NUCLEISEG_THREADS", "").isdigit() and int(os.environ["NUCLEISEG_THREADS"]):
         return int(os.environ["NUCLEISEG_THREADS"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return usable_cores()
 
 
 def onnx_session(path: Path):
@@ -109,6 +114,9 @@ def onnx_session(path: Path):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle intra-op threads sleep instead of spinning, leaving the cores to the stages that
+    # overlap the model (infer.overlapped_outcomes) and to other processes.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

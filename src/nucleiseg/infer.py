@@ -3,9 +3,14 @@ resize, by how the model was trained), separate the nuclei, write the outputs.""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import math
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -330,7 +335,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                   options: PredictOptions | None = None,
                   instance_options: InstanceOptions | None = None, progress=print,
                   resume: bool = False, read_options: ReadOptions | None = None,
-                  exports=(), runner=None):
+                  exports=(), runner=None, overlap: bool | None = None):
     """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei;
     uint32 above 65,535 nuclei), <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at
     the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
@@ -352,7 +357,9 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     record) is used. `runner`: where the images are segmented (None: here, one after the
     other; a nucleiseg.distributed.DaskRunner: on a Dask cluster); the outputs are the same.
     While the run writes into `out_dir`, a second run into it is refused
-    (nucleiseg.io.OutputLock).
+    (nucleiseg.io.OutputLock). `overlap` (without a runner): segment the next image while the
+    model runs on one and the previous one's files are written (overlapped_outcomes; the same
+    outputs); None: when the process may use two cores or more and NUCLEISEG_OVERLAP is not 0.
     Returns a list of PredictionResult.
     """
     import contextlib
@@ -385,8 +392,13 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
         measurements = CsvStream(out_dir / "measurements.csv",
                                  ("image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS))
         summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
-        work = (runner.outcomes if runner is not None else local_outcomes)(
-            model, record, jobs, options, instance_options, read_options, earlier)
+        if runner is not None:
+            outcomes = runner.outcomes
+        elif overlap_wanted() if overlap is None else overlap:
+            outcomes = overlapped_outcomes
+        else:
+            outcomes = local_outcomes
+        work = outcomes(model, record, jobs, options, instance_options, read_options, earlier)
         results = []
         try:
             for index, (job, (result, rows)) in enumerate(zip(jobs, work), start=1):
@@ -400,6 +412,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
             measurements.discard()
             summary.discard()
             raise
+        work.close()  # zip stops before asking `work` for more: let it end its threads now
         measurements.commit()
         summary.commit()
         remove_partials(out_dir, jobs)
@@ -438,16 +451,112 @@ def local_outcomes(model, record, jobs, options, instance_options, read_options,
         yield run_job(model, record, job, options, instance_options, read_options, earlier)
 
 
+def overlap_wanted() -> bool:
+    """Overlap by default where two cores or more may run: NUCLEISEG_OVERLAP=0 turns it off."""
+    from nucleiseg.engines import usable_cores
+
+    return os.environ.get("NUCLEISEG_OVERLAP", "1") != "0" and usable_cores() > 1
+
+
+class Cancelled(Exception):
+    """An overlapped image abandoned (before any of its files is written): the run stopped."""
+
+
+class Turns:
+    """Order of writing for overlapped images: image k (from 0) writes its files once k images
+    have been reported, as in a run one image after the other; `stop` ends every wait."""
+
+    def __init__(self):
+        self.condition = threading.Condition()
+        self.reported = 0
+        self.stopped = False
+
+    def wait(self, index: int) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.reported >= index or self.stopped)
+        if self.stopped:
+            raise Cancelled
+
+    def advance(self) -> None:
+        with self.condition:
+            self.reported += 1
+            self.condition.notify_all()
+
+    def stop(self) -> None:
+        with self.condition:
+            self.stopped = True
+            self.condition.notify_all()
+
+
+def shared_engine(engine, turns: Turns):
+    """`engine` for images in several threads: one model call at a time (TFLite and Keras
+    models are not safe to call concurrently; ONNX Runtime already uses every core), and none
+    once the run has stopped."""
+    from nucleiseg.engines import Engine
+
+    lock = threading.Lock()
+
+    def predict_logits(tiles):
+        with lock:
+            if turns.stopped:
+                raise Cancelled
+            return engine.predict_logits(tiles)
+
+    return Engine(engine.name, predict_logits, engine.num_classes)
+
+
+IN_FLIGHT = 2  # images segmented at once: one in the model while the other is not
+
+
+def overlapped_outcomes(model, record, jobs, options, instance_options, read_options, earlier,
+                        in_flight: int = IN_FLIGHT):
+    """local_outcomes' results, with up to `in_flight` images at once in threads: one is read,
+    separated, measured or written while another is in the model (numpy, scipy, Pillow and
+    ONNX Runtime release the GIL in most of their work). Each image writes its files only once
+    the previous one is reported, so an interrupted or failed run leaves the files a run one
+    image after the other would have left. Huge images (block by block) run alone, here."""
+    from nucleiseg.blocks import is_large_input
+    from nucleiseg.engines import as_engine
+
+    turns = Turns()
+    engine = shared_engine(as_engine(model), turns)
+    pending = collections.deque()  # futures of the jobs after the last one given out
+    executor = ThreadPoolExecutor(in_flight, thread_name_prefix="nucleiseg-image")
+    try:
+        for index, job in enumerate(jobs):
+            if is_large_input(job.path):
+                while pending:
+                    yield pending.popleft().result()
+                    turns.advance()
+                yield run_job(model, record, job, options, instance_options, read_options,
+                              earlier)
+                turns.advance()
+                continue
+            pending.append(executor.submit(
+                run_job, engine, record, job, options, instance_options, read_options,
+                earlier, turn=functools.partial(turns.wait, index)))
+            if len(pending) == in_flight:
+                yield pending.popleft().result()
+                turns.advance()
+        while pending:
+            yield pending.popleft().result()
+            turns.advance()
+    finally:  # stopped early (an error, Ctrl-C) or done: no image is left running
+        turns.stop()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
 def run_job(model, record, job: Job, options, instance_options, read_options, earlier,
-            segmented=None):
+            segmented=None, turn=None):
     """(PredictionResult, rows) of one image: segmented and written, or (resumed) measured
     from its saved labels; an unusable file gives a result with its error and no rows.
-    `segmented`: how a huge image's blocks are segmented (nucleiseg.blocks.label_blocks)."""
+    `segmented`: how a huge image's blocks are segmented (nucleiseg.blocks.label_blocks);
+    `turn()`: returns when the image's files may be written (see segment_file)."""
     try:
         if job.done:
             return measure_saved(job.path, job.paths["labels"], earlier, read_options)
         return segment_file(model, record, job.path, job.paths, options, instance_options,
-                            read_options, segmented=segmented)
+                            read_options, segmented=segmented, turn=turn)
     except DataError as error:
         return PredictionResult(job.path, error=str(error)), []
 
@@ -482,11 +591,14 @@ def display_name(item) -> str:
 
 
 def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options,
-                 read_options: ReadOptions | None = None, segmented=None):
-    """Read, predict, separate, write the three images; (PredictionResult, measurement rows).
-    A stack is segmented plane by plane: its labels are written as a stack, its mask and
-    overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go block by block
-    (nucleiseg.blocks; `segmented`: how their blocks are segmented, default here)."""
+                 read_options: ReadOptions | None = None, segmented=None, turn=None):
+    """Read, predict, separate, measure, write the three images; (PredictionResult,
+    measurement rows). A stack is segmented plane by plane: its labels are written as a stack,
+    its mask and overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go
+    block by block (nucleiseg.blocks; `segmented`: how their blocks are segmented, default
+    here). The nuclei are measured in a thread while the files are written; `turn()`, when
+    given, is called before writing (the overlapped path writes one image's files after the
+    previous image is reported)."""
     from nucleiseg.blocks import is_large_input, segment_large_file
     from nucleiseg.viz import outline_overlay
 
@@ -521,15 +633,20 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
                             "--tile") from None
         if flat == middle:
             shown = intensity
-    count = int(labels.max())
-    write_labels(paths["labels"], labels.reshape(*shape, *labels.shape[1:])
-                 .astype(label_image_dtype(count)), axes, info.pixel_size_um)
-    mask = (labels[middle] > 0).view(np.uint8)
-    mask *= 255
-    write_png(paths["mask"], mask)
-    del mask
-    write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
-    rows = measure_planes(labels, planes, axes, shape, info.pixel_size_um)
+    with ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-measure") as helper:
+        measured = helper.submit(measure_planes, labels, planes, axes, shape,
+                                 info.pixel_size_um)  # while the files are written
+        if turn is not None:
+            turn()
+        count = int(labels.max())
+        write_labels(paths["labels"], labels.reshape(*shape, *labels.shape[1:])
+                     .astype(label_image_dtype(count)), axes, info.pixel_size_um)
+        mask = (labels[middle] > 0).view(np.uint8)
+        mask *= 255
+        write_png(paths["mask"], mask)
+        del mask
+        write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
+        rows = measured.result()
     if set(EXPORTS) & paths.keys():
         write_exports(paths, labels, rows, axes, shape)
     return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start,

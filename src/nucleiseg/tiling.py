@@ -9,6 +9,7 @@ with the image area.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -75,23 +76,44 @@ def predict_tiled(predict_batch, image: np.ndarray, num_classes: int, tile: int 
     out = np.empty((full_h, full_w, num_classes), dtype)
     acc = np.zeros((tile_h, full_w, num_classes), np.float32)
     acc_weight = np.zeros((tile_h, full_w, 1), np.float32)
+    batches = [(row, cols[start:start + batch_size]) for row in rows
+               for start in range(0, len(cols), batch_size)]
+    tiles = (np.stack([prepare(padded[row:row + tile_h, col:col + tile_w]) for col in chunk])
+             for row, chunk in batches)
     top = 0
-    for row in rows:
+    for (row, chunk), predicted in zip(batches, predicted_ahead(predict_batch, tiles)):
         shift = row - top
         if shift:  # rows [top, row) receive no more tiles: finish them, roll the window down
             out[top:row] = finish(acc[:shift] / acc_weight[:shift])
             acc[:-shift], acc[-shift:] = acc[shift:], 0.0
             acc_weight[:-shift], acc_weight[-shift:] = acc_weight[shift:], 0.0
             top = row
-        for start in range(0, len(cols), batch_size):
-            chunk = cols[start:start + batch_size]
-            tiles = np.stack([prepare(padded[row:row + tile_h, col:col + tile_w])
-                              for col in chunk])
-            for col, probabilities in zip(chunk, predict_batch(tiles)):
-                acc[:, col:col + tile_w] += probabilities * weight
-                acc_weight[:, col:col + tile_w] += weight
+        for col, probabilities in zip(chunk, predicted):
+            acc[:, col:col + tile_w] += probabilities * weight
+            acc_weight[:, col:col + tile_w] += weight
     out[top:] = finish(acc[:full_h - top] / acc_weight[:full_h - top])
     return out[:height, :width]
+
+
+def predicted_ahead(predict_batch, batches):
+    """predict_batch(batch) of each batch in turn, the model one batch ahead in a thread: while
+    it predicts a batch, the next one is prepared and the caller blends the one before (numpy
+    and the engines release the GIL). One batch alone is predicted here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = iter(batches)
+    first, second = next(batches, None), next(batches, None)
+    if second is None:
+        if first is not None:
+            yield predict_batch(first)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-model") as model_thread:
+        pending = model_thread.submit(predict_batch, first)
+        for batch in itertools.chain([second], batches):  # made while the model runs
+            predicted = pending.result()
+            pending = model_thread.submit(predict_batch, batch)
+            yield predicted
+        yield pending.result()
 
 
 # The eight symmetries of the square, as (forward, inverse) pairs on (N, H, W, C) batches.
