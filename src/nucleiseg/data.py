@@ -173,6 +173,12 @@ STAIN_LOG_GAIN = np.array([0.6, 0.4, 0.2])
 STAIN_SHIFT = np.array([0.02, 0.02, 0.0])
 
 
+def is_grey(image: np.ndarray) -> bool:
+    """A crop whose three channels are one (a grey image drawn as RGB)."""
+    return (np.array_equal(image[..., 0], image[..., 1])
+            and np.array_equal(image[..., 0], image[..., 2]))
+
+
 def random_stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random stain change of a normalised [0, 1] colour crop in haematoxylin/eosin/DAB space
     (Tellez et al. 2018): each stain amount scaled by a log-uniform factor (haematoxylin
@@ -181,8 +187,7 @@ def random_stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     stain gives back exactly the input, also where rgb2hed clips."""
     from skimage.color import hed2rgb, rgb2hed
 
-    if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0],
-                                                                       image[..., 2]):
+    if is_grey(image):
         return image
     gain = np.exp(rng.uniform(-STAIN_LOG_GAIN, STAIN_LOG_GAIN))
     shift = rng.uniform(-STAIN_SHIFT, STAIN_SHIFT)
@@ -206,8 +211,7 @@ def render_as_he(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size and density, which this shows to the model as tissue."""
     from scipy import ndimage
 
-    if not (np.array_equal(image[..., 0], image[..., 1])
-            and np.array_equal(image[..., 0], image[..., 2])):
+    if not is_grey(image):
         return image
 
     def colour(od):
