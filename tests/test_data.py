@@ -14,6 +14,7 @@ from nucleiseg.data import (
     random_intensity,
     random_stain,
     render_as_he,
+    name_clusters,
     split_names,
 )
 
@@ -33,6 +34,21 @@ def test_split_keeps_every_kind_on_both_sides():
     train, val = split_names(names, 0.15, seed=1, groups=kinds)
     for kind in ("fluorescence", "brightfield", "histology"):
         assert any(kinds[n] == kind for n in train) and any(kinds[n] == kind for n in val)
+
+
+def test_split_holds_out_whole_patients():
+    names = [f"{patient:02d}_{tile}" for patient in range(1, 12) for tile in range(1, 5)]
+    clusters = name_clusters(names, "^[^_]+")
+    assert clusters["04_3"] == "04"
+    train, val = split_names(names, 0.2, seed=7, clusters=clusters)
+    assert {n[:2] for n in train}.isdisjoint({n[:2] for n in val})
+    assert len({n[:2] for n in val}) == 2 and sorted(train + val) == sorted(names)
+
+
+def test_split_with_singleton_clusters_is_the_plain_split():
+    names = [f"{i:040x}" for i in range(60)]  # DSB-like ids: the pattern matches whole names
+    plain = split_names(names, 0.15, seed=123)
+    assert split_names(names, 0.15, seed=123, clusters=name_clusters(names, "^[^_]+")) == plain
 
 
 def test_prepare_arrays_resizes_masks_nearest():

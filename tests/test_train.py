@@ -55,3 +55,36 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
         train(TrainConfig(image_size=64, epochs=1, **TINY_MODEL), data, run, log=lambda *_: None)
     assert (run / "model.keras").read_text() == "precious"
 
+
+
+def test_several_folders_split_on_their_own_with_whole_patients_held_out(tmp_path):
+    from conftest import make_disks, write_paired
+
+    from nucleiseg.train import load_sources, sampling_strata, split_sources
+
+    fluorescence = write_paired(tmp_path / "a", [(f"img{i}", *make_disks(seed=i))
+                                                 for i in range(10)])
+    tissue = write_paired(tmp_path / "b", [(f"{p:02d}_{t}", *make_disks(seed=10 * p + t))
+                                           for p in range(1, 6) for t in range(3)])
+    by_name, sources, _ = load_sources([fluorescence, tissue], False, print)
+    kinds = {name: "fluorescence" for name in by_name}
+    train, val = split_sources(sorted(by_name), sources, kinds, 0.3, 123, "^[^_]+")
+    alone = split_sources([f"img{i}" for i in range(10)], {f"img{i}": 0 for i in range(10)},
+                          kinds, 0.3, 123)
+    assert [n for n in val if sources[n] == 0] == alone[1]  # the first folder's split unmoved
+    held_out = {n[:2] for n in val if sources[n] == 1}
+    assert held_out and held_out.isdisjoint({n[:2] for n in train if sources[n] == 1})
+    strata = sampling_strata(kinds, sources)
+    assert strata["img0"] != strata["01_1"]
+
+
+def test_the_same_image_name_in_two_folders_is_refused(tmp_path):
+    from conftest import make_disks, write_paired
+
+    from nucleiseg.errors import DataError
+    from nucleiseg.train import load_sources
+
+    first = write_paired(tmp_path / "a", [(f"img{i}", *make_disks(seed=i)) for i in range(3)])
+    second = write_paired(tmp_path / "b", [(f"img{i}", *make_disks(seed=i)) for i in range(3)])
+    with pytest.raises(DataError, match="also in"):
+        load_sources([first, second], False, print)

@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_options(eda)
 
     train = commands.add_parser("train", help="train a model; writes a run directory")
-    train.add_argument("--data", type=Path, help="labelled data folder (default: bundled sample)")
+    train.add_argument("--data", type=Path, action="append", metavar="FOLDER",
+                       help="labelled data folder (default: bundled sample); repeat to train "
+                       "on several, each split on its own and sampled in balance")
+    train.add_argument("--group-pattern", metavar="REGEX",
+                       help="images whose names share this pattern's match stay on one side of "
+                       "the split, e.g. '^[^_]+' holds out whole patients named '<patient>_<n>'")
     train.add_argument("--out", type=Path, help="new run directory (default: runs/<time>)")
     train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     train.add_argument("--image-size", type=int, default=DEFAULTS.image_size,
@@ -365,7 +370,8 @@ def run_train(args) -> int:
 
     command = shlex.join(["nucleiseg", *args.argv])
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
-                            command=command, init_model=args.init_model, channel=args.channel)
+                            command=command, init_model=args.init_model, channel=args.channel,
+                            group_pattern=args.group_pattern)
     return report_training(run_dir, record)
 
 

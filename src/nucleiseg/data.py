@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 import keras
@@ -11,29 +12,42 @@ import numpy as np
 from nucleiseg.preprocess import normalize_image, resize_image, resize_labels
 
 
-def split_names(names, val_fraction: float = 0.3, seed: int = 123, groups=None):
+def split_names(names, val_fraction: float = 0.3, seed: int = 123, groups=None, clusters=None):
     """Deterministic train/validation split of sample names.
 
     With `groups` (e.g. image kind per name) each group is split on its own, so a rare kind is
-    represented on both sides whenever it has at least two samples. The result depends only on
+    represented on both sides whenever it has at least two samples. With `clusters` (e.g. the
+    patient per name) names of one cluster always land on the same side, so validation is on
+    whole held-out patients; a name without a cluster is its own. The result depends only on
     the set of names, the fraction and the seed, never on listing order.
     """
     names = sorted(names)
-    groups = groups or {}
-    by_group = defaultdict(list)
+    groups, clusters = groups or {}, clusters or {}
+    by_group = defaultdict(lambda: defaultdict(list))
     for name in names:
-        by_group[groups.get(name, "")].append(name)
+        by_group[groups.get(name, "")][clusters.get(name, name)].append(name)
     rng = np.random.default_rng(seed)
     train, val = [], []
     for group in sorted(by_group):
-        members = by_group[group]
-        order = rng.permutation(len(members))
-        n_val = int(round(val_fraction * len(members)))
-        if len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        val += [members[i] for i in order[:n_val]]
-        train += [members[i] for i in order[n_val:]]
+        units = [by_group[group][key] for key in sorted(by_group[group])]
+        order = rng.permutation(len(units))
+        n_val = int(round(val_fraction * len(units)))
+        if len(units) >= 2:
+            n_val = min(max(n_val, 1), len(units) - 1)
+        val += [name for i in order[:n_val] for name in units[i]]
+        train += [name for i in order[n_val:] for name in units[i]]
     return sorted(train), sorted(val)
+
+
+def name_clusters(names, pattern: str | None) -> dict:
+    """{name: cluster} from the first match of the regular expression `pattern` in each name
+    (e.g. '^[^_]+' for a patient prefix such as '04' in '04_3'); names it does not match are
+    their own cluster. None: every name is its own."""
+    if not pattern:
+        return {}
+    regex = re.compile(pattern)
+    found = {name: regex.search(name) for name in names}
+    return {name: match.group(0) for name, match in found.items() if match and match.group(0)}
 
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2

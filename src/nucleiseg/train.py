@@ -36,6 +36,7 @@ from nucleiseg.data import (
     make_train_dataset,
     make_val_dataset,
     prepare_arrays,
+    name_clusters,
     split_names,
 )
 from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
@@ -176,6 +177,44 @@ def load_training_data(data_dir: Path, skip_bad: bool, log, channel=None):
     return loaded, skipped
 
 
+def load_sources(data_dirs: list[Path], skip_bad: bool, log, channel=None):
+    """Samples of one or more labelled folders: ({name: (image, labels)}, {name: index of its
+    folder}, skipped). A name found in two folders is an error (splits and records go by name)."""
+    by_name, sources, skipped = {}, {}, []
+    for index, data_dir in enumerate(data_dirs):
+        loaded, bad = load_training_data(data_dir, skip_bad, log, channel)
+        skipped += bad
+        for sample, image, labels in loaded:
+            if sample.name in by_name:
+                raise DataError(f"{data_dir}: image '{sample.name}' is also in "
+                                f"{data_dirs[sources[sample.name]]}; rename one of them")
+            by_name[sample.name] = (image, labels)
+            sources[sample.name] = index
+    return by_name, sources, skipped
+
+
+def split_sources(names, sources: dict, kinds: dict, val_fraction: float, seed: int,
+                  group_pattern: str | None = None) -> tuple[list, list]:
+    """Each folder split on its own (stratified by kind, whole `group_pattern` clusters on
+    one side), so adding a folder never moves another folder's images across the split."""
+    clusters = name_clusters(names, group_pattern)
+    train_names, val_names = [], []
+    for index in sorted(set(sources.values())):
+        own = [name for name in names if sources[name] == index]
+        train_part, val_part = split_names(own, val_fraction, seed, kinds, clusters)
+        train_names += train_part
+        val_names += val_part
+    return sorted(train_names), sorted(val_names)
+
+
+def sampling_strata(kinds: dict, sources: dict | None) -> dict:
+    """What crop sampling balances: the image kind, and with several folders the folder too
+    (so a small added set, e.g. H&E of another lab, is not drowned by a large one)."""
+    if not sources or len(set(sources.values())) < 2:
+        return kinds
+    return {name: f"{kind}@{sources[name]}" for name, kind in kinds.items()}
+
+
 def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, val_names,
                   seed: int | None = None):
     """Training dataset (endless), steps per epoch, and validation arrays (x, y).
@@ -279,41 +318,53 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {key: [float(row[i]) for row in rows] for i, key in enumerate(header) if key != "epoch"}
 
 
-def train(config: TrainConfig, data_dir: Path | None = None, run_dir: Path | None = None,
-          skip_bad: bool = False, verbose="auto", log=print, command: str | None = None,
-          init_model: Path | None = None, channel: int | str | None = None
+def train(config: TrainConfig, data_dir: Path | list[Path] | None = None,
+          run_dir: Path | None = None, skip_bad: bool = False, verbose="auto", log=print,
+          command: str | None = None, init_model: Path | None = None,
+          channel: int | str | None = None, group_pattern: str | None = None
           ) -> tuple[Path, dict]:
     """Train a U-Net as configured; returns (run directory, the model's record).
 
-    `command` (the command line that asked for this run) is kept in the record; `init_model`
-    (a saved model of the same architecture) gives the starting weights, for fine-tuning;
-    `channel` (index or OME name) picks the nuclear channel of multi-channel images.
+    `data_dir` is one labelled folder or a list of them (each split on its own);
+    `group_pattern` (a regular expression, e.g. '^[^_]+' for a patient prefix) keeps the images
+    whose names share its match on one side of the split. `command` (the command line that
+    asked for this run) is kept in the record; `init_model` (a saved model of the same
+    architecture) gives the starting weights, for fine-tuning; `channel` (index or OME name)
+    picks the nuclear channel of multi-channel images.
     """
     check_image_size(config.image_size)
     strategy = distribution_strategy(config.devices)  # before anything else uses TensorFlow
-    data_dir = Path(data_dir) if data_dir is not None else bundled_sample("train")
+    if data_dir is None:
+        data_dirs = [bundled_sample("train")]
+    elif isinstance(data_dir, (list, tuple)):
+        data_dirs = [Path(d) for d in data_dir]
+    else:
+        data_dirs = [Path(data_dir)]
     initial, origin = (initial_weights(init_model, config) if init_model is not None
                        else (None, None))
-    loaded, skipped = load_training_data(data_dir, skip_bad, log, channel)
+    by_name, sources, skipped = load_sources(data_dirs, skip_bad, log, channel)
     run_dir = new_run_dir(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
+    data = str(data_dirs[0]) if len(data_dirs) == 1 else [str(d) for d in data_dirs]
     write_json(run_dir / "run.json", {
-        "data": str(data_dir), "skip_bad": skip_bad, "channel": channel, "command": command,
-        "init_model": origin,
+        "data": data, "skip_bad": skip_bad, "channel": channel, "command": command,
+        "init_model": origin, "group_pattern": group_pattern,
         "nucleiseg_version": nucleiseg.__version__,
         "created": dt.datetime.now().isoformat(timespec="seconds")})
 
-    by_name = {sample.name: (image, labels) for sample, image, labels in loaded}
     kinds = {name: image_kind(image) for name, (image, _) in by_name.items()}
-    train_names, val_names = split_names(by_name, config.val_fraction, config.seed, kinds)
+    train_names, val_names = split_sources(sorted(by_name), sources, kinds, config.val_fraction,
+                                           config.seed, group_pattern)
     split = {"seed": config.seed, "val_fraction": config.val_fraction, "stratified_by": "kind",
-             "train": train_names, "val": val_names, "kinds": kinds,
+             "grouped_by": group_pattern, "train": train_names, "val": val_names,
+             "kinds": kinds, "sources": sources if len(data_dirs) > 1 else None,
              "skipped": [f"{name}: {why}" for name, why in skipped]}
     write_json(run_dir / "split.json", split)
-    log(f"{len(train_names)} training and {len(val_names)} validation images from {data_dir}")
+    where = ", ".join(str(d) for d in data_dirs)
+    log(f"{len(train_names)} training and {len(val_names)} validation images from {where}")
     (run_dir / "checkpoints").mkdir()
     return fit_run(run_dir, config, by_name, kinds, train_names, val_names, verbose, log,
-                   initial_weights=initial, strategy=strategy)
+                   initial_weights=initial, strategy=strategy, sources=split["sources"])
 
 
 def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
@@ -341,17 +392,17 @@ def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
     except UsageError as exc:
         raise UsageError(f"{run_dir}: this run trains on {config.devices} devices and resumes "
                          f"on as many; {exc}") from None
-    data_dir = Path(run["data"])
-    loaded, _ = load_training_data(data_dir, run.get("skip_bad", False), log,
-                                   run.get("channel"))
-    by_name = {sample.name: (image, labels) for sample, image, labels in loaded}
+    data_dirs = [Path(d) for d in
+                 (run["data"] if isinstance(run["data"], list) else [run["data"]])]
+    by_name, _, _ = load_sources(data_dirs, run.get("skip_bad", False), log, run.get("channel"))
     missing = sorted(set(split["train"] + split["val"]) - set(by_name))
     if missing:
-        raise DataError(f"{data_dir}: {len(missing)} images of the run's split are gone "
+        where = ", ".join(str(d) for d in data_dirs)
+        raise DataError(f"{where}: {len(missing)} images of the run's split are gone "
                         f"(first: {missing[0]}); cannot resume on other data")
     log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
     return fit_run(run_dir, config, by_name, split["kinds"], split["train"], split["val"],
-                   verbose, log, state=state, strategy=strategy)
+                   verbose, log, state=state, strategy=strategy, sources=split.get("sources"))
 
 
 def initial_weights(path: Path, config: TrainConfig) -> tuple[list, dict]:
@@ -433,15 +484,17 @@ def single_device_copy(model: keras.Model, config: TrainConfig,
 
 def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, train_names,
             val_names, verbose, log, state: dict | None = None,
-            initial_weights: list | None = None, strategy=None) -> tuple[Path, dict]:
+            initial_weights: list | None = None, strategy=None,
+            sources: dict | None = None) -> tuple[Path, dict]:
     """Fit (from scratch, from `initial_weights`, or from a resume `state`), then evaluate and
     save the model with its record. With a `strategy` (distribution_strategy(config.devices)),
     the model trains on its devices; the saved model is a plain single-device one."""
     epochs_done = state["epochs_done"] if state else 0
     # A resumed run draws new crops and augmentations rather than replaying epoch 1's.
     seed_everything(config.seed + epochs_done, config.deterministic)
-    train_ds, steps, (x_val, y_val) = make_datasets(config, by_name, kinds, train_names,
-                                                    val_names, seed=config.seed + epochs_done)
+    train_ds, steps, (x_val, y_val) = make_datasets(
+        config, by_name, sampling_strata(kinds, sources), train_names, val_names,
+        seed=config.seed + epochs_done)
     split = (f", split among {config.devices} devices ({config.batch_size // config.devices} "
              "each)" if strategy is not None else "")
     log(f"{steps} steps of {config.batch_size} per epoch{split}")
