@@ -11,7 +11,10 @@ from nucleiseg.scale import (
     SCALE_TOLERANCE,
     ImageCheck,
     confidence_figures,
+    UNSURE_UPSCALE_LIMIT,
     equivalent_diameters,
+    guarded_scale,
+    is_unsure,
     scale_for,
     scaled_sizes,
     training_nucleus_size,
@@ -177,3 +180,37 @@ def test_many_small_fragments_do_not_outvote_the_nuclei():
             fragments += 1
     assert typical_diameter(labels)[0] < 4
     assert typical_diameter(labels, weighting="area")[0] == pytest.approx(16, rel=0.06)
+
+
+def test_an_unsure_first_pass_never_scales_up_past_the_guard():
+    """Fragments of 5 px found with a mean P(nucleus) of 0.6: a sure pass would blow the image
+    up 4x to bring them to 24 px; the guard keeps it at UNSURE_UPSCALE_LIMIT and says so."""
+    _, fragments = disks(2, count=30)  # about 5 px across
+    assert is_unsure(0.6, 0.2) and is_unsure(0.9, 0.7) and not is_unsure(0.9, 0.2)
+    assert not is_unsure(None, None)
+    sure = guarded_scale(fragments, 24.0, unsure=False)
+    assert sure[0] == SCALE_LIMITS[1] and sure[2] == ""
+    scale, diameter, note = guarded_scale(fragments, 24.0, unsure=True)
+    assert scale == UNSURE_UPSCALE_LIMIT and diameter == pytest.approx(5, abs=1)
+    assert "first pass unsure" in note and "--diameter" in note
+    # downscaling (large nuclei) is not limited, and a sure small scale-up is left alone
+    _, large = disks(24, count=4)
+    assert guarded_scale(large, 24.0, unsure=True) == (
+        scale_for(typical_diameter(large, "area")[0], 24.0),
+        typical_diameter(large, "area")[0], "")
+
+
+def test_segmenting_with_an_unsure_model_keeps_a_sane_scale():
+    """End to end: a 'model' that calls the small disks nucleus with P 0.6 only."""
+    image, _ = disks(3, count=20)
+
+    def predict_logits(tiles):
+        bright = tiles.mean(axis=-1) > 0.5
+        nucleus = np.where(bright, np.log(0.6 / 0.4), -10).astype(np.float32)
+        return np.stack([np.zeros_like(nucleus), nucleus], axis=-1)
+
+    options = PredictOptions(tile=128, overlap=32, diameter="auto", training_diameter=24.0)
+    labels, _, check = segment_checked(Engine("unsure", predict_logits, 2), image, CONFIG,
+                                       options, POST)
+    assert check.scale == UNSURE_UPSCALE_LIMIT and labels.shape == image.shape[:2]
+    assert "first pass unsure" in check.warning and "unsure" in check.warning

@@ -241,7 +241,8 @@ def segment_checked(model, image: np.ndarray, config: dict,
         SCALE_TOLERANCE,
         ImageCheck,
         confidence_figures,
-        scale_for,
+        guarded_scale,
+        is_unsure,
         scaled_sizes,
         typical_diameter,
         warning_for,
@@ -271,21 +272,28 @@ def segment_checked(model, image: np.ndarray, config: dict,
     scale = min(scale, upscale_limit)
     probabilities, labels = run(scale)
     diameter, count = typical_diameter(labels)
+    confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
+    guard_note = ""
     if options.diameter == "auto":
+        # an unsure first pass (unknown stain, fragments) is weak evidence of the size
+        unsure = is_unsure(confidence, uncertain)
         for _ in range(2):
+            probe = labels
             if diameter is None:  # maybe nuclei under min_size at this scale: look again
                 probe = labels_from_probabilities(probabilities, dataclasses.replace(
                     instance_options, min_size=1, min_confidence=0.0, split_levels=()))
-                diameter, _ = typical_diameter(probe)
-            wanted = min(scale_for(diameter, training), upscale_limit)
+            wanted, _, note = guarded_scale(probe, training, unsure, upscale_limit)
             if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):
                 break
+            guard_note = note or guard_note
             scale = wanted
             probabilities, labels = run(scale)
             diameter, count = typical_diameter(labels)
-    confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
+            confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
+            unsure = unsure or is_unsure(confidence, uncertain)
     check = ImageCheck(diameter, scale, confidence, uncertain)
-    warning = warning_for(check, training, int(labels.max()))
+    warning = "; ".join(filter(None, [warning_for(check, training, int(labels.max())),
+                                      guard_note]))
     if scale >= upscale_limit > 1.0 and training and diameter and training / diameter > scale:
         warning = "; ".join(filter(None, [warning, "upscaling limited to keep memory bounded"]))
     return labels, probabilities, dataclasses.replace(check, warning=warning)

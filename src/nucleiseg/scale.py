@@ -21,6 +21,10 @@ MIN_NUCLEI_FOR_ESTIMATE = 3
 # below 0.35; MoNuSeg H&E tiles and dim, noisy images fall outside.
 LOW_CONFIDENCE = 0.8  # mean P(nucleus) over the pixels called nucleus (P > 0.5)
 HIGH_UNCERTAINTY = 0.5  # share of the likely-nucleus pixels (P >= 0.25) below P 0.75
+# When the first pass is unsure of what it found (often fragments of nuclei it does not know,
+# e.g. pale H&E), its diameter estimate is weak evidence: upscaling is limited to this, and
+# the diameter is taken area-weighted, so that many small fragments do not outvote the rest.
+UNSURE_UPSCALE_LIMIT = 2 ** 0.5
 
 
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
@@ -81,6 +85,28 @@ def scale_for(diameter: float | None, training_diameter: float) -> float:
         return 1.0
     steps = round(math.log2(factor) * SCALE_STEPS_PER_OCTAVE)
     return float(np.clip(2.0 ** (steps / SCALE_STEPS_PER_OCTAVE), *SCALE_LIMITS))
+
+
+def is_unsure(confidence: float | None, uncertain: float | None) -> bool:
+    """Whether a pass's own probabilities say it is unsure of what it calls nucleus."""
+    return ((confidence is not None and confidence < LOW_CONFIDENCE)
+            or (uncertain is not None and uncertain > HIGH_UNCERTAINTY))
+
+
+def guarded_scale(labels: np.ndarray, training_diameter: float, unsure: bool,
+                  upscale_limit: float = SCALE_LIMITS[1]) -> tuple[float, float | None, str]:
+    """(scale, diameter it rests on, note) from a first pass's labels. A sure pass: the
+    count-median diameter, any scale within SCALE_LIMITS. An unsure one: the area-weighted
+    diameter, and never more than UNSURE_UPSCALE_LIMIT up; the note says so when that
+    limit bites, else it is ''."""
+    diameter, _ = typical_diameter(labels, "area" if unsure else "count")
+    wanted = min(scale_for(diameter, training_diameter), upscale_limit)
+    if unsure and wanted > UNSURE_UPSCALE_LIMIT:
+        return (UNSURE_UPSCALE_LIMIT, diameter,
+                f"first pass unsure: upscaling limited to {UNSURE_UPSCALE_LIMIT:.2f}x (it "
+                f"suggested {wanted:.2f}x from nuclei of about {diameter:.0f} px; pass "
+                "--diameter if you know their size)")
+    return wanted, diameter, ""
 
 
 def scaled_sizes(sizes: dict, scale: float) -> dict:
