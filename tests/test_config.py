@@ -32,3 +32,20 @@ def test_bad_values_name_the_choices(changes, message):
 def test_unknown_keys_are_refused():
     with pytest.raises(UsageError, match="unknown configuration keys: colour"):
         TrainConfig.from_dict({"colour": "red"})
+
+
+def test_a_fine_tune_takes_the_recipe_of_its_model_unless_told_otherwise():
+    from nucleiseg.config import inherit_recipe
+
+    recorded = TrainConfig(image_size=256, sampling="crops", target="boundary",
+                           decoder_filters=(256, 128, 64, 32), zoom_augment=3.0,
+                           stain_augment=True, learning_rate=0.01, epochs=100).to_dict()
+    mine = TrainConfig(image_size=128, epochs=5, learning_rate=1e-4)
+    taken = inherit_recipe(mine, recorded, given={"--image-size", "--epochs"})
+    assert taken.image_size == 128  # given on the command line: kept
+    assert (taken.sampling, taken.target, taken.decoder_filters) == (
+        "crops", "boundary", (256, 128, 64, 32))
+    assert taken.zoom_augment == 3.0 and taken.stain_augment
+    assert taken.epochs == 5 and taken.learning_rate == 1e-4  # never taken from the model
+    with pytest.raises(UsageError, match="minutes"):
+        TrainConfig(minutes=0)

@@ -88,3 +88,26 @@ def test_the_same_image_name_in_two_folders_is_refused(tmp_path):
     second = write_paired(tmp_path / "b", [(f"img{i}", *make_disks(seed=i)) for i in range(3)])
     with pytest.raises(DataError, match="also in"):
         load_sources([first, second], False, print)
+
+
+def test_time_budget_stops_and_a_fine_tune_takes_its_models_recipe(tmp_path):
+    """--minutes ends a 50-epoch run after its first epoch; --init-model with no architecture
+    options fine-tunes that model (its recipe from its record) and records where it started."""
+    from nucleiseg.cli import main
+    from nucleiseg.saving import read_record
+
+    data = write_paired(tmp_path / "data", disk_samples(8, shape=(64, 64)))
+    first = tmp_path / "first"
+    assert main(["train", "--data", str(data), "--out", str(first), "--image-size", "64",
+                 "--epochs", "50", "--batch-size", "4", "--encoder-alpha", "0.35",
+                 "--decoder-filters", "32,16,16,8", "--minutes", "0.001"]) == 0
+    record = read_record(first / "model.keras")
+    assert record["metrics"]["epochs_run"] == 1
+    assert "time budget of 0.001 minutes" in record["metrics"]["stopped"]
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--data", str(data), "--out", str(tuned), "--epochs", "1",
+                 "--batch-size", "4", "--init-model", str(first / "model.keras")]) == 0
+    record = read_record(tuned / "model.keras")
+    assert record["config"]["decoder_filters"] == [32, 16, 16, 8]
+    assert record["config"]["image_size"] == 64
+    assert record["init_model"]["path"] == str(first / "model.keras")

@@ -157,8 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training steps before early stopping may stop (default %(default)s)")
     train.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
     train.add_argument("--init-model", type=Path, metavar="MODEL",
-                       help="start from this model's weights (fine-tuning; same --target, "
-                       "--decoder-filters and --encoder-alpha)")
+                       help="start from this model's weights: fine-tuning. 'bundled' is the "
+                       "pretrained model; its architecture and augmentations are taken from "
+                       "the model's record unless given here")
+    train.add_argument("--minutes", type=float, metavar="M",
+                       help="time budget: stop after the last epoch that ends within M minutes "
+                       "of training (a resumed run counts its earlier sessions); the best epoch "
+                       "is kept")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue an interrupted run from its last completed epoch, with "
                        "its own configuration, data and split (no other options)")
@@ -365,12 +370,22 @@ def run_train(args) -> int:
         blur_noise_augment=args.blur_noise_augment, he_render_augment=args.he_render_augment,
         early_stopping_monitor=args.monitor,
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
+        minutes=args.minutes,
     )
     from nucleiseg.train import train
 
+    init_model = args.init_model
+    if init_model is not None:
+        from nucleiseg.config import inherit_recipe
+        from nucleiseg.saving import bundled_model_path, read_record
+
+        if str(init_model) == "bundled" and not init_model.exists():
+            init_model = bundled_model_path()
+        given = {a.split("=")[0] for a in args.argv if a.startswith("--")}
+        config = inherit_recipe(config, read_record(init_model).get("config", {}), given)
     command = shlex.join(["nucleiseg", *args.argv])
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
-                            command=command, init_model=args.init_model, channel=args.channel,
+                            command=command, init_model=init_model, channel=args.channel,
                             group_pattern=args.group_pattern)
     return report_training(run_dir, record)
 
@@ -393,6 +408,8 @@ def report_training(run_dir, record) -> int:
     print(f"validation (native resolution): pixel accuracy {native['pixel_accuracy']:.4f}, "
           f"foreground IoU {native['foreground_iou']:.4f}, Dice {native['dice']:.4f}, "
           f"AP@0.5 {native['ap_50']:.4f}, DSB score {native['dsb_score']:.4f}")
+    if record["metrics"].get("stopped"):
+        print(f"stopped: {record['metrics']['stopped']}")
     print(f"model: {run_dir / 'model.keras'}")
     return 0
 

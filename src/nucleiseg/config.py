@@ -67,6 +67,7 @@ class TrainConfig:
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5
     early_stopping_warmup_steps: int = 200  # no early stop before this many training steps
+    minutes: float | None = None  # time budget: no epoch starts that would end past it
 
     def __post_init__(self):
         check_choice("encoder_weights", self.encoder_weights, ENCODER_WEIGHTS)
@@ -93,6 +94,8 @@ class TrainConfig:
                                          or self.contact_weight != 1.0):
             raise UsageError("zoom, intensity, stain, H&E, blur and noise augmentation and contact "
                              "weights work on random crops: add --sampling crops")
+        if self.minutes is not None and not self.minutes > 0:
+            raise UsageError(f"minutes must be positive; got {self.minutes}")
         for name in ("epochs", "batch_size", "devices", "early_stopping_patience"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
@@ -120,6 +123,26 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**data)
+
+
+# What a fine-tune takes from the model it starts from, unless its own command line says
+# otherwise: the architecture (else the weights do not fit) and how its inputs were made.
+RECIPE_FIELDS = ("image_size", "sampling", "target", "boundary_weight", "contact_weight",
+                 "encoder_alpha", "decoder_filters", "dropout", "bn_momentum", "augment",
+                 "zoom_augment", "intensity_augment", "stain_augment", "blur_noise_augment")
+
+
+def option_name(field: str) -> str:
+    """The train command's option for a TrainConfig field."""
+    return "--no-augment" if field == "augment" else "--" + field.replace("_", "-")
+
+
+def inherit_recipe(config: TrainConfig, recorded: dict, given: set[str]) -> TrainConfig:
+    """`config` with the RECIPE_FIELDS of a starting model's recorded configuration, except
+    those whose option is in `given` (the options the user wrote)."""
+    taken = {field: recorded[field] for field in RECIPE_FIELDS
+             if field in recorded and option_name(field) not in given}
+    return dataclasses.replace(config, **taken)
 
 
 def write_json(path: Path, data) -> None:

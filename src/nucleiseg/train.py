@@ -302,6 +302,24 @@ class EpochBackup(keras.callbacks.Callback):
             "seconds": round(self.seconds(), 1)})
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stop when the next epoch would end past `minutes` of training, counted by the run's
+    EpochBackup (earlier sessions of a resumed run included); ends after at least one epoch."""
+
+    def __init__(self, minutes: float, backup: EpochBackup, epochs_before: int = 0):
+        super().__init__()
+        self.seconds, self.backup = minutes * 60, backup
+        self.epochs_before, self.stopped_at = epochs_before, None
+        self.started = backup.seconds()
+
+    def on_epoch_end(self, epoch, logs=None):
+        spent = self.backup.seconds()
+        per_epoch = (spent - self.started) / (epoch + 1 - self.epochs_before)
+        if spent + per_epoch > self.seconds:
+            self.model.stop_training = True
+            self.stopped_at = epoch + 1
+
+
 def truncate_history(path: Path, epochs_done: int) -> None:
     """Keep the header and the first `epochs_done` rows of history.csv (a killed run may have
     logged an epoch whose backup it never wrote)."""
@@ -534,6 +552,10 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
         *([DisplayCallback(x_val[shown], y_val[shown], run_dir / "epochs")] if drawing else []),
         backup,
     ]
+    budget = (TimeBudget(config.minutes, backup, epochs_done) if config.minutes is not None
+              else None)
+    if budget is not None:
+        callbacks.append(budget)
     try:
         model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs,
                   initial_epoch=epochs_done, validation_data=val_ds, callbacks=callbacks,
@@ -573,6 +595,9 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
     }
     if backup.nan_epoch is not None:
         metrics["stopped"] = f"loss became NaN in epoch {backup.nan_epoch}"
+    elif budget is not None and budget.stopped_at is not None:
+        metrics["stopped"] = (f"time budget of {config.minutes:g} minutes reached after epoch "
+                              f"{budget.stopped_at}")
     write_json(run_dir / "metrics.json", metrics)
     if drawing:
         plot_curves(history, run_dir / "curves.png")
