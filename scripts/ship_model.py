@@ -62,10 +62,14 @@ def main() -> None:
     # Its ONNX exports beside it: what `nucleiseg predict` runs when onnxruntime is installed.
     export_model(path, "onnx", path.with_suffix(".onnx"), overwrite=True)
     with tempfile.TemporaryDirectory() as calibration:  # int8 ranges from training images only
-        samples, _ = find_samples(Path(record["data"]), skip_bad=True)
-        chosen = [s for s in samples if s.name in set(record["split"]["train"])]
-        random.Random(0).shuffle(chosen)
-        for sample in chosen[:64]:
+        chosen = []
+        folders = data_folders(record)
+        for folder in folders:  # each folder in an equal share: H&E ranges count too
+            samples, _ = find_samples(folder, skip_bad=True)
+            own = [s for s in samples if s.name in set(record["split"]["train"])]
+            random.Random(0).shuffle(own)
+            chosen += own[:64 // len(folders)]
+        for sample in chosen:
             os.symlink(sample.image_path.resolve(),
                        Path(calibration) / f"{sample.name}{sample.image_path.suffix}")
         export_model(path, "onnx-int8", path.with_name(path.stem + ".int8.onnx"),
@@ -80,15 +84,19 @@ def main() -> None:
         f"`{path.name}` ({path.stat().st_size / 2**20:.1f} MB): made by nucleiseg "
         f"{record['nucleiseg_version']} on {record['created']}.", "",
         *recipe_lines(record),
-        f"Data: `{record['data']}` (DSB 2018 stage 1 training images, CC0).",
-        f"Split (seed {split['seed']}, stratified by image kind): "
+        "Data:", "", *[f"- `{folder}`: {DATA_CREDITS.get(folder.name, '')}"
+                       for folder in data_folders(record)], "",
+        f"Split (seed {split['seed']}, each folder on its own, stratified by image kind"
+        f"{', whole groups of ' + repr(split['grouped_by']) if split.get('grouped_by') else ''}"
+        f"): "
         f"{len(split['train'])} training images ({count(split['train'])}), "
         f"{len(split['val'])} validation images ({count(split['val'])}), never trained on.", "",
         "Configuration:", "", "```json", json.dumps(record["config"], indent=2), "```", "",
         "Training:", "", "```json", json.dumps(record["metrics"], indent=2), "```", "",
         f"`{path.with_suffix('.onnx').name}` is its ONNX export and "
-        f"`{path.stem}.int8.onnx` its int8 quantisation (calibrated on 32 crops of 64 training "
-        "images), both made by `nucleiseg export` and checked against it; `nucleiseg predict` "
+        f"`{path.stem}.int8.onnx` its int8 quantisation (calibrated on crops of 64 training "
+        "images, each data folder in an equal share), both made by `nucleiseg export` and "
+        "checked against it; `nucleiseg predict` "
         "runs the int8 one with ONNX Runtime when that is installed (docs/performance.md).",
     ]
     size = record["nucleus_size"]
@@ -107,10 +115,26 @@ def main() -> None:
     print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
+DATA_CREDITS = {
+    "dsb2018-stage1-train": "DSB 2018 stage 1 training images (BBBC038, Caicedo et al., Nature "
+    "Methods 2019), CC0.",
+    "tnbc2018": "TNBC, 50 H&E tiles at 40x of 11 breast-cancer patients: Naylor P., Laé M., "
+    "Reyal F., Walter T., \"Segmentation of Nuclei in Histopathology Images by Deep Regression "
+    "of the Distance Map\", IEEE TMI 38(2), 2019; doi:10.5281/zenodo.1175282; CC BY 4.0.",
+}
+
+
+def data_folders(record: dict) -> list[Path]:
+    data = record["data"]
+    return [Path(d) for d in (data if isinstance(data, list) else [data])]
+
+
 def training_labels(record: dict) -> list:
-    """The label images of the record's training split, read from its data folder."""
-    samples, _ = find_samples(Path(record["data"]), skip_bad=True)
-    chosen = [s for s in samples if s.name in set(record["split"]["train"])]
+    """The label images of the record's training split, read from its data folders."""
+    chosen = []
+    for folder in data_folders(record):
+        samples, _ = find_samples(folder, skip_bad=True)
+        chosen += [s for s in samples if s.name in set(record["split"]["train"])]
     return [labels for _, _, labels in load_samples(chosen, skip_bad=True)[0]]
 
 
