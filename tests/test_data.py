@@ -8,13 +8,13 @@ from nucleiseg.data import (
     labels_to_classes,
     make_train_dataset,
     make_val_dataset,
+    name_clusters,
     prepare_arrays,
     random_blur_noise,
     random_crops,
     random_intensity,
     random_stain,
     render_as_he,
-    name_clusters,
     split_names,
 )
 

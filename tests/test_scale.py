@@ -9,9 +9,9 @@ from nucleiseg.preprocess import resize_image, resize_labels
 from nucleiseg.scale import (
     SCALE_LIMITS,
     SCALE_TOLERANCE,
+    UNSURE_UPSCALE_LIMIT,
     ImageCheck,
     confidence_figures,
-    UNSURE_UPSCALE_LIMIT,
     equivalent_diameters,
     guarded_scale,
     is_unsure,

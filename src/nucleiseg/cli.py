@@ -6,6 +6,7 @@ TensorFlow is imported only after the arguments are parsed, so --help is instant
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-model", type=Path, metavar="MODEL",
                        help="start from this model's weights: fine-tuning. 'bundled' is the "
                        "pretrained model; its architecture and augmentations are taken from "
-                       "the model's record unless given here")
+                       "the model's record unless given here, and the learning rate is 1e-4 unless given")
     train.add_argument("--minutes", type=float, metavar="M",
                        help="time budget: stop after the last epoch that ends within M minutes "
                        "of training (a resumed run counts its earlier sessions); the best epoch "
@@ -342,6 +343,9 @@ def run_eda(args) -> int:
     return 0
 
 
+FINE_TUNE_LEARNING_RATE = 1e-4  # --init-model without --learning-rate (docs/training.md)
+
+
 def run_train(args) -> int:
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar, or one line per epoch in logs
     if args.resume is not None:
@@ -383,6 +387,8 @@ def run_train(args) -> int:
             init_model = bundled_model_path()
         given = {a.split("=")[0] for a in args.argv if a.startswith("--")}
         config = inherit_recipe(config, read_record(init_model).get("config", {}), given)
+        if "--learning-rate" not in given:  # a fine-tune moves the weights less
+            config = dataclasses.replace(config, learning_rate=FINE_TUNE_LEARNING_RATE)
     command = shlex.join(["nucleiseg", *args.argv])
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
                             command=command, init_model=init_model, channel=args.channel,

@@ -35,8 +35,8 @@ from nucleiseg.data import (
     make_crop_dataset,
     make_train_dataset,
     make_val_dataset,
-    prepare_arrays,
     name_clusters,
+    prepare_arrays,
     split_names,
 )
 from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
