@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-model", type=Path, metavar="MODEL",
                        help="start from this model's weights: fine-tuning. 'bundled' is the "
                        "pretrained model; its architecture and augmentations are taken from "
-                       "the model's record unless given here, and the learning rate is 1e-4 unless given")
+                       "the model's record unless given here; learning rate 1e-4 unless given")
     train.add_argument("--minutes", type=float, metavar="M",
                        help="time budget: stop after the last epoch that ends within M minutes "
                        "of training (a resumed run counts its earlier sessions); the best epoch "
