@@ -18,10 +18,12 @@ from pathlib import Path
 
 import keras
 
+from nucleiseg.config import TrainConfig
 from nucleiseg.export import export_model
 from nucleiseg.io import find_samples, load_samples
 from nucleiseg.saving import bundled_model_path, load_model, save_model
 from nucleiseg.scale import training_nucleus_size
+from nucleiseg.train import build_model
 
 SUMMARY_KEYS = ("images", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "ap_75",
                 "dsb_score", "f1_50")
@@ -34,13 +36,24 @@ def main() -> None:
     parser.add_argument("--command", help="the training command, if the record lacks it")
     parser.add_argument("--init-command", help="the command that trained the --init-model this "
                         "run started from, if the record lacks it")
+    parser.add_argument("--weights", choices=("best", "last"), default="best",
+                        help="the run's best epoch (model.keras) or its last completed one "
+                        "(checkpoints/last.weights.h5)")
     parser.add_argument("--postprocessing", type=json.loads, default={},
                         help='tuned InstanceOptions as JSON, e.g. \'{"marker_threshold": 0.7}\'')
     args = parser.parse_args()
 
     model, record = load_model(args.run_dir / "model.keras")
     inference = keras.Model.from_config(model.get_config())
-    inference.set_weights(model.get_weights())
+    if args.weights == "last":  # e.g. when a mixed validation set's loss chose an early epoch
+        trained = build_model(TrainConfig.from_dict(record["config"]))
+        trained.load_weights(args.run_dir / "checkpoints" / "last.weights.h5")
+        inference.set_weights(trained.get_weights())
+        done = json.loads((args.run_dir / "checkpoints" / "last.json").read_text())
+        record["weights"] = (f"last epoch ({done['epochs_done']}), not the best validation "
+                             f"loss (epoch {record['metrics']['best_epoch']})")
+    else:
+        inference.set_weights(model.get_weights())
     if args.command and not record.get("command"):
         record["command"] = args.command
     if isinstance(record.get("init_model"), str):  # recorded by an older nucleiseg: path only
@@ -91,6 +104,8 @@ def main() -> None:
         f"): "
         f"{len(split['train'])} training images ({count(split['train'])}), "
         f"{len(split['val'])} validation images ({count(split['val'])}), never trained on.", "",
+        *([f"Weights: {record['weights']}; the training metrics below are the best epoch's.",
+           ""] if record.get("weights") else []),
         "Configuration:", "", "```json", json.dumps(record["config"], indent=2), "```", "",
         "Training:", "", "```json", json.dumps(record["metrics"], indent=2), "```", "",
         f"`{path.with_suffix('.onnx').name}` is its ONNX export and "
