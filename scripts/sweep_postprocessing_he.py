@@ -24,7 +24,6 @@ sys.path.insert(0, ".")
 from benchmarks.histology import MONUSEG, TNBC, load  # noqa: E402
 
 
-
 def main() -> None:
     run, which, set_name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
