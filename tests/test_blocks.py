@@ -1,4 +1,4 @@
-"""Huge images block by block (nucleiseg.blocks): the stitched labels are the whole image's."""
+"""Huge images block by block (algorithms.blocks): the stitched labels are the whole image's."""
 
 import csv
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from nucleiseg.blocks import (
+from nucleiseg.algorithms.blocks import (
     NucleusTable,
     Previews,
     choose_core,
@@ -15,11 +15,11 @@ from nucleiseg.blocks import (
     segment_block,
     stitch,
 )
-from nucleiseg.engines import Engine
+from nucleiseg.algorithms.instances import measure_nuclei
+from nucleiseg.algorithms.preprocess import intensity_range
 from nucleiseg.errors import DataError
-from nucleiseg.infer import PredictOptions, predict_files, segment_image
-from nucleiseg.instances import measure_nuclei
-from nucleiseg.preprocess import intensity_range
+from nucleiseg.inference.engines import Engine
+from nucleiseg.inference.predict import PredictOptions, predict_files, segment_image
 
 zarr = pytest.importorskip("zarr")
 
@@ -196,7 +196,7 @@ def write_ome_zarr(path, image, zarr_format=2, levels=2):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Every tiled TIFF goes block by block, in 256 px blocks with a 48 px halo."""
-    import nucleiseg.blocks as blocks
+    import nucleiseg.algorithms.blocks as blocks
 
     monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", "0")
     monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
@@ -325,8 +325,8 @@ def test_bad_huge_files_are_one_line_errors_naming_the_file(tmp_path, small_bloc
 def test_only_images_read_whole_keep_the_pixel_limit(tmp_path, monkeypatch):
     import tifffile
 
-    from nucleiseg.blocks import is_large_input
-    from nucleiseg.io import read_image
+    from nucleiseg.algorithms.blocks import is_large_input
+    from nucleiseg.io.images import read_image
 
     monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", str(200 * 200))
     monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(200 * 200))

@@ -2,19 +2,19 @@ import numpy as np
 from conftest import make_disks
 from scipy import ndimage
 
-from nucleiseg.data import (
+from nucleiseg.training.data import (
     Augment,
     contact_pixels,
     labels_to_classes,
     make_train_dataset,
     make_val_dataset,
+    name_clusters,
     prepare_arrays,
     random_blur_noise,
     random_crops,
     random_intensity,
     random_stain,
     render_as_he,
-    name_clusters,
     split_names,
 )
 

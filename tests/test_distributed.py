@@ -22,9 +22,9 @@ cloudpickle = pytest.importorskip("cloudpickle")
 import test_blocks  # noqa: E402  (the fake engine and files of the huge-image tests)
 
 from nucleiseg.cli import main  # noqa: E402
-from nucleiseg.distributed import DaskRunner, EngineSpec, loads  # noqa: E402
-from nucleiseg.engines import Engine  # noqa: E402
-from nucleiseg.infer import predict_files  # noqa: E402
+from nucleiseg.inference.engines import Engine  # noqa: E402
+from nucleiseg.inference.predict import predict_files  # noqa: E402
+from nucleiseg.integrations.dask import DaskRunner, EngineSpec, loads  # noqa: E402
 
 # The workers are other processes: what they run from these test modules travels by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -122,7 +122,7 @@ class DyingOnce:
     marker: str
 
     def load(self):
-        import nucleiseg.io as io
+        import nucleiseg.io.images as io
 
         original = io.publish
 
@@ -139,7 +139,7 @@ class DyingOnce:
 
 def test_a_worker_killed_mid_image_loses_and_doubles_nothing(client, folder, local_run,
                                                              tmp_path):
-    from nucleiseg.engines import load_engine
+    from nucleiseg.inference.engines import load_engine
 
     marker = tmp_path / "died"
     model, record = load_engine(None)
@@ -160,7 +160,7 @@ class DiskFull:
     name: str
 
     def load(self):
-        import nucleiseg.io as io
+        import nucleiseg.io.images as io
 
         original = io.publish
 
@@ -175,7 +175,7 @@ class DiskFull:
 
 def test_a_full_disk_on_a_worker_stops_the_run_naming_the_file(client, folder, tmp_path,
                                                                 monkeypatch):
-    from nucleiseg.engines import load_engine
+    from nucleiseg.inference.engines import load_engine
 
     model, record = load_engine(None)
     monkeypatch.chdir(tmp_path)  # the file is named as given, not as the workers saw it
@@ -207,7 +207,7 @@ def test_a_huge_image_blocks_on_the_workers_stitch_to_the_local_labels(
     import tifffile
     import zarr
 
-    import nucleiseg.blocks as blocks
+    import nucleiseg.algorithms.blocks as blocks
 
     image = test_blocks.rgb_disks(seed=6)
     whole, expected = test_blocks.whole_image_outputs(tmp_path, image, monkeypatch)

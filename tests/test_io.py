@@ -5,7 +5,7 @@ import pytest
 from conftest import make_disks, write_dsb, write_image, write_paired
 
 from nucleiseg.errors import DataError
-from nucleiseg.io import (
+from nucleiseg.io.images import (
     bundled_sample,
     detect_layout,
     find_images,
@@ -154,7 +154,7 @@ def test_find_images_expands_files_and_folders(tmp_path, paired_dir, dsb_dir):
 
 
 def test_bundled_sample_is_usable_small_and_has_every_kind():
-    from nucleiseg.preprocess import image_kind
+    from nucleiseg.algorithms.preprocess import image_kind
 
     total = 0
     for part in ("train", "test"):
@@ -175,7 +175,7 @@ def test_outputs_are_readable_by_others(tmp_path):
     import os
     import stat
 
-    from nucleiseg.io import write_png
+    from nucleiseg.io.images import write_png
 
     old = os.umask(0o022)
     try:

@@ -17,14 +17,14 @@ pytest.importorskip("napari", reason="the napari plugin's tests need nucleiseg[n
 
 from napari.components import ViewerModel  # noqa: E402
 
-from nucleiseg.napari_plugin import _reader, _results, _sample_data, _segment  # noqa: E402
+from nucleiseg.integrations.napari import _reader, _results, _sample_data, _segment  # noqa: E402
 
 PLUGIN = Path(_reader.__file__).parent
 
 
 @pytest.fixture(scope="module")
 def engine():
-    from nucleiseg.engines import load_engine
+    from nucleiseg.inference.engines import load_engine
 
     return load_engine()
 
@@ -70,7 +70,8 @@ def test_installed_plugin_is_found_by_npe2():
 
 
 def test_the_core_imports_neither_napari_nor_qt():
-    code = ("import sys, nucleiseg.cli, nucleiseg.infer, nucleiseg.blocks, nucleiseg.engines; "
+    code = ("import sys, nucleiseg.cli, nucleiseg.inference.predict, nucleiseg.algorithms.blocks, "
+            "nucleiseg.inference.engines; "
             "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'magicgui') "
             "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -126,7 +127,7 @@ def test_reader_labels_output_with_measurements_as_features(tmp_path, engine):
     measurements.csv (hovering a nucleus shows them)."""
     import imageio.v3 as iio
 
-    from nucleiseg.infer import predict_files
+    from nucleiseg.inference.predict import predict_files
 
     model, record = engine
     (tmp_path / "in").mkdir()
@@ -223,8 +224,8 @@ def test_widget_computation_adds_labels_with_features_and_centroids(engine):
 
 
 def test_the_widget_finds_what_predict_finds(engine):
-    from nucleiseg.infer import options_for, segment_checked
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
+    from nucleiseg.inference.predict import options_for, segment_checked
 
     model, record = engine
     image = sample_image("histology")
@@ -349,7 +350,7 @@ def wait_for(app, widget, seconds=120):
 
 
 def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
-    from nucleiseg.napari_plugin._widget import SegmentNuclei
+    from nucleiseg.integrations.napari._widget import SegmentNuclei
 
     viewer = viewer_with(_sample_data.fluorescence())
     widget = SegmentNuclei(viewer)
@@ -378,7 +379,7 @@ def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
 
 
 def test_diameter_field():
-    from nucleiseg.napari_plugin._widget import parse_diameter
+    from nucleiseg.integrations.napari._widget import parse_diameter
 
     assert parse_diameter(" Auto ") == "auto"
     assert parse_diameter("") is None

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from nucleiseg import __version__
+from nucleiseg.algorithms.instances import InstanceOptions, instance_options_from
 from nucleiseg.config import (
     ENCODER_WEIGHTS,
     LR_SCHEDULES,
@@ -24,12 +25,11 @@ from nucleiseg.config import (
     TrainConfig,
     check_image_size,
 )
-from nucleiseg.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflow
 from nucleiseg.errors import NucleisegError, UsageError
-from nucleiseg.infer import PredictOptions, options_for
-from nucleiseg.instances import InstanceOptions, instance_options_from
-from nucleiseg.io import DISK_FULL
-from nucleiseg.microscopy import PLANE_MODES, ReadOptions, parse_channel
+from nucleiseg.inference.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflow
+from nucleiseg.inference.predict import PredictOptions, options_for
+from nucleiseg.io.images import DISK_FULL
+from nucleiseg.io.microscopy import PLANE_MODES, ReadOptions, parse_channel
 
 DEFAULTS = TrainConfig()
 
@@ -327,7 +327,7 @@ def prediction_options(args, record: dict | None):
 
 def run_eda(args) -> int:
     from nucleiseg.eda import describe, format_description, sample_figure
-    from nucleiseg.viz import require_plots
+    from nucleiseg.render import require_plots
 
     require_plots("nucleiseg eda --out")
     stats, loaded = describe(args.data, skip_bad=args.skip_bad, channel=args.channel)
@@ -345,7 +345,7 @@ def run_train(args) -> int:
         if others:
             raise UsageError(f"--resume continues a run with its own configuration; drop "
                              f"{', '.join(others)}")
-        from nucleiseg.train import resume
+        from nucleiseg.training.fit import resume
 
         run_dir, record = resume(args.resume, verbose=verbose)
         return report_training(run_dir, record)
@@ -366,7 +366,7 @@ def run_train(args) -> int:
         early_stopping_monitor=args.monitor,
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
     )
-    from nucleiseg.train import train
+    from nucleiseg.training.fit import train
 
     command = shlex.join(["nucleiseg", *args.argv])
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
@@ -398,13 +398,13 @@ def report_training(run_dir, record) -> int:
 
 
 def run_evaluate(args) -> int:
-    from nucleiseg.evaluate import evaluate_model, format_report
-    from nucleiseg.io import bundled_sample
-    from nucleiseg.saving import read_record, resolve_model_path
+    from nucleiseg.evaluation import evaluate_model, format_report
+    from nucleiseg.io.images import bundled_sample
+    from nucleiseg.model.saving import read_record, resolve_model_path
 
     data = args.data if args.data is not None else bundled_sample("test")
     if args.figure:
-        from nucleiseg.viz import require_plots
+        from nucleiseg.render import require_plots
 
         require_plots("--figure")
     record = None if args.classical else read_record(resolve_model_path(args.model))
@@ -427,11 +427,11 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
-    from nucleiseg.engines import load_engine
-    from nucleiseg.infer import predict_files
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.inference.predict import predict_files
 
     if args.dask is not None:
-        from nucleiseg.distributed import parse_dask, require_distributed
+        from nucleiseg.integrations.dask import parse_dask, require_distributed
 
         parse_dask(args.dask)
         require_distributed()
@@ -444,7 +444,7 @@ def run_predict(args) -> int:
                                 instance_options, resume=args.resume, read_options=reading,
                                 exports=exports)
     else:
-        from nucleiseg.distributed import EngineSpec, connect
+        from nucleiseg.integrations.dask import EngineSpec, connect
 
         spec = EngineSpec(None if args.model is None else str(args.model.absolute()),
                           args.engine)
@@ -466,7 +466,7 @@ def run_predict(args) -> int:
 
 
 def run_export(args) -> int:
-    from nucleiseg.export import export_model
+    from nucleiseg.export.onnx import export_model
 
     export_model(args.model, args.format, args.out, overwrite=args.overwrite,
                  calibration=args.calibration)

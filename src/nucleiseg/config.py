@@ -124,7 +124,7 @@ class TrainConfig:
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically: a temporary file renamed into place."""
-    from nucleiseg.io import atomic_write
+    from nucleiseg.io.images import atomic_write
 
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))

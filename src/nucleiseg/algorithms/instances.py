@@ -194,7 +194,7 @@ def measure_nuclei(labels: np.ndarray, image: np.ndarray) -> list[dict]:
 def nucleus_rows(ids: np.ndarray, sums: dict, boxes: np.ndarray) -> list[dict]:
     """measure_nuclei's rows from each nucleus's pixel_moments sums (one entry per id, in
     image coordinates) and bounding box (k, 4: min y, min x, max y, max x exclusive): what
-    block-by-block segmentation (nucleiseg.blocks) adds up block by block."""
+    block-by-block segmentation (nucleiseg.algorithms.blocks) adds up block by block."""
     area = sums["area"]
     mean_y, mean_x = sums["y"] / area, sums["x"] / area
     var_y = sums["yy"] / area - mean_y**2

@@ -1,8 +1,8 @@
 """`nucleiseg export`: a trained .keras model as a SavedModel, ONNX or TFLite file, or a
-bioimage.io model package (nucleiseg.modelzoo).
+bioimage.io model package (nucleiseg.export.modelzoo).
 
 Every export has dynamic batch, height and width (any multiple of 32), carries the model's
-record (see nucleiseg.engines) with the SHA-256 of the .keras file it came from, is checked
+record (nucleiseg.inference.engines) with the SHA-256 of the .keras file it came from, is checked
 against Keras on a test batch before it is kept, and is written atomically.
 """
 
@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.engines import (
+from nucleiseg.errors import NucleisegError, UsageError
+from nucleiseg.inference.engines import (
     RECORD_KEY,
     file_digest,
     onnx_engine,
     tflite_engine,
     tflite_record_path,
 )
-from nucleiseg.errors import NucleisegError, UsageError
-from nucleiseg.io import current_umask
+from nucleiseg.io.images import current_umask
 
 FORMATS = ("savedmodel", "onnx", "onnx-int8", "tflite", "bioimageio")
 SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "tflite": ".tflite", "bioimageio": ".zip"}
@@ -52,13 +52,13 @@ def export_model(model_path: Path | None, fmt: str, out: Path, overwrite: bool =
                  log=print, calibration: Path | None = None) -> dict:
     """Export, check and write; returns {"path", "format", "max_difference", "bytes"}.
 
-    onnx-int8: the ONNX export quantised to int8 (nucleiseg.quantize), calibrated on 32 crops
+    onnx-int8: the ONNX export quantised to int8 (nucleiseg.export.quantize), calibrated on 32 crops
     of the labelled or plain images in `calibration` (default: the bundled training sample);
     checked by the share of calibration pixels whose most likely class changes.
     bioimageio: a bioimage.io model package (.zip) with ONNX and Keras weights, kept only if it
-    validates and passes its own test (nucleiseg.modelzoo); max_difference is its ONNX
+    validates and passes its own test (nucleiseg.export.modelzoo); max_difference is its ONNX
     weights' difference from Keras."""
-    from nucleiseg.saving import load_model, read_record, resolve_model_path
+    from nucleiseg.model.saving import load_model, read_record, resolve_model_path
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -68,7 +68,7 @@ def export_model(model_path: Path | None, fmt: str, out: Path, overwrite: bool =
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: exists; pass --overwrite to replace it")
     if fmt == "bioimageio":
-        from nucleiseg.modelzoo import require_bioimageio
+        from nucleiseg.export.modelzoo import require_bioimageio
 
         require_bioimageio()
     source = resolve_model_path(model_path)
@@ -86,7 +86,7 @@ def export_model(model_path: Path | None, fmt: str, out: Path, overwrite: bool =
                 raise ExportError(f"{out}: the int8 model changes the class of {difference:.1%} "
                                   f"of calibration pixels (tolerance {INT8_TOLERANCE:.0%})")
         elif fmt == "bioimageio":
-            from nucleiseg.modelzoo import build_bioimageio
+            from nucleiseg.export.modelzoo import build_bioimageio
 
             built, difference = build_bioimageio(model, record, source, work, out)
         else:
@@ -137,9 +137,9 @@ def build_onnx(model, record: dict, work: Path) -> Path:
 
 def build_int8(model, record: dict, work: Path, calibration: Path | None):
     """(path of the int8 ONNX model, share of calibration pixels whose class changes)."""
-    from nucleiseg.io import bundled_sample, find_images, read_image
-    from nucleiseg.preprocess import normalize_image
-    from nucleiseg.quantize import calibration_tiles, quantize_onnx
+    from nucleiseg.algorithms.preprocess import normalize_image
+    from nucleiseg.export.quantize import calibration_tiles, quantize_onnx
+    from nucleiseg.io.images import bundled_sample, find_images, read_image
 
     folder = calibration if calibration is not None else bundled_sample("train")
     paths = find_images([folder])[:64]
@@ -168,7 +168,7 @@ def build_tflite(model, record: dict, work: Path) -> Path:
 
 def check_against_keras(model, fmt: str, built: Path) -> float:
     """Largest softmax difference from Keras on two tile sizes (dynamic shapes exercised)."""
-    from nucleiseg.infer import softmax
+    from nucleiseg.inference.predict import softmax
 
     if fmt == "savedmodel":
         import tensorflow as tf

@@ -75,7 +75,7 @@ def choose_core(tile: int = 512, overlap: int = 64, halo: int = HALO, shape=None
     (core + halo) are fewest, then the windows smallest: the halo's extra work kept small
     (about 10-20% more tiles than the image read whole). `shape` (height, width): for that
     image; without it, per core pixel of an endless image."""
-    from nucleiseg.tiling import tile_starts
+    from nucleiseg.algorithms.tiling import tile_starts
 
     def along(length, core):  # (tiles, window pixels) along one axis
         windows = [min(start + core + halo, length) - max(start - halo, 0)
@@ -118,7 +118,7 @@ def segment_block(window: np.ndarray, model, config: dict, options=None,
     """int32 labels (1..n in this block only) of one block's window: its core and halo, raw
     pixels (H, W, C) as read. `intensity`: the whole image's intensity_range, the same for
     every block (without it, the window's own, which differs from block to block)."""
-    from nucleiseg.infer import segment_image
+    from nucleiseg.inference.predict import segment_image
 
     return segment_image(model, window, config, options, instance_options, intensity)
 
@@ -241,7 +241,7 @@ class NucleusTable:
         the core), so a nucleus is complete only once the rows it reaches are done."""
         from scipy import ndimage
 
-        from nucleiseg.instances import pixel_moments
+        from nucleiseg.algorithms.instances import pixel_moments
 
         sums = pixel_moments(local, image)
         present = np.flatnonzero(sums["area"][1:]) + 1
@@ -275,7 +275,7 @@ class NucleusTable:
         """Rows of the nuclei whose pixels all lie above image row `done_below` (None: all),
         from the first not yet given out up to the first that is not complete; they are
         dropped from the table."""
-        from nucleiseg.instances import nucleus_rows
+        from nucleiseg.algorithms.instances import nucleus_rows
 
         held = self.top - self.base + 1
         if held <= 0:
@@ -371,7 +371,7 @@ class LargeImage:
         """The whole image's intensity_range: from the smallest level with at least
         EXACT_PIXELS pixels, else from a regular grid of level 0's pixels (the same grid
         intensity_range takes on an image read whole)."""
-        from nucleiseg.preprocess import EXACT_PIXELS, intensity_range
+        from nucleiseg.algorithms.preprocess import EXACT_PIXELS, intensity_range
 
         height, width = self.shape[:2]
         candidates = [a for a in self.arrays[1:] if self._area(a) >= EXACT_PIXELS]
@@ -487,7 +487,7 @@ def label_blocks(image: LargeImage, segment, core: int, halo: int = HALO, table=
     `on_row(bottom)` is called when the rows above `bottom` are final.
 
     `segmented(blocks) -> (core pixels, window labels) per block, in the order given`
-    segments the blocks elsewhere (a Dask cluster: nucleiseg.distributed), in parallel; without
+    segments the blocks elsewhere (Dask: nucleiseg.integrations.dask), in parallel; without
     it, each block is read and segmented here when its turn comes. Either way the blocks are
     stitched and numbered here, in raster order, so the labels are the same."""
     plan = plan_blocks(*image.shape[:2], core, halo)
@@ -565,7 +565,7 @@ def write_tiff_labels(path: Path, shape: tuple[int, int], blocks) -> None:
     atomically as they come."""
     import tifffile
 
-    from nucleiseg.io import atomic_write
+    from nucleiseg.io.images import atomic_write
 
     def write(tmp):
         with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
@@ -671,9 +671,9 @@ def segment_large_file(model, record: dict, path: Path, paths: dict, options=Non
     temporary file as they were measured, so memory stays flat however many nuclei.
     `segmented(blocks, options, intensity)`: segments the blocks elsewhere (label_blocks), with
     the image's one scale and intensity range; `model` then only fixes the scale."""
-    from nucleiseg.infer import PredictionResult, PredictOptions
-    from nucleiseg.io import write_png
-    from nucleiseg.viz import outline_overlay
+    from nucleiseg.inference.predict import PredictionResult, PredictOptions
+    from nucleiseg.io.images import write_png
+    from nucleiseg.render import outline_overlay
 
     start = time.perf_counter()
     options = options or PredictOptions()
@@ -740,7 +740,7 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
     image; (options with that fixed scale, the window's check row for summary.csv)."""
     import dataclasses
 
-    from nucleiseg.infer import segment_checked
+    from nucleiseg.inference.predict import segment_checked
 
     if options.diameter is None:
         return options, None
@@ -754,7 +754,7 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
 
 def measure_saved_large(path: Path, labels_path: Path, earlier: dict, core: int = 4096):
     """--resume for a huge image: its rows measured block by block from the saved labels."""
-    from nucleiseg.infer import PredictionResult, display_name
+    from nucleiseg.inference.predict import PredictionResult, display_name
 
     image = open_large(path)
     try:
@@ -784,7 +784,7 @@ def measure_saved_large(path: Path, labels_path: Path, earlier: dict, core: int 
     finally:
         image.close()
         labels.close()
-    from nucleiseg.scale import CHECK_COLUMNS
+    from nucleiseg.algorithms.scale import CHECK_COLUMNS
 
     mean = table.total_area / table.count if table.count else 0.0
     earlier_row = earlier.get(display_name(path), {})
@@ -801,7 +801,7 @@ class RowSpool:
     def __init__(self, folder: Path):
         import csv
 
-        from nucleiseg.instances import COLUMNS
+        from nucleiseg.algorithms.instances import COLUMNS
 
         self.handle = tempfile.TemporaryFile("w+", newline="", encoding="utf-8", dir=folder)
         self.writer = csv.DictWriter(self.handle, fieldnames=list(COLUMNS))
@@ -812,7 +812,7 @@ class RowSpool:
     def rows(self):
         import csv
 
-        from nucleiseg.instances import COLUMNS
+        from nucleiseg.algorithms.instances import COLUMNS
 
         self.handle.seek(0)
         with self.handle:

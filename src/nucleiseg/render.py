@@ -45,7 +45,7 @@ def _figure(rows: int, cols: int, size: float = 2.6):
 
 
 def _save(figure, path: Path) -> None:
-    from nucleiseg.io import atomic_write
+    from nucleiseg.io.images import atomic_write
 
     figure.tight_layout()
     atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=80, format="png"))
@@ -130,7 +130,7 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: flo
                     colour=(255, 51, 51), rows: int = 512) -> np.ndarray:
     """uint8 RGB of a raw image (mapped from [low, high] as in normalisation) with the outline
     of every labelled nucleus drawn, built strip by strip: no image-sized float arrays."""
-    from nucleiseg.preprocess import apply_intensity_range, intensity_table, to_rgb
+    from nucleiseg.algorithms.preprocess import apply_intensity_range, intensity_table, to_rgb
 
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image

@@ -4,7 +4,7 @@
   multi-channel file (named by the OME channel names), z-stacks and time series as extra
   dimensions, the pixel size in µm as the layer's scale.
 * A huge image (a whole-slide TIFF above 8192², an SVS file, an OME-Zarr folder): a lazy
-  multiscale Image layer, read region by region as napari shows it (nucleiseg.blocks).
+  multiscale Image layer, read region by region as napari shows it (nucleiseg.algorithms.blocks).
 * `<stem>_labels.tif` (what `nucleiseg predict` writes): a Labels layer; its `features` are the
   rows of `measurements.csv` beside it for that image (2-D images), so hovering a nucleus shows
   its measurements.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.io import IMAGE_SUFFIXES
+from nucleiseg.io.images import IMAGE_SUFFIXES
 
 LABELS_SUFFIXES = ("_labels.tif", "_labels.tiff")
 
@@ -32,7 +32,7 @@ def get_reader(path):
 
 
 def readable(path) -> bool:
-    from nucleiseg.blocks import LARGE_SUFFIXES, is_zarr_image
+    from nucleiseg.algorithms.blocks import LARGE_SUFFIXES, is_zarr_image
 
     path = Path(path)
     return is_zarr_image(path) or (path.is_file() and path.suffix.lower() in
@@ -49,7 +49,7 @@ def read_layers(path) -> list[tuple]:
 
 def read_path(path: Path) -> list[tuple]:
     """napari layer data tuples [(data, kwargs, layer type)] for one file or folder."""
-    from nucleiseg.blocks import is_large_input
+    from nucleiseg.algorithms.blocks import is_large_input
 
     if path.name.lower().endswith(LABELS_SUFFIXES):
         return [read_labels(path)]
@@ -59,14 +59,14 @@ def read_path(path: Path) -> list[tuple]:
 
 
 def layer_name(path: Path) -> str:
-    from nucleiseg.infer import output_stem
+    from nucleiseg.inference.predict import output_stem
 
     return output_stem(path).removesuffix(".ome") if path.is_dir() else output_stem(path)
 
 
 def read_image_layers(path: Path) -> list[tuple]:
-    """An image file as nucleiseg reads it (nucleiseg.io.read_pixels): (*planes, Y, X[, S])."""
-    from nucleiseg.io import read_pixels
+    """An image file as nucleiseg reads it (io.images.read_pixels): (*planes, Y, X[, S])."""
+    from nucleiseg.io.images import read_pixels
 
     array, info = read_pixels(path)
     name = layer_name(path)
@@ -96,7 +96,7 @@ def read_large(path: Path) -> tuple:
     """A huge image as a lazy multiscale layer: Dask arrays over the file's levels."""
     import dask.array as da
 
-    from nucleiseg.blocks import open_large
+    from nucleiseg.algorithms.blocks import open_large
 
     image = open_large(path)  # the file stays open while napari shows it
     levels = []
@@ -116,13 +116,13 @@ def read_large(path: Path) -> tuple:
 
 def read_labels(path: Path) -> tuple:
     """A `*_labels.tif` output as a Labels layer, with its measurements as features."""
-    from nucleiseg.blocks import is_large_input
+    from nucleiseg.algorithms.blocks import is_large_input
 
     if is_large_input(path):
         data, kwargs, _ = read_large(path)
         kwargs.pop("rgb")
     else:
-        from nucleiseg.io import read_pixels
+        from nucleiseg.io.images import read_pixels
 
         data, info = read_pixels(path)
         kwargs = {"name": Path(path).name.rsplit(".", 1)[0]}
@@ -138,7 +138,7 @@ def read_labels(path: Path) -> tuple:
 def saved_features(labels_path: Path) -> dict | None:
     """The rows of measurements.csv beside a 2-D `<stem>_labels.tif` whose image has that
     stem, as columns ('index': the label); None without that file or rows."""
-    from nucleiseg.infer import output_stem
+    from nucleiseg.inference.predict import output_stem
 
     table = Path(labels_path).with_name("measurements.csv")
     name = Path(labels_path).name

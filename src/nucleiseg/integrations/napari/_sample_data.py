@@ -14,7 +14,7 @@ SAMPLES = {  # key: (file stem in sample_data/test, what it shows)
 
 def sample_layers(key: str) -> list[tuple]:
     """[(image, kwargs, 'image'), (true nuclei, kwargs, 'labels')] of one bundled test image."""
-    from nucleiseg.io import bundled_sample, read_label_mask, read_pixels
+    from nucleiseg.io.images import bundled_sample, read_label_mask, read_pixels
 
     stem = SAMPLES[key][0]
     root = Path(bundled_sample("test"))

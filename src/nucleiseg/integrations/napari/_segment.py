@@ -5,7 +5,7 @@ A 2-D plane of up to NUCLEISEG_BLOCKWISE_PIXELS pixels (default 8192²) is segme
 `nucleiseg predict` segments a file (`segment_checked`: tiles, the nucleus size checked and the
 image rescaled for it); a larger plane, or a lazy multiscale layer (a whole-slide TIFF or an
 OME-Zarr opened by the reader), goes block by block as `predict` does for huge files
-(`nucleiseg.blocks.label_blocks`), reading only a block at a time from the layer's data. The
+(`algorithms.blocks.label_blocks`), reading only a block at a time from the layer's data. The
 labels come back as one array in memory (4 bytes a pixel for huge images: a 32768² slide takes
 4 GB); `nucleiseg predict` writes them block by block to disk instead.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.engines import Engine
+from nucleiseg.inference.engines import Engine
 
 
 class Cancelled(Exception):
@@ -94,7 +94,7 @@ class Progress:
 def model_calls(shape, config: dict, options) -> int:
     """How many model calls one pass over a (H, W) plane takes (as predict_tiled tiles it),
     at the scale `options` fixes (1 when the diameter is estimated: the first pass)."""
-    from nucleiseg.tiling import round_up, tile_starts
+    from nucleiseg.algorithms.tiling import round_up, tile_starts
 
     if config.get("sampling", "resize") == "resize":
         return options.tta
@@ -134,7 +134,7 @@ def planes_of(data, rgb: bool = False, channel: int | None = None):
 
 
 def blockwise(height: int, width: int) -> bool:
-    from nucleiseg.blocks import blockwise_pixels
+    from nucleiseg.algorithms.blocks import blockwise_pixels
 
     return height * width > blockwise_pixels()
 
@@ -154,8 +154,8 @@ def segment_layer_data(data, engine: Engine, record: dict, options=None,
     the µm measurement columns. `block_core`: the block size for huge planes (default: chosen
     as `predict` chooses it).
     """
-    from nucleiseg.infer import options_for
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
+    from nucleiseg.inference.predict import options_for
 
     progress = progress or Progress()
     options = options or options_for(record)
@@ -204,8 +204,8 @@ def _as_image(plane) -> np.ndarray:
 
 
 def _segment_plane(plane, engine, record, options, instance_options, progress, where):
-    from nucleiseg.infer import segment_checked
-    from nucleiseg.instances import measure_nuclei
+    from nucleiseg.algorithms.instances import measure_nuclei
+    from nucleiseg.inference.predict import segment_checked
 
     image = _as_image(plane)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
@@ -219,8 +219,8 @@ def _segment_plane(plane, engine, record, options, instance_options, progress, w
 
 def _segment_blocks(plane, engine, record, options, instance_options, levels, progress,
                     core=None):
-    """A huge plane block by block (nucleiseg.blocks), reading a block at a time."""
-    from nucleiseg.blocks import (
+    """A huge plane block by block (nucleiseg.algorithms.blocks), reading a block at a time."""
+    from nucleiseg.algorithms.blocks import (
         HALO,
         LargeImage,
         NucleusTable,
@@ -266,7 +266,7 @@ def _checked(predict, progress: Progress):
 def feature_columns(rows: list[dict], pixel_size=None, planes: bool = False) -> dict:
     """measure_nuclei rows -> columns for napari's features: 'index' (the label value) first,
     then the measurements, the plane of a stack, and the µm columns when the size is known."""
-    from nucleiseg.instances import COLUMNS, MICRON_COLUMNS, in_micrometres
+    from nucleiseg.algorithms.instances import COLUMNS, MICRON_COLUMNS, in_micrometres
 
     names = ["index", *COLUMNS[1:], *(["plane"] if planes else [])]
     if pixel_size is not None:

@@ -58,7 +58,7 @@ def predict_tiled(predict_batch, image: np.ndarray, num_classes: int, tile: int 
     quantised to 0..255 (a quarter of float32's memory). An image no larger than a tile is
     predicted whole (padded to a multiple of 32).
     """
-    from nucleiseg.instances import quantise_probabilities
+    from nucleiseg.algorithms.instances import quantise_probabilities
 
     prepare = prepare or (lambda crop: crop)
     finish = quantise_probabilities if dtype == np.uint8 else (lambda p: p)

@@ -1,6 +1,6 @@
 """`predict --dask`: images, and the blocks of huge images, segmented on a Dask cluster.
 
-The client (the `nucleiseg predict` process) plans the run as always (nucleiseg.infer
+The client (the `nucleiseg predict` process) plans the run as always (nucleiseg.inference.predict
 .predict_files: outputs, --resume, --overwrite, the lock on --out) and writes the two CSV files;
 the workers run what a local run runs, with the same functions:
 
@@ -12,7 +12,7 @@ the workers run what a local run runs, with the same functions:
   `distributed.scheduler.allowed-failures` times, then the image is reported as failed); one
   that raises is retried (RETRIES); a dead worker leaves no output half-written (only whole
   files are renamed into place).
-* A huge image (whole-slide TIFF, OME-Zarr): its blocks (nucleiseg.blocks) are segmented on the
+* A huge image (whole-slide TIFF, OME-Zarr): its blocks (algorithms.blocks) are segmented on the
   workers, each reading its own window from the file, and the client stitches them in raster
   order with the same code as a local run (`label_blocks`), so the labels are the same, numbered
   the same.
@@ -57,7 +57,7 @@ class EngineSpec:
     engine: str = "auto"
 
     def load(self):
-        from nucleiseg.engines import load_engine
+        from nucleiseg.inference.engines import load_engine
 
         return load_engine(None if self.model is None else Path(self.model), self.engine)[0]
 
@@ -98,7 +98,7 @@ def loads() -> dict:
 
 def job_task(spec, record: dict, job, options, instance_options, read_options, earlier):
     """One image on a worker: infer.run_job with the worker's engine; rows as a list."""
-    from nucleiseg.infer import run_job
+    from nucleiseg.inference.predict import run_job
 
     result, rows = run_job(worker_engine(spec), record, job, options, instance_options,
                            read_options, earlier)
@@ -109,7 +109,7 @@ def block_task(spec, path: str, block, config: dict, options, instance_options, 
     """One block of a huge image on a worker: (core pixels, window labels), read from the
     file and segmented as label_blocks does it locally; labels in the smallest unsigned type
     that holds them (less to send)."""
-    from nucleiseg.blocks import open_large, segment_block
+    from nucleiseg.algorithms.blocks import open_large, segment_block
 
     model = worker_engine(spec)
     image = open_large(Path(path))
@@ -229,8 +229,8 @@ class DaskRunner:
     def outcomes(self, model, record, jobs, options, instance_options, read_options, earlier):
         """predict_files' (PredictionResult, rows) per job, in order: ordinary images on the
         workers, huge ones block by block (their blocks on the workers) from here."""
-        from nucleiseg.blocks import is_large_input
-        from nucleiseg.infer import display_name, run_job
+        from nucleiseg.algorithms.blocks import is_large_input
+        from nucleiseg.inference.predict import display_name, run_job
 
         config = {"config": record["config"]}  # not the whole record in every task
 
@@ -311,7 +311,7 @@ def as_given(result, path: Path):
 
 
 def job_result(job, error: str):
-    from nucleiseg.infer import PredictionResult
+    from nucleiseg.inference.predict import PredictionResult
 
     return PredictionResult(job.path, error=error)
 

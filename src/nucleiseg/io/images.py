@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.errors import DataError, file_error
-from nucleiseg.microscopy import (
+from nucleiseg.io.microscopy import (
     ImageInfo,
     ReadOptions,
     nuclear_channel,
@@ -161,7 +161,7 @@ def _read_other(path: Path) -> tuple[np.ndarray, ImageInfo]:
 
 def read_pixels(path: Path) -> tuple[np.ndarray, ImageInfo]:
     """Read every pixel of an image file, with what its metadata says (axes, channel names,
-    pixel size; nucleiseg.microscopy.ImageInfo). The array's axes are `info.axes`: stack and
+    pixel size; nucleiseg.io.microscopy.ImageInfo). The array's axes are `info.axes`: stack and
     channel axes in file order, then Y, X, then S; axes of length 1 are dropped.
     A DataError naming the file if it can't be read."""
     path = Path(path)
@@ -436,7 +436,7 @@ def find_samples(root: Path, skip_bad: bool = False):
 
 def _large_images(folder: Path) -> list[Path]:
     """OME-Zarr images (*.zarr folders) and whole-slide files (*.svs) in a folder."""
-    from nucleiseg.blocks import LARGE_SUFFIXES, is_zarr_image
+    from nucleiseg.algorithms.blocks import LARGE_SUFFIXES, is_zarr_image
 
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (
         is_zarr_image(p) or (p.is_file() and p.suffix.lower() in LARGE_SUFFIXES)))
@@ -444,8 +444,8 @@ def _large_images(folder: Path) -> list[Path]:
 
 def find_images(inputs) -> list[Path]:
     """Expand prediction inputs (files, folders, paired or DSB folders) into image files;
-    OME-Zarr images (*.zarr folders) and *.svs files are images too (nucleiseg.blocks)."""
-    from nucleiseg.blocks import LARGE_SUFFIXES, is_zarr_image
+    OME-Zarr images (*.zarr folders) and *.svs files are images too (algorithms.blocks)."""
+    from nucleiseg.algorithms.blocks import LARGE_SUFFIXES, is_zarr_image
 
     found: list[Path] = []
     for item in map(Path, inputs):

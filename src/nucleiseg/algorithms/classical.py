@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nucleiseg.preprocess import image_kind, normalize_image
+from nucleiseg.algorithms.preprocess import image_kind, normalize_image
 
 
 def segment_classical(image: np.ndarray, min_size: int = 15, min_distance: int = 4,

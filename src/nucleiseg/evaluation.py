@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.data import labels_to_classes
-from nucleiseg.infer import PredictOptions, options_for, segment_checked
-from nucleiseg.instances import InstanceOptions, instance_options_from
-from nucleiseg.metrics import InstanceScores, PixelCounts, match_instances, pixel_counts
-from nucleiseg.preprocess import image_kind, normalize_image
+from nucleiseg.algorithms.instances import InstanceOptions, instance_options_from
+from nucleiseg.algorithms.metrics import InstanceScores, PixelCounts, match_instances, pixel_counts
+from nucleiseg.algorithms.preprocess import image_kind, normalize_image
+from nucleiseg.inference.predict import PredictOptions, options_for, segment_checked
+from nucleiseg.training.data import labels_to_classes
 
 
 def cross_entropy(probabilities: np.ndarray, classes: np.ndarray) -> float:
@@ -52,7 +52,7 @@ def model_segmenter(model, config: dict, options: PredictOptions | None = None,
 
 
 def classical_segmenter(image):
-    from nucleiseg.classical import segment_classical
+    from nucleiseg.algorithms.classical import segment_classical
 
     return segment_classical(image), None
 
@@ -102,8 +102,8 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
     `channel` picks the nuclear channel of multi-channel images (index or OME name).
     """
     from nucleiseg.errors import DataError
-    from nucleiseg.io import find_samples, load_samples
-    from nucleiseg.saving import load_model, read_record
+    from nucleiseg.io.images import find_samples, load_samples
+    from nucleiseg.model.saving import load_model, read_record
 
     if classical:
         record = read_record(model_path) if model_path is not None else None
@@ -142,7 +142,7 @@ def test_predictions(images, labels, predictions, names, path: Path, count: int 
     test_predictions)."""
     from skimage.color import label2rgb
 
-    from nucleiseg.viz import pick_examples, prediction_grid
+    from nucleiseg.render import pick_examples, prediction_grid
 
     shown = pick_examples([image_kind(image) for image in images], count)
     colour = lambda labels: label2rgb(labels, bg_label=0)  # one colour per nucleus

@@ -236,7 +236,7 @@ def matching_export(keras_path: Path, engine: str) -> Engine | None:
 
 def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[Engine, dict]:
     """(engine, model record) for a .keras model (None: the bundled one) or an export."""
-    from nucleiseg.saving import read_record, resolve_model_path
+    from nucleiseg.model.saving import read_record, resolve_model_path
 
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -258,7 +258,7 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
         engine = "keras"
     if engine == "keras":
         import_tensorflow_quietly()
-        from nucleiseg.saving import load_model
+        from nucleiseg.model.saving import load_model
 
         model, record = load_model(path)
         return keras_engine(model), record

@@ -27,28 +27,28 @@ import keras
 import numpy as np
 
 import nucleiseg
+from nucleiseg.algorithms.preprocess import image_kind, normalize_image
+from nucleiseg.algorithms.scale import training_nucleus_size
 from nucleiseg.config import TrainConfig, write_json
-from nucleiseg.data import (
+from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
+from nucleiseg.evaluation import evaluate_images, model_segmenter
+from nucleiseg.inference.predict import show_predictions
+from nucleiseg.io.images import atomic_write, bundled_sample, find_samples, load_samples
+from nucleiseg.model.keras_metrics import compile_model
+from nucleiseg.model.saving import load_model, save_model
+from nucleiseg.model.unet import build_unet, check_image_size
+from nucleiseg.render import INSTALL_PLOTS, can_draw, pick_examples, plot_curves
+from nucleiseg.training.data import (
     centre_crops,
     crop_weights,
     labels_to_classes,
     make_crop_dataset,
     make_train_dataset,
     make_val_dataset,
-    prepare_arrays,
     name_clusters,
+    prepare_arrays,
     split_names,
 )
-from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
-from nucleiseg.evaluate import evaluate_images, model_segmenter
-from nucleiseg.infer import show_predictions
-from nucleiseg.io import atomic_write, bundled_sample, find_samples, load_samples
-from nucleiseg.keras_metrics import compile_model
-from nucleiseg.model import build_unet, check_image_size
-from nucleiseg.preprocess import image_kind, normalize_image
-from nucleiseg.saving import load_model, save_model
-from nucleiseg.scale import training_nucleus_size
-from nucleiseg.viz import INSTALL_PLOTS, can_draw, pick_examples, plot_curves
 
 
 def new_run_dir(run_dir: Path | None) -> Path:

@@ -25,8 +25,8 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import QObject, Signal
 
-from nucleiseg.napari_plugin._results import add_result_layers, channel_choices, layer_inputs
-from nucleiseg.napari_plugin._segment import Progress
+from nucleiseg.integrations.napari._results import add_result_layers, channel_choices, layer_inputs
+from nucleiseg.integrations.napari._segment import Progress
 
 BUNDLED = "bundled"
 
@@ -56,8 +56,8 @@ def parse_diameter(text: str) -> float | str | None:
 def model_record(path: Path | None) -> dict:
     """The record (configuration, tuned post-processing, nucleus size) of a model file
     (None: the bundled one), without loading the model itself."""
-    from nucleiseg.engines import engine_of_export, read_export_record
-    from nucleiseg.saving import read_record, resolve_model_path
+    from nucleiseg.inference.engines import engine_of_export, read_export_record
+    from nucleiseg.model.saving import read_record, resolve_model_path
 
     path = resolve_model_path(path)
     return read_export_record(path) if engine_of_export(path) else read_record(path)
@@ -143,7 +143,7 @@ class SegmentNuclei(Container):
     def _model_changed(self, _value=None):
         """Show the file chooser for a model file; take that model's tuned post-processing
         and nucleus size as the defaults."""
-        from nucleiseg.instances import instance_options_from
+        from nucleiseg.algorithms.instances import instance_options_from
 
         self._model_file.visible = self._model.value != BUNDLED
         try:
@@ -165,8 +165,8 @@ class SegmentNuclei(Container):
 
     def settings(self):
         """(PredictOptions, InstanceOptions) from the widget's fields and the model record."""
-        from nucleiseg.infer import options_for
-        from nucleiseg.instances import instance_options_from
+        from nucleiseg.algorithms.instances import instance_options_from
+        from nucleiseg.inference.predict import options_for
 
         diameter = parse_diameter(self._diameter.value) if self._diameter.enabled else None
         sizing = {"diameter": diameter} if diameter is not None else {
@@ -219,8 +219,8 @@ class SegmentNuclei(Container):
 
     def _compute(self, model_path, job, progress):
         """In the worker thread: load the model (once), segment; None when cancelled."""
-        from nucleiseg.engines import load_engine
-        from nucleiseg.napari_plugin._segment import Cancelled, segment_layer_data
+        from nucleiseg.inference.engines import load_engine
+        from nucleiseg.integrations.napari._segment import Cancelled, segment_layer_data
 
         key = str(model_path)
         if key not in self._engines:

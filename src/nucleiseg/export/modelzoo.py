@@ -4,9 +4,9 @@ The package holds `rdf.yaml` (bioimage.io model description, spec 0.5), the ONNX
 weights consumers such as ilastik and deepImageJ run) and the `.keras` model it came from
 (`keras_v3` weights, the ONNX export's parent), a test input and the ONNX output on it, a
 cover image, README.md and the licence (MIT). Its input preprocessing is stated in the
-description as bioimage.io steps that reproduce nucleiseg.preprocess.normalize_image; its output
+description as bioimage.io steps that reproduce algorithms.preprocess.normalize_image; its output
 is the model's per-pixel class logits. Splitting them into nuclei (nucleiseg's watershed,
-nucleiseg.instances) is not expressible in the spec and stays nucleiseg's: the description
+algorithms.instances) is not expressible in the spec and stays nucleiseg's: the description
 says so.
 
 Before it is kept, the package is loaded back and validated by bioimageio.spec and its test
@@ -82,9 +82,9 @@ def build_bioimageio(model, record: dict, source: Path, work: Path,
     """(the checked package in `work`, largest softmax difference of its ONNX weights from
     Keras). Raises ExportError (naming `out`) when the ONNX weights disagree with Keras, or the
     package does not validate or fails its test."""
-    from nucleiseg.engines import onnx_engine
-    from nucleiseg.export import TOLERANCE, ExportError, build_onnx, check_against_keras
-    from nucleiseg.preprocess import normalize_image
+    from nucleiseg.algorithms.preprocess import normalize_image
+    from nucleiseg.export.onnx import TOLERANCE, ExportError, build_onnx, check_against_keras
+    from nucleiseg.inference.engines import onnx_engine
 
     files = work / "files"
     files.mkdir()
@@ -121,7 +121,7 @@ def save_inference_model(model, record: dict, path: Path) -> None:
     so that plain Keras loads it, as bioimage.io consumers do; the record stays inside."""
     import keras
 
-    from nucleiseg.saving import save_model
+    from nucleiseg.model.saving import save_model
 
     inference = keras.Model.from_config(model.get_config())
     inference.set_weights(model.get_weights())
@@ -130,8 +130,8 @@ def save_inference_model(model, record: dict, path: Path) -> None:
 
 def sample_image(name: str) -> np.ndarray:
     """An image of the bundled test sample, RGB, cropped to what the model takes."""
-    from nucleiseg.io import bundled_sample, read_image
-    from nucleiseg.preprocess import to_rgb
+    from nucleiseg.algorithms.preprocess import to_rgb
+    from nucleiseg.io.images import bundled_sample, read_image
 
     return crop_to_multiple(to_rgb(read_image(bundled_sample("test") / "images" / name)))
 
@@ -154,7 +154,7 @@ def classes_image(logits: np.ndarray) -> np.ndarray:
 
 
 def as_uint8(image: np.ndarray) -> np.ndarray:
-    from nucleiseg.preprocess import normalize_image
+    from nucleiseg.algorithms.preprocess import normalize_image
 
     return np.round(normalize_image(image) * 255).astype(np.uint8)
 
@@ -177,7 +177,7 @@ def write_sample_tensors(files: Path, image: np.ndarray, logits: np.ndarray) -> 
 
 def model_name(record: dict, source: Path) -> str:
     """A bioimage.io name (letters, digits, _+- () only, 5 to 64 characters)."""
-    from nucleiseg.saving import BUNDLED_MODEL
+    from nucleiseg.model.saving import BUNDLED_MODEL
 
     if source.name == BUNDLED_MODEL:
         return "nucleiseg nuclei U-Net (DSB 2018)"
@@ -197,8 +197,8 @@ def describe(record: dict, source: Path, files: Path, classes: tuple[str, ...]):
     from bioimageio.spec.model import v0_5
 
     import nucleiseg
-    from nucleiseg.export import ONNX_OPSET
-    from nucleiseg.preprocess import PERCENTILES
+    from nucleiseg.algorithms.preprocess import PERCENTILES
+    from nucleiseg.export.onnx import ONNX_OPSET
 
     space = [v0_5.SpaceInputAxis(id=v0_5.AxisId(name), size=v0_5.ParameterizedSize(min=32,
                                                                                  step=32))
@@ -212,7 +212,7 @@ def describe(record: dict, source: Path, files: Path, classes: tuple[str, ...]):
         test_tensor=v0_5.FileDescr(source=files / "test_input.npy"),
         sample_tensor=v0_5.FileDescr(source=files / "sample_input.png"),
         preprocessing=[
-            # nucleiseg.preprocess.normalize_image: per image, percentiles over all pixels and
+            # algorithms.preprocess.normalize_image: per image, percentiles over all pixels and
             # channels together, mapped to 0 and 1, clipped
             v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
                 axes=[v0_5.AxisId(name) for name in ("y", "x", "channel")],
@@ -324,7 +324,7 @@ def run_package_test(path: Path):
 
 
 def check_package(path: Path, out: Path) -> None:
-    from nucleiseg.export import ExportError
+    from nucleiseg.export.onnx import ExportError
 
     summary = run_package_test(path)
     if summary.status != "passed":
@@ -336,7 +336,7 @@ def check_package(path: Path, out: Path) -> None:
 
 def readme(record: dict, source: Path, classes: tuple[str, ...], difference: float) -> str:
     import nucleiseg
-    from nucleiseg.preprocess import PERCENTILES
+    from nucleiseg.algorithms.preprocess import PERCENTILES
 
     config = record.get("config") or {}
     split = record.get("split") or {}
@@ -372,8 +372,8 @@ def readme(record: dict, source: Path, classes: tuple[str, ...], difference: flo
         "percentiles "
         "over all pixels and channels together are mapped to 0 and 1 (`scale_range`, axes y, x, "
         "channel), then clipped to [0, 1] (`clip`). This is nucleiseg's own normalisation "
-        "(`nucleiseg.preprocess.normalize_image`; above 4 megapixels nucleiseg takes the "
-        "percentiles on a regular subsample of pixels).", "",
+        "(`nucleiseg.algorithms.preprocess.normalize_image`; above 4 megapixels nucleiseg "
+        "takes the percentiles on a regular subsample of pixels).", "",
         "## Training", "",
         f"Data: `{record.get('data')}`"
         + (" (2018 Data Science Bowl stage 1 training images, BBBC038; CC0 1.0)."

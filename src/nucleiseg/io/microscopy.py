@@ -4,7 +4,7 @@ that turn it into 2-D images to segment (which channel, each plane or a projecti
 
 Axes use tifffile's letters: Y, X (the image), C (channels stored as planes), S (samples per
 pixel: RGB, or channels stored interleaved), Z, T (planes, time points) and others (I, Q, ...:
-pages tifffile cannot name). `nucleiseg.io.read_pixels` returns an array whose axes are the
+pages tifffile cannot name). `nucleiseg.io.images.read_pixels` returns an array whose axes are the
 stack and channel axes in file order, then Y, X, then S (if any).
 """
 

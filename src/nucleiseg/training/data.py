@@ -9,7 +9,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from nucleiseg.preprocess import normalize_image, resize_image, resize_labels
+from nucleiseg.algorithms.preprocess import normalize_image, resize_image, resize_labels
 
 
 def split_names(names, val_fraction: float = 0.3, seed: int = 123, groups=None, clusters=None):

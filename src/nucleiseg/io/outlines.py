@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.io import atomic_write
+from nucleiseg.io.images import atomic_write
 
 EXPORTS = ("geojson", "imagej-rois")  # predict --geojson, --imagej-rois
 EXPORT_FILES = {"geojson": "{stem}.geojson", "imagej-rois": "{stem}_rois.zip"}
@@ -255,7 +255,7 @@ def write_exports(paths: dict, labels: np.ndarray, rows, axes: str = "", shape=(
     sizes ("" and () for one 2-D image). A stack's nuclei carry their plane: "plane", "t", "z"
     properties and QuPath's plane (z, t) in the GeoJSON, the 1-based slice of the labels TIFF
     as ImageJ's ROI position (and in front of the ROI's name)."""
-    from nucleiseg.microscopy import plane_columns
+    from nucleiseg.io.microscopy import plane_columns
 
     by_plane: dict = {}
     for row in rows:

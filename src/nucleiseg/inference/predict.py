@@ -15,23 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.errors import DataError, UsageError
-from nucleiseg.exchange import EXPORTS, export_paths, write_exports
-from nucleiseg.instances import (
+from nucleiseg.algorithms.instances import (
     InstanceOptions,
     instance_options_from,
     labels_from_probabilities,
     quantise_probabilities,
 )
-from nucleiseg.io import CsvStream, find_images, read_planes, write_labels, write_png
-from nucleiseg.microscopy import ReadOptions, format_pixel_size
-from nucleiseg.preprocess import (
+from nucleiseg.algorithms.preprocess import (
     apply_intensity_range,
     intensity_range,
     normalize_image,
     resize_image,
 )
-from nucleiseg.scale import CHECK_COLUMNS, combine_checks
+from nucleiseg.algorithms.scale import CHECK_COLUMNS, combine_checks
+from nucleiseg.errors import DataError, UsageError
+from nucleiseg.io.images import CsvStream, find_images, read_planes, write_labels, write_png
+from nucleiseg.io.microscopy import ReadOptions, format_pixel_size
+from nucleiseg.io.outlines import EXPORTS, export_paths, write_exports
 
 
 def create_mask(logits: np.ndarray) -> np.ndarray:
@@ -63,7 +63,7 @@ class PredictOptions:
 
     `diameter` decides the scale per image: None uses `scale` as given; "auto" estimates the
     image's typical nucleus diameter and resizes it to `training_diameter` (the nucleus size
-    in the model's record, see nucleiseg.scale); a number is the diameter in pixels, known.
+    in the model's record: nucleiseg.algorithms.scale); a number is the diameter in pixels, known.
     """
 
     tile: int = 512
@@ -90,9 +90,9 @@ def options_for(record: dict | None, **values) -> PredictOptions:
 
 def probability_function(model, tta: int = 1):
     """(N, t, t, 3) normalised tiles -> (N, t, t, C) softmax probabilities, inference mode.
-    `model`: a Keras model or an Engine (nucleiseg.engines)."""
-    from nucleiseg.engines import as_engine
-    from nucleiseg.tiling import with_test_time_augmentation
+    `model`: a Keras model or an Engine (nucleiseg.inference.engines)."""
+    from nucleiseg.algorithms.tiling import with_test_time_augmentation
+    from nucleiseg.inference.engines import as_engine
 
     engine = as_engine(model)
 
@@ -113,8 +113,8 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
     `intensity`: the intensity_range to normalise with (a block of a huge image: the whole
     image's), else the image's own.
     """
-    from nucleiseg.engines import as_engine
-    from nucleiseg.tiling import predict_tiled
+    from nucleiseg.algorithms.tiling import predict_tiled
+    from nucleiseg.inference.engines import as_engine
 
     options = options or PredictOptions()
     predict_batch = probability_function(model, options.tta)
@@ -144,8 +144,8 @@ def predict_quantised(model, image: np.ndarray, config: dict,
     tiles are normalised one by one with the image's intensity range, and the blended
     probabilities are stored quantised. What `predict` and `segment_image` use. `intensity`:
     the image's intensity_range, when the caller has it already."""
-    from nucleiseg.engines import as_engine
-    from nucleiseg.tiling import predict_tiled
+    from nucleiseg.algorithms.tiling import predict_tiled
+    from nucleiseg.inference.engines import as_engine
 
     model = as_engine(model)
     options = options or PredictOptions()
@@ -165,7 +165,7 @@ def predict_quantised(model, image: np.ndarray, config: dict,
 def show_predictions(model, images: np.ndarray, masks: np.ndarray, path: Path) -> None:
     """Predict model-ready images and draw input / true mask / predicted mask rows to `path`
     (the original's `show_predictions`, to a file instead of a window)."""
-    from nucleiseg.viz import prediction_grid
+    from nucleiseg.render import prediction_grid
 
     prediction_grid(images, masks, create_mask(predict_logits(model, images)), path)
 
@@ -199,8 +199,8 @@ def output_stem(image_path: Path) -> str:
 
 def output_paths(image_path: Path, out_dir: Path, exports=()) -> dict[str, Path]:
     """{kind: path} of one image's outputs; `exports` adds "geojson" and "imagej-rois"
-    (nucleiseg.exchange: <stem>.geojson, <stem>_rois.zip)."""
-    from nucleiseg.blocks import is_zarr_image, zarr_labels_path
+    (nucleiseg.io.outlines: <stem>.geojson, <stem>_rois.zip)."""
+    from nucleiseg.algorithms.blocks import is_zarr_image, zarr_labels_path
 
     stem = output_stem(image_path)
     if is_zarr_image(image_path):  # OME-Zarr: labels/nuclei inside it, beside the image
@@ -236,7 +236,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
     size rescaled to match. On images already at the right scale the estimate costs one median.
     `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
     """
-    from nucleiseg.scale import (
+    from nucleiseg.algorithms.scale import (
         SCALE_LIMITS,
         SCALE_TOLERANCE,
         ImageCheck,
@@ -341,12 +341,12 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
     (one row per image, failures included).
 
-    `read_options` (nucleiseg.microscopy.ReadOptions) picks the nuclear channel of
+    `read_options` (nucleiseg.io.microscopy.ReadOptions) picks the nuclear channel of
     multi-channel files, segments each plane of a z-stack or time series (the labels TIFF is a
     stack with the same plane axes, nuclei numbered per plane; the PNGs show the middle plane)
     or a max/mean projection, and overrides the files' pixel size (measurements in µm).
 
-    `exports` ("geojson", "imagej-rois"; nucleiseg.exchange) adds per image the nuclei's
+    `exports` ("geojson", "imagej-rois"; nucleiseg.io.outlines) adds per image the nuclei's
     outlines for QuPath (<stem>.geojson) and Fiji (<stem>_rois.zip); huge images (block by
     block) do not take them yet and are reported as failed.
 
@@ -355,19 +355,19 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     predicted again (their rows are measured from the saved labels). Every file is written
     atomically. Without `instance_options`, the model's tuned post-processing (from its
     record) is used. `runner`: where the images are segmented (None: here, one after the
-    other; a nucleiseg.distributed.DaskRunner: on a Dask cluster); the outputs are the same.
+    other; a nucleiseg.integrations.dask.DaskRunner: on a Dask cluster); the outputs are the same.
     While the run writes into `out_dir`, a second run into it is refused
-    (nucleiseg.io.OutputLock). `overlap` (without a runner): segment the next image while the
+    (nucleiseg.io.images.OutputLock). `overlap` (without a runner): segment the next image while the
     model runs on one and the previous one's files are written (overlapped_outcomes; the same
     outputs); None: when the process may use two cores or more and NUCLEISEG_OVERLAP is not 0.
     Returns a list of PredictionResult.
     """
     import contextlib
 
-    from nucleiseg.engines import as_engine
-    from nucleiseg.instances import COLUMNS, MICRON_COLUMNS
-    from nucleiseg.io import OutputLock
-    from nucleiseg.microscopy import PLANE_COLUMNS
+    from nucleiseg.algorithms.instances import COLUMNS, MICRON_COLUMNS
+    from nucleiseg.inference.engines import as_engine
+    from nucleiseg.io.images import OutputLock
+    from nucleiseg.io.microscopy import PLANE_COLUMNS
 
     unknown = [name for name in exports if name not in EXPORTS]
     if unknown:
@@ -420,7 +420,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
 
 
 def remove_partials(out_dir: Path, jobs) -> None:
-    """Remove what a killed writer left: the hidden temporary files (nucleiseg.io.atomic_write:
+    """Remove what a killed writer left: the hidden temporary files (io.images.atomic_write:
     `.<name>.XXXXXXXX<suffix>`) of this run's outputs. Called while the run holds the lock on
     `out_dir` and all its images are done, so no writer is left to own them."""
     import os
@@ -453,7 +453,7 @@ def local_outcomes(model, record, jobs, options, instance_options, read_options,
 
 def overlap_wanted() -> bool:
     """Overlap by default where two cores or more may run: NUCLEISEG_OVERLAP=0 turns it off."""
-    from nucleiseg.engines import usable_cores
+    from nucleiseg.inference.engines import usable_cores
 
     return os.environ.get("NUCLEISEG_OVERLAP", "1") != "0" and usable_cores() > 1
 
@@ -492,7 +492,7 @@ def shared_engine(engine, turns: Turns):
     """`engine` for images in several threads: one model call at a time (TFLite and Keras
     models are not safe to call concurrently; ONNX Runtime already uses every core), and none
     once the run has stopped."""
-    from nucleiseg.engines import Engine
+    from nucleiseg.inference.engines import Engine
 
     lock = threading.Lock()
 
@@ -515,8 +515,8 @@ def overlapped_outcomes(model, record, jobs, options, instance_options, read_opt
     ONNX Runtime release the GIL in most of their work). Each image writes its files only once
     the previous one is reported, so an interrupted or failed run leaves the files a run one
     image after the other would have left. Huge images (block by block) run alone, here."""
-    from nucleiseg.blocks import is_large_input
-    from nucleiseg.engines import as_engine
+    from nucleiseg.algorithms.blocks import is_large_input
+    from nucleiseg.inference.engines import as_engine
 
     turns = Turns()
     engine = shared_engine(as_engine(model), turns)
@@ -550,7 +550,7 @@ def run_job(model, record, job: Job, options, instance_options, read_options, ea
             segmented=None, turn=None):
     """(PredictionResult, rows) of one image: segmented and written, or (resumed) measured
     from its saved labels; an unusable file gives a result with its error and no rows.
-    `segmented`: how a huge image's blocks are segmented (nucleiseg.blocks.label_blocks);
+    `segmented`: how a huge image's blocks are segmented (nucleiseg.algorithms.blocks.label_blocks);
     `turn()`: returns when the image's files may be written (see segment_file)."""
     try:
         if job.done:
@@ -595,12 +595,12 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     """Read, predict, separate, measure, write the three images; (PredictionResult,
     measurement rows). A stack is segmented plane by plane: its labels are written as a stack,
     its mask and overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go
-    block by block (nucleiseg.blocks; `segmented`: how their blocks are segmented, default
+    block by block (algorithms.blocks; `segmented`: how their blocks are segmented, default
     here). The nuclei are measured in a thread while the files are written; `turn()`, when
     given, is called before writing (the overlapped path writes one image's files after the
     previous image is reported)."""
-    from nucleiseg.blocks import is_large_input, segment_large_file
-    from nucleiseg.viz import outline_overlay
+    from nucleiseg.algorithms.blocks import is_large_input, segment_large_file
+    from nucleiseg.render import outline_overlay
 
     if is_large_input(path):
         refuse_file_options_for_blocks(path, read_options)
@@ -676,8 +676,8 @@ def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
                    pixel_size: tuple[float, float] | None) -> list[dict]:
     """Measurement rows of labels (N, H, W) over images (N, H, W, C): each plane's nuclei with
     its plane indices (empty for one 2-D image, `axes` "") and µm columns."""
-    from nucleiseg.instances import in_micrometres, measure_nuclei
-    from nucleiseg.microscopy import plane_columns
+    from nucleiseg.algorithms.instances import in_micrometres, measure_nuclei
+    from nucleiseg.io.microscopy import plane_columns
 
     rows = []
     for flat, (plane_labels, image) in enumerate(zip(labels, planes)):
@@ -690,8 +690,8 @@ def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
 def measure_saved(path: Path, labels_path: Path, earlier: dict,
                   read_options: ReadOptions | None = None):
     """Rows of an image whose outputs an earlier run wrote (--resume)."""
-    from nucleiseg.blocks import is_large_input, measure_saved_large
-    from nucleiseg.io import read_pixels
+    from nucleiseg.algorithms.blocks import is_large_input, measure_saved_large
+    from nucleiseg.io.images import read_pixels
 
     if is_large_input(path):
         return measure_saved_large(path, labels_path, earlier)
