@@ -72,24 +72,25 @@ def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]
 
 def instrument(watch: Stopwatch):
     """Wrap the functions predict_files calls so each stage's time is counted."""
-    import nucleiseg.algorithms.instances as instances
     import nucleiseg.algorithms.tiling as tiling
     import nucleiseg.inference.predict as infer
-    import nucleiseg.render as viz
+    import nucleiseg.pipeline.one_file as one_file
 
-    infer.read_planes = watch.wrap("read", infer.read_planes)
+    one_file.read_planes = watch.wrap("read", one_file.read_planes)
     infer.apply_intensity_range = watch.wrap("normalise", infer.apply_intensity_range)
     infer.intensity_range = watch.wrap("normalise", infer.intensity_range)
+    one_file.intensity_range = watch.wrap("normalise", one_file.intensity_range)
     infer.labels_from_probabilities = watch.wrap("separate", infer.labels_from_probabilities)
-    instances.measure_nuclei = watch.wrap("measure", instances.measure_nuclei)
-    infer.write_labels = watch.wrap("write", infer.write_labels)
-    infer.write_png = watch.wrap("write", infer.write_png)
-    viz.outline_overlay = watch.wrap("write", viz.outline_overlay)
+    one_file.measure_nuclei = watch.wrap("measure", one_file.measure_nuclei)
+    one_file.write_labels = watch.wrap("write", one_file.write_labels)
+    one_file.write_png = watch.wrap("write", one_file.write_png)
+    one_file.outline_overlay = watch.wrap("write", one_file.outline_overlay)
     tiling.predict_tiled = watch.wrap("tiled", tiling.predict_tiled)
     # huge images: read block by block, measured as they go
     import nucleiseg.algorithms.blocks as blocks
+    import nucleiseg.io.wholeslide as wholeslide
 
-    blocks.LargeImage.read = watch.wrap("read", blocks.LargeImage.read)
+    wholeslide.LargeImage.read = watch.wrap("read", wholeslide.LargeImage.read)
     blocks.NucleusTable.add_block = watch.wrap("measure", blocks.NucleusTable.add_block)
 
 
@@ -100,7 +101,8 @@ DIAMETERS = ("fixed", "auto")
 def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "overlapped",
             diameter: str = "fixed") -> dict:
     from nucleiseg.inference.engines import Engine, import_tensorflow_quietly, load_engine
-    from nucleiseg.inference.predict import PredictOptions, options_for, predict_files
+    from nucleiseg.inference.predict import PredictOptions, options_for
+    from nucleiseg.pipeline.run import predict_files
 
     if engine_name == "keras":
         import_tensorflow_quietly()
@@ -124,7 +126,7 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
         model_path = (folder / "tflite" / "nuclei_dsb2018.tflite" if engine_name == "tflite"
                       else None)
         if model_path is not None:
-            from nucleiseg.export.onnx import export_model
+            from nucleiseg.export.exporter import export_model
 
             import_tensorflow_quietly()
             export_model(None, "tflite", model_path, log=lambda *_: None)
@@ -169,9 +171,10 @@ def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
     submitted to the CSV files written (model loads in the workers included), the cluster's
     start apart; each worker's peak resident memory."""
     from nucleiseg.inference.engines import load_engine
-    from nucleiseg.inference.predict import PredictOptions, predict_files
+    from nucleiseg.inference.predict import PredictOptions
     from nucleiseg.integrations.dask import EngineSpec, connect
     from nucleiseg.io.images import read_image
+    from nucleiseg.pipeline.run import predict_files
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

@@ -24,8 +24,8 @@ TITLES = {"fluorescence": "fluorescence", "histology": "H&E histology",
 def segment(stems: list[str], out_dir: Path) -> dict[str, int]:
     """Run predict_files on the bundled test images `stems`; {stem: nuclei found}."""
     from nucleiseg.inference.engines import load_engine
-    from nucleiseg.inference.predict import predict_files
     from nucleiseg.io.images import bundled_sample
+    from nucleiseg.pipeline.run import predict_files
 
     engine, record = load_engine()  # the bundled model on the engine predict picks by default
     images = [bundled_sample("test") / "images" / f"{stem}.png" for stem in stems]

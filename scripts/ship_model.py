@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 
 from nucleiseg.algorithms.scale import training_nucleus_size
-from nucleiseg.export.onnx import export_model
+from nucleiseg.export.exporter import export_model
 from nucleiseg.io.images import find_samples, load_samples
 from nucleiseg.model.saving import bundled_model_path, load_model, save_model
 

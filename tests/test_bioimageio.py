@@ -38,7 +38,7 @@ def package(tmp_path_factory):
     """The bundled model exported once, over a damaged old package (--overwrite), with the
     network refused: about 35 s on 2 CPU cores (ONNX conversion, then bioimageio.core's test
     of both weights formats)."""
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
 
     folder = tmp_path_factory.mktemp("bioimageio")
     out = folder / "nuclei.zip"
@@ -142,7 +142,7 @@ def test_a_trained_model_exports_and_its_keras_weights_need_no_nucleiseg(tmp_pat
     """A model from nucleiseg train (its custom loss compiled in): the package passes its
     test, and its model.keras loads with plain Keras, as bioimage.io consumers load it."""
     from nucleiseg.config import TrainConfig
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
     from nucleiseg.training.fit import train
 
     data = write_paired(tmp_path / "data", disk_samples(8))
@@ -189,7 +189,7 @@ def test_cli_refuses_a_bad_out_with_one_line(tmp_path, capsys):
 def test_missing_bioimageio_packages_are_named(tmp_path, monkeypatch):
     import sys
 
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
 
     monkeypatch.setitem(sys.modules, "bioimageio.core", None)  # as if not installed
     with pytest.raises(UsageError, match=r"bioimageio.spec and bioimageio.core .*"

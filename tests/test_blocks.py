@@ -12,14 +12,15 @@ from nucleiseg.algorithms.blocks import (
     choose_core,
     label_blocks,
     plan_blocks,
-    segment_block,
     stitch,
 )
 from nucleiseg.algorithms.instances import measure_nuclei
 from nucleiseg.algorithms.preprocess import intensity_range
 from nucleiseg.errors import DataError
+from nucleiseg.inference.blockwise import segment_block
 from nucleiseg.inference.engines import Engine
-from nucleiseg.inference.predict import PredictOptions, predict_files, segment_image
+from nucleiseg.inference.predict import PredictOptions, segment_image
+from nucleiseg.pipeline.run import predict_files
 
 zarr = pytest.importorskip("zarr")
 
@@ -196,17 +197,17 @@ def write_ome_zarr(path, image, zarr_format=2, levels=2):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Every tiled TIFF goes block by block, in 256 px blocks with a 48 px halo."""
-    import nucleiseg.algorithms.blocks as blocks
+    import nucleiseg.inference.blockwise as blockwise
+    import nucleiseg.pipeline.one_file as one_file
 
     monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", "0")
-    monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
-    monkeypatch.setattr(blocks, "HALO", 48)
-    original = blocks.segment_large_file
+    monkeypatch.setattr(blockwise, "choose_core", lambda *args, **kwargs: 256)
+    original = one_file.segment_large_file
 
     def with_small_halo(*args, **kwargs):
         return original(*args, **{**kwargs, "halo": 48})
 
-    monkeypatch.setattr(blocks, "segment_large_file", with_small_halo)
+    monkeypatch.setattr(one_file, "segment_large_file", with_small_halo)
 
 
 def read_rows(path):
@@ -325,8 +326,8 @@ def test_bad_huge_files_are_one_line_errors_naming_the_file(tmp_path, small_bloc
 def test_only_images_read_whole_keep_the_pixel_limit(tmp_path, monkeypatch):
     import tifffile
 
-    from nucleiseg.algorithms.blocks import is_large_input
     from nucleiseg.io.images import read_image
+    from nucleiseg.io.wholeslide import is_large_input
 
     monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", str(200 * 200))
     monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(200 * 200))

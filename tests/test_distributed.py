@@ -23,8 +23,8 @@ import test_blocks  # noqa: E402  (the fake engine and files of the huge-image t
 
 from nucleiseg.cli import main  # noqa: E402
 from nucleiseg.inference.engines import Engine  # noqa: E402
-from nucleiseg.inference.predict import predict_files  # noqa: E402
 from nucleiseg.integrations.dask import DaskRunner, EngineSpec, loads  # noqa: E402
+from nucleiseg.pipeline.run import predict_files  # noqa: E402
 
 # The workers are other processes: what they run from these test modules travels by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -122,7 +122,7 @@ class DyingOnce:
     marker: str
 
     def load(self):
-        import nucleiseg.io.images as io
+        import nucleiseg.io.runfiles as io
 
         original = io.publish
 
@@ -160,7 +160,7 @@ class DiskFull:
     name: str
 
     def load(self):
-        import nucleiseg.io.images as io
+        import nucleiseg.io.runfiles as io
 
         original = io.publish
 
@@ -207,13 +207,14 @@ def test_a_huge_image_blocks_on_the_workers_stitch_to_the_local_labels(
     import tifffile
     import zarr
 
-    import nucleiseg.algorithms.blocks as blocks
+    import nucleiseg.inference.blockwise as blockwise
+    import nucleiseg.pipeline.one_file as one_file
 
     image = test_blocks.rgb_disks(seed=6)
     whole, expected = test_blocks.whole_image_outputs(tmp_path, image, monkeypatch)
-    monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
-    original = blocks.segment_large_file
-    monkeypatch.setattr(blocks, "segment_large_file",
+    monkeypatch.setattr(blockwise, "choose_core", lambda *args, **kwargs: 256)
+    original = one_file.segment_large_file
+    monkeypatch.setattr(one_file, "segment_large_file",
                         lambda *args, **kwargs: original(*args, **{**kwargs, "halo": 48}))
 
     def predict(out, runner=None):

@@ -190,7 +190,7 @@ def test_imagej_rois_read_back_with_roifile_as_the_labels(tmp_path):
 def test_stack_exports_carry_their_planes(tmp_path):
     import roifile
 
-    from nucleiseg.inference.predict import measure_planes
+    from nucleiseg.pipeline.one_file import measure_planes
 
     first, _ = make_disks((40, 40), count=3, seed=1)
     second, _ = make_disks((40, 40), count=4, seed=2)

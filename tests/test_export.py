@@ -30,7 +30,7 @@ def tiny_model(tmp_path_factory):
                                       ("savedmodel", "model_savedmodel")])
 def test_exports_agree_with_keras_and_carry_the_record(tiny_model, tmp_path, fmt, name):
     pytest.importorskip("tf2onnx" if fmt == "onnx" else "tensorflow")
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
     from nucleiseg.inference.engines import load_engine, read_export_record
     from nucleiseg.inference.predict import predict_quantised
     from nucleiseg.model.saving import load_model
@@ -57,7 +57,7 @@ def test_exports_agree_with_keras_and_carry_the_record(tiny_model, tmp_path, fmt
 
 def test_auto_engine_uses_an_up_to_date_onnx_export_only(tiny_model, tmp_path):
     pytest.importorskip("tf2onnx")
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
     from nucleiseg.inference.engines import load_engine
 
     keras_model = tmp_path / "model.keras"
@@ -85,7 +85,7 @@ def test_the_bundled_model_ships_up_to_date_onnx_exports():
 
 def test_int8_export_keeps_the_classes_and_is_preferred(tmp_path):
     pytest.importorskip("tf2onnx")
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
     from nucleiseg.inference.engines import load_engine
     from nucleiseg.model.saving import bundled_model_path
 
@@ -117,7 +117,7 @@ def test_predict_with_onnx_needs_no_tensorflow_nor_matplotlib(tmp_path):
 
 def test_export_refuses_a_wrong_suffix_and_a_non_model(tmp_path):
     from nucleiseg.errors import DataError
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
 
     with pytest.raises(UsageError, match="must end in .onnx"):
         export_model(None, "onnx", tmp_path / "model.bin")

@@ -22,10 +22,10 @@ from nucleiseg.algorithms.instances import (
 )
 from nucleiseg.algorithms.metrics import instance_ious, match_instances, pixel_counts
 from nucleiseg.algorithms.preprocess import normalize_image, to_rgb
+from nucleiseg.algorithms.targets import labels_to_classes
 from nucleiseg.algorithms.tiling import gaussian_weights, tile_starts
 from nucleiseg.errors import DataError
 from nucleiseg.io.images import merge_instance_masks, read_image, read_label_mask
-from nucleiseg.training.data import labels_to_classes
 
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -9,7 +9,7 @@ from nucleiseg.algorithms.instances import (
     labels_from_probabilities,
     measure_nuclei,
 )
-from nucleiseg.training.data import labels_to_classes
+from nucleiseg.algorithms.targets import labels_to_classes
 
 
 def two_touching_disks():

@@ -127,7 +127,7 @@ def test_reader_labels_output_with_measurements_as_features(tmp_path, engine):
     measurements.csv (hovering a nucleus shows them)."""
     import imageio.v3 as iio
 
-    from nucleiseg.inference.predict import predict_files
+    from nucleiseg.pipeline.run import predict_files
 
     model, record = engine
     (tmp_path / "in").mkdir()

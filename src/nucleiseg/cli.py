@@ -28,8 +28,8 @@ from nucleiseg.config import (
 from nucleiseg.errors import NucleisegError, UsageError
 from nucleiseg.inference.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflow
 from nucleiseg.inference.predict import PredictOptions, options_for
-from nucleiseg.io.images import DISK_FULL
 from nucleiseg.io.microscopy import PLANE_MODES, ReadOptions, parse_channel
+from nucleiseg.io.runfiles import DISK_FULL
 
 DEFAULTS = TrainConfig()
 
@@ -428,7 +428,7 @@ def run_evaluate(args) -> int:
 
 def run_predict(args) -> int:
     from nucleiseg.inference.engines import load_engine
-    from nucleiseg.inference.predict import predict_files
+    from nucleiseg.pipeline.run import predict_files
 
     if args.dask is not None:
         from nucleiseg.integrations.dask import parse_dask, require_distributed
@@ -466,7 +466,7 @@ def run_predict(args) -> int:
 
 
 def run_export(args) -> int:
-    from nucleiseg.export.onnx import export_model
+    from nucleiseg.export.exporter import export_model
 
     export_model(args.model, args.format, args.out, overwrite=args.overwrite,
                  calibration=args.calibration)

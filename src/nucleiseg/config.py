@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 from nucleiseg.errors import UsageError
 
@@ -120,11 +118,3 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**data)
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically: a temporary file renamed into place."""
-    from nucleiseg.io.images import atomic_write
-
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text))

@@ -13,8 +13,8 @@ import numpy as np
 from nucleiseg.algorithms.instances import InstanceOptions, instance_options_from
 from nucleiseg.algorithms.metrics import InstanceScores, PixelCounts, match_instances, pixel_counts
 from nucleiseg.algorithms.preprocess import image_kind, normalize_image
+from nucleiseg.algorithms.targets import labels_to_classes
 from nucleiseg.inference.predict import PredictOptions, options_for, segment_checked
-from nucleiseg.training.data import labels_to_classes
 
 
 def cross_entropy(probabilities: np.ndarray, classes: np.ndarray) -> float:

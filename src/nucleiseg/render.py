@@ -45,7 +45,7 @@ def _figure(rows: int, cols: int, size: float = 2.6):
 
 
 def _save(figure, path: Path) -> None:
-    from nucleiseg.io.images import atomic_write
+    from nucleiseg.io.runfiles import atomic_write
 
     figure.tight_layout()
     atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=80, format="png"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.errors import UsageError, file_error
-from nucleiseg.io.images import atomic_write
+from nucleiseg.io.runfiles import atomic_write
 
 CALIBRATION_BATCH = 4
 CALIBRATION_PERCENTILE = 99.999

@@ -98,7 +98,7 @@ def loads() -> dict:
 
 def job_task(spec, record: dict, job, options, instance_options, read_options, earlier):
     """One image on a worker: infer.run_job with the worker's engine; rows as a list."""
-    from nucleiseg.inference.predict import run_job
+    from nucleiseg.pipeline.run import run_job
 
     result, rows = run_job(worker_engine(spec), record, job, options, instance_options,
                            read_options, earlier)
@@ -109,7 +109,8 @@ def block_task(spec, path: str, block, config: dict, options, instance_options, 
     """One block of a huge image on a worker: (core pixels, window labels), read from the
     file and segmented as label_blocks does it locally; labels in the smallest unsigned type
     that holds them (less to send)."""
-    from nucleiseg.algorithms.blocks import open_large, segment_block
+    from nucleiseg.inference.blockwise import segment_block
+    from nucleiseg.io.wholeslide import open_large
 
     model = worker_engine(spec)
     image = open_large(Path(path))
@@ -229,8 +230,9 @@ class DaskRunner:
     def outcomes(self, model, record, jobs, options, instance_options, read_options, earlier):
         """predict_files' (PredictionResult, rows) per job, in order: ordinary images on the
         workers, huge ones block by block (their blocks on the workers) from here."""
-        from nucleiseg.algorithms.blocks import is_large_input
-        from nucleiseg.inference.predict import display_name, run_job
+        from nucleiseg.io.wholeslide import is_large_input
+        from nucleiseg.pipeline.outputs import display_name
+        from nucleiseg.pipeline.run import run_job
 
         config = {"config": record["config"]}  # not the whole record in every task
 
@@ -311,7 +313,7 @@ def as_given(result, path: Path):
 
 
 def job_result(job, error: str):
-    from nucleiseg.inference.predict import PredictionResult
+    from nucleiseg.pipeline.outputs import PredictionResult
 
     return PredictionResult(job.path, error=error)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.io.images import atomic_write
+from nucleiseg.io.runfiles import atomic_write
 
 EXPORTS = ("geojson", "imagej-rois")  # predict --geojson, --imagej-rois
 EXPORT_FILES = {"geojson": "{stem}.geojson", "imagej-rois": "{stem}_rois.zip"}

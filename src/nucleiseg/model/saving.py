@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 from nucleiseg.errors import file_error
-from nucleiseg.io.images import atomic_write
+from nucleiseg.io.runfiles import atomic_write
 
 RECORD_NAME = "nucleiseg.json"
 FORMAT_VERSION = 1
@@ -75,8 +75,8 @@ def load_model(path: Path | None = None):
     path = resolve_model_path(path)
     import keras
 
+    import nucleiseg.model.augment  # noqa: F401  registers custom classes
     import nucleiseg.model.keras_metrics  # noqa: F401
-    import nucleiseg.training.data  # noqa: F401  registers custom classes
 
     record = read_record(path)
     try:

@@ -6,10 +6,17 @@ import math
 import re
 from collections import defaultdict
 
-import keras
 import numpy as np
 
 from nucleiseg.algorithms.preprocess import normalize_image, resize_image, resize_labels
+from nucleiseg.algorithms.targets import (  # noqa: F401  (re-exported)
+    BACKGROUND,
+    BOUNDARY,
+    INTERIOR,
+    contact_pixels,
+    labels_to_classes,
+)
+from nucleiseg.model.augment import Augment  # noqa: F401  (re-exported)
 
 
 def split_names(names, val_fraction: float = 0.3, seed: int = 123, groups=None, clusters=None):
@@ -48,42 +55,6 @@ def name_clusters(names, pattern: str | None) -> dict:
     regex = re.compile(pattern)
     found = {name: regex.search(name) for name in names}
     return {name: match.group(0) for name, match in found.items() if match and match.group(0)}
-
-
-BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
-
-
-def labels_to_classes(labels: np.ndarray, target: str = "binary") -> np.ndarray:
-    """Instance labels -> per-pixel class targets.
-
-    'binary': 0 background, 1 nucleus. 'boundary': 0 background, 1 nucleus interior,
-    2 nucleus boundary (each nucleus's own outer pixel ring, so touching nuclei are parted by
-    a two-pixel boundary line that a watershed can split them along).
-    """
-    from skimage.segmentation import find_boundaries
-
-    classes = (labels > 0).astype(np.uint8)
-    if target == "boundary":
-        classes[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
-    elif target != "binary":
-        raise ValueError(f"unknown target {target!r}")
-    return classes
-
-
-def contact_pixels(labels: np.ndarray, radius: int = 2) -> np.ndarray:
-    """Pixels with two different nuclei within `radius` (a (2r+1)^2 window): the lines where
-    touching nuclei meet and the narrow gaps between them, nucleus and background pixels alike.
-    Weighted up in the loss (the U-Net paper's border weights, in small), they teach the
-    model the splits that the watershed needs."""
-    from scipy import ndimage
-
-    size = 2 * radius + 1
-    labels = np.asarray(labels)
-    largest = ndimage.maximum_filter(labels, size=size, mode="nearest")
-    empty = np.iinfo(labels.dtype).max if labels.dtype.kind in "iu" else np.inf
-    smallest = ndimage.minimum_filter(np.where(labels > 0, labels, empty), size=size,
-                                      mode="nearest")
-    return (smallest != empty) & (largest != smallest)
 
 
 def prepare_arrays(images, labels, image_size: int, target: str = "binary"):
@@ -270,47 +241,6 @@ def centre_crops(images, targets, crop: int):
         xs.append(image[top:top + crop, left:left + crop])
         ys.append(target[top:top + crop, left:left + crop])
     return np.stack(xs).astype(np.float32), np.stack(ys)
-
-
-@keras.saving.register_keras_serializable(package="nucleiseg")
-class Augment(keras.layers.Layer):
-    """Random flips (horizontal, vertical) and 90-degree rotations, the same for image and mask.
-
-    A random transpose plus random horizontal and vertical flips draws uniformly from all eight
-    symmetries of the square (rotations by 0/90/180/270 degrees, with or without a flip).
-    Non-square batches get flips only. Call with (images, masks) batches: (N,H,W,C), (N,H,W).
-    """
-
-    def __init__(self, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, masks, weights=None, training=True):
-        if not training:
-            return (images, masks) if weights is None else (images, masks, weights)
-        channels = [images, keras.ops.expand_dims(keras.ops.cast(masks, images.dtype), -1)]
-        if weights is not None:  # per-pixel loss weights move with the mask
-            channels.append(keras.ops.expand_dims(keras.ops.cast(weights, images.dtype), -1))
-        both = keras.ops.concatenate(channels, axis=-1)
-        batch = keras.ops.shape(both)[0]
-        square = both.shape[1] is not None and both.shape[1] == both.shape[2]
-
-        def maybe(transform, x):
-            coin = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator) < 0.5
-            return keras.ops.where(coin, transform(x), x)
-
-        both = maybe(lambda x: keras.ops.flip(x, axis=2), both)
-        both = maybe(lambda x: keras.ops.flip(x, axis=1), both)
-        if square:
-            both = maybe(lambda x: keras.ops.transpose(x, (0, 2, 1, 3)), both)
-        channels = images.shape[-1]
-        images, masks = both[..., :channels], both[..., channels]
-        masks = keras.ops.cast(keras.ops.round(masks), "uint8")
-        return (images, masks) if weights is None else (images, masks, both[..., channels + 1])
-
-    def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
 
 
 def make_train_dataset(images, masks, batch_size: int, seed: int, augment: bool = True):

@@ -29,11 +29,11 @@ import numpy as np
 import nucleiseg
 from nucleiseg.algorithms.preprocess import image_kind, normalize_image
 from nucleiseg.algorithms.scale import training_nucleus_size
-from nucleiseg.config import TrainConfig, write_json
+from nucleiseg.config import TrainConfig
 from nucleiseg.errors import DataError, Interrupted, TrainingError, UsageError
 from nucleiseg.evaluation import evaluate_images, model_segmenter
-from nucleiseg.inference.predict import show_predictions
-from nucleiseg.io.images import atomic_write, bundled_sample, find_samples, load_samples
+from nucleiseg.io.images import bundled_sample, find_samples, load_samples
+from nucleiseg.io.runfiles import atomic_write, write_json
 from nucleiseg.model.keras_metrics import compile_model
 from nucleiseg.model.saving import load_model, save_model
 from nucleiseg.model.unet import build_unet, check_image_size
@@ -49,6 +49,7 @@ from nucleiseg.training.data import (
     prepare_arrays,
     split_names,
 )
+from nucleiseg.training.display import show_predictions
 
 
 def new_run_dir(run_dir: Path | None) -> Path:

@@ -32,7 +32,7 @@ def get_reader(path):
 
 
 def readable(path) -> bool:
-    from nucleiseg.algorithms.blocks import LARGE_SUFFIXES, is_zarr_image
+    from nucleiseg.io.wholeslide import LARGE_SUFFIXES, is_zarr_image
 
     path = Path(path)
     return is_zarr_image(path) or (path.is_file() and path.suffix.lower() in
@@ -49,7 +49,7 @@ def read_layers(path) -> list[tuple]:
 
 def read_path(path: Path) -> list[tuple]:
     """napari layer data tuples [(data, kwargs, layer type)] for one file or folder."""
-    from nucleiseg.algorithms.blocks import is_large_input
+    from nucleiseg.io.wholeslide import is_large_input
 
     if path.name.lower().endswith(LABELS_SUFFIXES):
         return [read_labels(path)]
@@ -59,7 +59,7 @@ def read_path(path: Path) -> list[tuple]:
 
 
 def layer_name(path: Path) -> str:
-    from nucleiseg.inference.predict import output_stem
+    from nucleiseg.pipeline.outputs import output_stem
 
     return output_stem(path).removesuffix(".ome") if path.is_dir() else output_stem(path)
 
@@ -96,7 +96,7 @@ def read_large(path: Path) -> tuple:
     """A huge image as a lazy multiscale layer: Dask arrays over the file's levels."""
     import dask.array as da
 
-    from nucleiseg.algorithms.blocks import open_large
+    from nucleiseg.io.wholeslide import open_large
 
     image = open_large(path)  # the file stays open while napari shows it
     levels = []
@@ -116,7 +116,7 @@ def read_large(path: Path) -> tuple:
 
 def read_labels(path: Path) -> tuple:
     """A `*_labels.tif` output as a Labels layer, with its measurements as features."""
-    from nucleiseg.algorithms.blocks import is_large_input
+    from nucleiseg.io.wholeslide import is_large_input
 
     if is_large_input(path):
         data, kwargs, _ = read_large(path)
@@ -138,7 +138,7 @@ def read_labels(path: Path) -> tuple:
 def saved_features(labels_path: Path) -> dict | None:
     """The rows of measurements.csv beside a 2-D `<stem>_labels.tif` whose image has that
     stem, as columns ('index': the label); None without that file or rows."""
-    from nucleiseg.inference.predict import output_stem
+    from nucleiseg.pipeline.outputs import output_stem
 
     table = Path(labels_path).with_name("measurements.csv")
     name = Path(labels_path).name

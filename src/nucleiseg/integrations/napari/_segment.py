@@ -5,7 +5,7 @@ A 2-D plane of up to NUCLEISEG_BLOCKWISE_PIXELS pixels (default 8192²) is segme
 `nucleiseg predict` segments a file (`segment_checked`: tiles, the nucleus size checked and the
 image rescaled for it); a larger plane, or a lazy multiscale layer (a whole-slide TIFF or an
 OME-Zarr opened by the reader), goes block by block as `predict` does for huge files
-(`algorithms.blocks.label_blocks`), reading only a block at a time from the layer's data. The
+(`nucleiseg.inference.blockwise`), reading only a block at a time from the layer's data. The
 labels come back as one array in memory (4 bytes a pixel for huge images: a 32768² slide takes
 4 GB); `nucleiseg predict` writes them block by block to disk instead.
 """
@@ -18,11 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nucleiseg.errors import Cancelled
 from nucleiseg.inference.engines import Engine
-
-
-class Cancelled(Exception):
-    """Raised inside the computation when the user pressed Cancel."""
 
 
 @dataclasses.dataclass
@@ -134,7 +131,7 @@ def planes_of(data, rgb: bool = False, channel: int | None = None):
 
 
 def blockwise(height: int, width: int) -> bool:
-    from nucleiseg.algorithms.blocks import blockwise_pixels
+    from nucleiseg.io.wholeslide import blockwise_pixels
 
     return height * width > blockwise_pixels()
 
@@ -219,40 +216,26 @@ def _segment_plane(plane, engine, record, options, instance_options, progress, w
 
 def _segment_blocks(plane, engine, record, options, instance_options, levels, progress,
                     core=None):
-    """A huge plane block by block (nucleiseg.algorithms.blocks), reading a block at a time."""
-    from nucleiseg.algorithms.blocks import (
-        HALO,
-        LargeImage,
-        NucleusTable,
-        choose_core,
-        fix_scale,
-        label_blocks,
-        plan_blocks,
-        segment_block,
-    )
+    """A huge plane block by block (nucleiseg.inference.blockwise, as predict does it),
+    reading a block at a time."""
+    from nucleiseg.inference.blockwise import segment_blocks
+    from nucleiseg.io.wholeslide import LargeImage
 
     arrays = [plane, *(levels or [])]
     axes = "YXC" if len(plane.shape) == 3 else "YX"
     image = LargeImage(Path("layer"), "napari", arrays, axes)
-    config = record["config"]
-    core = core or choose_core(options.tile, options.overlap, HALO, image.shape[:2])
-    blocks = sum(len(row) for row in plan_blocks(*image.shape[:2], core, HALO))
     progress.start(0, "intensity range and nucleus size")
-    intensity = image.intensity()
-    counting = progress.engine(engine)
-    options, check = fix_scale(image, counting, config, options, instance_options, intensity)
-    table = NucleusTable()
-    labels = np.zeros(image.shape[:2], np.uint32)
-    progress.start(blocks, "blocks")
-    what = progress.what
     counting = Engine(engine.name, _checked(engine.predict_logits, progress), engine.num_classes)
-    segment = lambda window: segment_block(window, counting, config, options, instance_options,
-                                           intensity)
-    for block, core_labels in label_blocks(image, segment, core, HALO, table):
+    run = segment_blocks(image, counting, record["config"], options, instance_options,
+                         core=core, scale_model=progress.engine(engine))
+    labels = np.zeros(image.shape[:2], np.uint32)
+    progress.start(run.count, "blocks")
+    what = progress.what
+    for block, core_labels in run.blocks:
         top, bottom, left, right = block.core
         labels[top:bottom, left:right] = core_labels
         progress.step(f"{what} (row {block.row + 1}, column {block.col + 1})")
-    return labels, table.rows(), check or {"scale": options.scale}
+    return labels, run.table.rows(), run.check or {"scale": run.options.scale}
 
 
 def _checked(predict, progress: Progress):

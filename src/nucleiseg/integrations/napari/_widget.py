@@ -219,8 +219,9 @@ class SegmentNuclei(Container):
 
     def _compute(self, model_path, job, progress):
         """In the worker thread: load the model (once), segment; None when cancelled."""
+        from nucleiseg.errors import Cancelled
         from nucleiseg.inference.engines import load_engine
-        from nucleiseg.integrations.napari._segment import Cancelled, segment_layer_data
+        from nucleiseg.integrations.napari._segment import segment_layer_data
 
         key = str(model_path)
         if key not in self._engines:
