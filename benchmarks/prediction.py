@@ -1,7 +1,7 @@
 """End-to-end prediction (read, normalise, tiled model, blend, separate nuclei, measure, write)
 with the shipped model, per stage and per engine; the classical pipeline beside it; peak memory.
 
-Each case runs `nucleiseg.inference.predict.predict_files` itself, in a fresh process
+Each case runs `nucleiseg.pipeline.run.predict_files` itself, in a fresh process
 (`python -m benchmarks.prediction ENGINE IMAGES`), with its stages timed by wrapping the library
 functions it calls. IMAGES: "dsb-val" (the shipped model's 85 validation images, never trained
 on), "synthetic-4096" / "synthetic-8192" (one mosaic image), "many-N" (N small images, resident
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Stopwatch, run_child, synthetic_image, synthetic_slide
+from nucleiseg.io.wholeslide import BLOCKWISE_PIXELS
 
 STAGES = ("read", "normalise", "model", "blend", "separate", "measure", "write")
 
@@ -47,10 +48,7 @@ def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]
         wanted = set(read_record(bundled_model_path())["split"]["val"])
         samples, _ = find_samples(data_dir, skip_bad=True)
         return [s.image_path for s in samples if s.name in wanted]
-    if images.startswith("wsi-"):
-        import os
-
-        os.environ["NUCLEISEG_BLOCKWISE_PIXELS"] = "0"  # block by block at any size
+    if images.startswith("wsi-"):  # measure() segments it block by block at any size
         size = int(images.split("-")[1])
         return [synthetic_slide(Path(tempfile.gettempdir()) / "nucleiseg-benchmarks"
                                 / f"wsi_{size}.tif", size)]
@@ -148,7 +146,9 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
         results = predict_files(engine, record, [p.parent for p in paths[:1]] if
                                 images.startswith("many-") else paths, folder / "out",
                                 options=options, progress=progress,
-                                overlap=run == "overlapped")
+                                overlap=run == "overlapped",
+                                blockwise_pixels=0 if images.startswith("wsi-") else
+                                BLOCKWISE_PIXELS)
         seconds = time.perf_counter() - started
     stages = dict(watch.seconds)
     # Tiled prediction = normalising tiles + the model + blending; blending is the rest.
@@ -176,6 +176,7 @@ def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
     from nucleiseg.io.images import read_image
     from nucleiseg.pipeline.run import predict_files
 
+    blockwise = 0 if images.startswith("wsi-") else BLOCKWISE_PIXELS
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         paths = write_inputs(images, data_dir, folder)
@@ -187,7 +188,7 @@ def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
             started = time.perf_counter()
             results = predict_files(engine, record, paths, folder / "out",
                                     options=PredictOptions(), progress=lambda _: None,
-                                    runner=runner)
+                                    runner=runner, blockwise_pixels=blockwise)
             seconds = time.perf_counter() - started
             workers = runner.client.run(peak_rss_mb)
     return {"engine": f"{engine.name}, dask {where}", "run": "dask", "diameter": "fixed",

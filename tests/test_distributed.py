@@ -138,11 +138,9 @@ class DyingOnce:
 
 
 def test_a_worker_killed_mid_image_loses_and_doubles_nothing(client, folder, local_run,
-                                                             tmp_path):
-    from nucleiseg.inference.engines import load_engine
-
+                                                             tmp_path, bundled_engine):
     marker = tmp_path / "died"
-    model, record = load_engine(None)
+    model, record = bundled_engine
     out = tmp_path / "out"
     results = predict_files(model, record, [folder], out, progress=lambda _: None,
                             runner=DaskRunner(client, DyingOnce(str(marker))))
@@ -174,10 +172,8 @@ class DiskFull:
 
 
 def test_a_full_disk_on_a_worker_stops_the_run_naming_the_file(client, folder, tmp_path,
-                                                                monkeypatch):
-    from nucleiseg.inference.engines import load_engine
-
-    model, record = load_engine(None)
+                                                                monkeypatch, bundled_engine):
+    model, record = bundled_engine
     monkeypatch.chdir(tmp_path)  # the file is named as given, not as the workers saw it
     out = Path("out")
     with pytest.raises(OSError) as caught:
@@ -224,7 +220,8 @@ def test_a_huge_image_blocks_on_the_workers_stitch_to_the_local_labels(
             source = test_blocks.write_ome_zarr(tmp_path / "slide.ome.zarr", image)
         results = predict_files(test_blocks.POINTWISE, {"config": test_blocks.CONFIG},
                                 [source], out, options=test_blocks.OPTIONS,
-                                progress=lambda _: None, runner=runner, overwrite=True)
+                                progress=lambda _: None, runner=runner, overwrite=True,
+                                blockwise_pixels=0)
         assert results[0].error is None
         if kind == "tiff":
             labels = tifffile.imread(out / "slide_labels.tif")

@@ -6,24 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, disk_samples, make_disks, write_image, write_paired
+from conftest import make_disks, write_image
 
-from nucleiseg.config import TrainConfig
 from nucleiseg.errors import UsageError
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from nucleiseg.training.fit import train
-
-    root = tmp_path_factory.mktemp("export")
-    data = write_paired(root / "data", disk_samples(8))
-    config = TrainConfig(image_size=64, sampling="crops", target="boundary", epochs=1,
-                         batch_size=4, steps_per_epoch=2, **TINY_MODEL)
-    run, _ = train(config, data, root / "run", verbose=0, log=lambda *_: None)
-    return run / "model.keras"
 
 
 @pytest.mark.parametrize("fmt,name", [("onnx", "model.onnx"), ("tflite", "model.tflite"),

@@ -23,10 +23,8 @@ PLUGIN = Path(_reader.__file__).parent
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from nucleiseg.inference.engines import load_engine
-
-    return load_engine()
+def engine(bundled_engine):
+    return bundled_engine
 
 
 def viewer_with(layers) -> ViewerModel:
@@ -154,13 +152,13 @@ def test_reader_labels_output_with_measurements_as_features(tmp_path, engine):
 def test_reader_huge_tiff_is_a_lazy_multiscale_layer(tmp_path, monkeypatch):
     import tifffile
 
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(256 * 256))
     image = np.tile(sample_image("fluorescence"), (2, 2))
     path = tmp_path / "slide.tif"
     with tifffile.TiffWriter(path) as tif:
         tif.write(image, tile=(128, 128), subifds=1)
         tif.write(image[::2, ::2], tile=(128, 128), subfiletype=1)
-    (levels, kwargs, kind), = _reader.get_reader(str(path))(str(path))
+    assert _reader.get_reader(str(path)) is _reader.read_layers
+    (levels, kwargs, kind), = _reader.read_layers(str(path), blockwise_pixels=256 * 256)
     assert kind == "image" and kwargs["multiscale"] and not kwargs["rgb"]
     assert [level.shape for level in levels] == [(512, 512), (256, 256)]
     np.testing.assert_array_equal(np.asarray(levels[0][100:300, 200:260]),
@@ -280,17 +278,16 @@ def test_pixel_size_adds_micrometre_columns(engine):
 
 
 def test_huge_planes_go_block_by_block(engine, monkeypatch):
-    """Above NUCLEISEG_BLOCKWISE_PIXELS a plane is segmented as predict segments huge files:
+    """Above `blockwise_pixels` a plane is segmented as predict segments huge files:
     block by block (here 256² cores), with nuclei crossing the seams kept whole."""
     model, record = engine
     image = np.block([[sample_image("fluorescence"), sample_image("brightfield")],
                       [sample_image("brightfield"), sample_image("fluorescence")]])
     whole = _segment.segment_layer_data(image, model, record)
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(256 * 256))
     reports = []
     progress = _segment.Progress(report=lambda *report: reports.append(report))
     blocks = _segment.segment_layer_data(image, model, record, progress=progress,
-                                         block_core=256)
+                                         block_core=256, blockwise_pixels=256 * 256)
     assert blocks.blockwise and not whole.blockwise
     assert (4, 4) in [report[:2] for report in reports]  # 4 blocks of 4
     check_features(blocks)
@@ -303,14 +300,14 @@ def test_a_huge_multiscale_layer_from_the_reader(tmp_path, engine, monkeypatch):
     import tifffile
 
     model, record = engine
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(256 * 256))
     image = np.tile(sample_image("fluorescence"), (2, 2))
     path = tmp_path / "slide.tif"
     with tifffile.TiffWriter(path) as tif:
         tif.write(image, tile=(128, 128), subifds=1)
         tif.write(image[::2, ::2], tile=(128, 128), subfiletype=1)
-    viewer = viewer_with(_reader.get_reader(str(path))(str(path)))
+    viewer = viewer_with(_reader.read_layers(str(path), blockwise_pixels=256 * 256))
     result = _segment.segment_layer_data(engine=model, record=record, block_core=256,
+                                         blockwise_pixels=256 * 256,
                                          **_results.layer_inputs(viewer.layers["slide"]))
     assert result.blockwise and result.labels.shape == (512, 512) and result.count > 100
     check_features(result)

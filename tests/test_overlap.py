@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from conftest import make_disks, write_image
 
-from nucleiseg.inference.engines import load_engine
 from nucleiseg.model.saving import bundled_model_path
 from nucleiseg.pipeline.run import predict_files
 
@@ -16,8 +15,8 @@ pytestmark = pytest.mark.skipif(not bundled_model_path().is_file(),
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    return load_engine(None)
+def bundled(bundled_engine):
+    return bundled_engine
 
 
 @pytest.fixture

@@ -147,12 +147,11 @@ def test_auto_needs_a_model_that_records_its_nucleus_size():
     assert recorded.diameter == "auto" and recorded.training_diameter == 19.5
 
 
-def test_bundled_model_estimate_follows_a_rescaled_sample_image():
+def test_bundled_model_estimate_follows_a_rescaled_sample_image(bundled_engine):
     """The real model: nuclei drawn twice as large are estimated twice as large."""
-    from nucleiseg.inference.engines import load_engine
     from nucleiseg.io.images import bundled_sample, read_image
 
-    engine, record = load_engine()
+    engine, record = bundled_engine
     image = read_image(bundled_sample("test") / "images" / "fluorescence_df53d0b6.png")
     options = PredictOptions(diameter="auto", training_diameter=19.45)
     native = segment_checked(engine, image, record["config"], options)[2]

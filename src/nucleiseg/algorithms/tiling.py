@@ -40,10 +40,13 @@ def round_up(value: int, multiple: int = SIZE_MULTIPLE) -> int:
 
 
 def pad_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Mirror-pad an (H, W, C) image at the bottom/right to at least height x width."""
+    """Mirror-pad an array's first two axes (an (H, W, C) image, an (H, W) target) at the
+    bottom/right to at least height x width; the array itself when it is large enough. The one
+    mirror-pad of tiles, training crops and calibration crops."""
     pad_h, pad_w = max(0, height - image.shape[0]), max(0, width - image.shape[1])
     if pad_h or pad_w:
-        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        pads = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (image.ndim - 2)
+        image = np.pad(image, pads, mode="symmetric")
     return image
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nucleiseg.algorithms.tiling import pad_image
 from nucleiseg.errors import UsageError, file_error
 from nucleiseg.io.runfiles import atomic_write
 
@@ -53,9 +54,7 @@ def calibration_tiles(images, count: int = 32, size: int = 256, seed: int = 0) -
     tiles = []
     for index in order:
         image = images[index]
-        pad_h, pad_w = max(0, size - image.shape[0]), max(0, size - image.shape[1])
-        if pad_h or pad_w:
-            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        image = pad_image(image, size, size)
         top = rng.integers(0, image.shape[0] - size + 1)
         left = rng.integers(0, image.shape[1] - size + 1)
         tiles.append(image[top:top + size, left:left + size])

@@ -98,19 +98,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def cpu_threads() -> int:
-    """Threads for ONNX Runtime and TFLite: NUCLEISEG_THREADS when set (a Dask worker sets its
-    own thread count), else the cores this process may run on."""
-    if os.environ.get("NUCLEISEG_THREADS", "").isdigit() and int(os.environ["NUCLEISEG_THREADS"]):
-        return int(os.environ["NUCLEISEG_THREADS"])
-    return usable_cores()
+def cpu_threads(threads: int | None = None) -> int:
+    """Threads for ONNX Runtime and TFLite: `threads` when given (predict --threads; a Dask
+    worker gives its own thread count), else the cores this process may run on."""
+    return threads if threads else usable_cores()
 
 
-def onnx_session(path: Path):
+def onnx_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
+    options.intra_op_num_threads = cpu_threads(threads)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -136,8 +134,9 @@ def tflite_interpreter_class():
     return Interpreter
 
 
-def tflite_engine(path: Path) -> Engine:
-    interpreter = tflite_interpreter_class()(model_path=str(path), num_threads=cpu_threads())
+def tflite_engine(path: Path, threads: int | None = None) -> Engine:
+    interpreter = tflite_interpreter_class()(model_path=str(path),
+                                             num_threads=cpu_threads(threads))
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     allocated = {"shape": None}
 
@@ -191,11 +190,12 @@ def read_export_record(path: Path, session=None) -> dict:
                          "make one with nucleiseg export") from None
 
 
-def open_export(path: Path, engine: str) -> tuple[Engine, dict]:
-    """(engine, record) of an export file; an ONNX file is opened once for both."""
+def open_export(path: Path, engine: str, threads: int | None = None) -> tuple[Engine, dict]:
+    """(engine, record) of an export file; an ONNX file is opened once for both. `threads`:
+    for ONNX Runtime and TFLite (None: every core this process may use)."""
     if engine == "tflite":
-        return tflite_engine(path), read_export_record(path)
-    session = onnx_session(path)
+        return tflite_engine(path, threads), read_export_record(path)
+    session = onnx_session(path, threads)
     return onnx_engine(path, session, engine), read_export_record(path, session)
 
 
@@ -221,21 +221,23 @@ def engine_of_export(path: Path) -> str | None:
     return {".onnx": "onnx", ".tflite": "tflite"}.get(Path(path).suffix)
 
 
-def matching_export(keras_path: Path, engine: str) -> Engine | None:
+def matching_export(keras_path: Path, engine: str, threads: int | None = None) -> Engine | None:
     """The `engine` export beside a .keras model, opened, if it was made from this very file."""
     export = export_path(keras_path, engine)
     if not export.exists():
         return None
     try:
-        opened, record = open_export(export, engine)
+        opened, record = open_export(export, engine, threads)
     except Exception:  # unreadable or foreign: not this model's export
         return None
     source = record.get("exported_from", {})
     return opened if source.get("sha256") == file_digest(keras_path) else None
 
 
-def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[Engine, dict]:
-    """(engine, model record) for a .keras model (None: the bundled one) or an export."""
+def load_engine(model_path: Path | None = None, engine: str = "auto",
+                threads: int | None = None) -> tuple[Engine, dict]:
+    """(engine, model record) for a .keras model (None: the bundled one) or an export;
+    `threads`: for ONNX Runtime and TFLite (None: every core this process may use)."""
     from nucleiseg.model.saving import read_record, resolve_model_path
 
     if engine not in ENGINES:
@@ -248,11 +250,11 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
                              ".keras model, or an .onnx or .tflite export")
         if engine not in ("auto", kind):
             raise UsageError(f"{path}: a {kind} export runs with --engine {kind}, not {engine}")
-        return open_export(path, kind)
+        return open_export(path, kind, threads)
     record = read_record(path)
     if engine == "auto":
         for candidate in AUTO_ORDER if onnx_available() else ():
-            opened = matching_export(path, candidate)
+            opened = matching_export(path, candidate, threads)
             if opened is not None:
                 return opened, record
         engine = "keras"
@@ -265,7 +267,7 @@ def load_engine(model_path: Path | None = None, engine: str = "auto") -> tuple[E
     if engine.startswith("onnx") and not onnx_available():
         raise UsageError(f"--engine {engine} needs onnxruntime, which nucleiseg installs: "
                          "pip install onnxruntime")
-    opened = matching_export(path, engine)
+    opened = matching_export(path, engine, threads)
     if opened is None:
         wanted = export_path(path, engine)
         raise UsageError(f"{path}: no up-to-date {engine} export beside it ({wanted.name}); "

@@ -68,6 +68,24 @@ class PredictOptions:
                              "this model's record has none; pass --scale instead")
 
 
+def parse_diameter(text: str, blank: bool = False) -> float | str | None:
+    """A diameter as written (predict --diameter, the napari widget's field): "auto" or a
+    positive number of pixels; with `blank`, "" or "none" too (None: use the scale).
+    ValueError naming what is wrong."""
+    text = text.strip().lower()
+    if blank and text in ("", "none"):
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise ValueError(f"diameter: 'auto' or a positive number of pixels, not {text!r}")
+    return value
+
+
 def options_for(record: dict | None, **values) -> PredictOptions:
     """PredictOptions with the model's training nucleus size from its record; `diameter`
     defaults to "auto" when the record has that size, else to None (fixed `scale`)."""

@@ -1,8 +1,9 @@
 """`predict --dask`: images, and the blocks of huge images, segmented on a Dask cluster.
 
-The client (the `nucleiseg predict` process) plans the run as always (nucleiseg.inference.predict
-.predict_files: outputs, --resume, --overwrite, the lock on --out) and writes the two CSV files;
-the workers run what a local run runs, with the same functions:
+The client (the `nucleiseg predict` process) plans the run as always
+(nucleiseg.pipeline.run.predict_files: outputs, --resume, --overwrite, the lock on --out) and
+writes the two CSV files; the workers run what a local run runs, with the same functions and
+the run's Segmenter (its options bound once, sent without the engine):
 
 * Many files: one task per image (`run_job`, as a local run calls it), a few times as many in
   flight as the cluster has threads. Each worker loads the model once (`worker_engine`, cached
@@ -12,9 +13,10 @@ the workers run what a local run runs, with the same functions:
   `distributed.scheduler.allowed-failures` times, then the image is reported as failed); one
   that raises is retried (RETRIES); a dead worker leaves no output half-written (only whole
   files are renamed into place).
-* A huge image (whole-slide TIFF, OME-Zarr): its blocks (algorithms.blocks) are segmented on the
-  workers, each reading its own window from the file, and the client stitches them in raster
-  order with the same code as a local run (`label_blocks`), so the labels are the same, numbered
+* A huge image (whole-slide TIFF, OME-Zarr): its blocks are segmented on the workers
+  (`block_task`), each reading its own window from the file, and the client stitches them in
+  raster order with the same orchestration as a local run (nucleiseg.inference.blockwise
+  .segment_blocks, given the workers as its `segmented`), so the labels are the same, numbered
   the same.
 
 Dask is imported only here, and only for --dask: `pip install 'nucleiseg[dask]'`.
@@ -51,15 +53,18 @@ def require_distributed():
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
     """What `load_engine` is called with on each worker: a model file (None: the bundled
-    model, as installed on the worker) and the engine."""
+    model, as installed on the worker), the engine, and the threads ONNX Runtime and TFLite
+    use (None: the worker's own thread count)."""
 
     model: str | None = None
     engine: str = "auto"
+    threads: int | None = None
 
     def load(self):
         from nucleiseg.inference.engines import load_engine
 
-        return load_engine(None if self.model is None else Path(self.model), self.engine)[0]
+        return load_engine(None if self.model is None else Path(self.model), self.engine,
+                           self.threads)[0]
 
 
 _engines: dict = {}
@@ -79,14 +84,14 @@ def worker_threads() -> int | None:
 
 def worker_engine(spec):
     """The engine of `spec` (EngineSpec, or any hashable object with `load()`), loaded once
-    per worker process; ONNX Runtime and TFLite get the worker's threads
-    (NUCLEISEG_THREADS), so N one-thread workers on a machine do not fight over its cores."""
+    per worker process; ONNX Runtime and TFLite get the worker's threads (unless the spec
+    names them), so N one-thread workers on a machine do not fight over its cores."""
     with _lock:
         if spec not in _engines:
-            threads = worker_threads()
-            if threads and "NUCLEISEG_THREADS" not in os.environ:
-                os.environ["NUCLEISEG_THREADS"] = str(threads)
-            _engines[spec] = spec.load()
+            loading = spec
+            if isinstance(spec, EngineSpec) and spec.threads is None:
+                loading = dataclasses.replace(spec, threads=worker_threads())
+            _engines[spec] = loading.load()
             _loads[spec] += 1
         return _engines[spec]
 
@@ -96,12 +101,12 @@ def loads() -> dict:
     return dict(_loads)
 
 
-def job_task(spec, record: dict, job, options, instance_options, read_options, earlier):
-    """One image on a worker: infer.run_job with the worker's engine; rows as a list."""
+def job_task(spec, segmenter, job, earlier: dict):
+    """One image on a worker: pipeline.run.run_job with `segmenter` (its options, sent without
+    an engine) on the worker's engine; rows as a list."""
     from nucleiseg.pipeline.run import run_job
 
-    result, rows = run_job(worker_engine(spec), record, job, options, instance_options,
-                           read_options, earlier)
+    result, rows = run_job(segmenter.with_engine(worker_engine(spec)), job, earlier)
     return result, list(rows)
 
 
@@ -227,32 +232,32 @@ class DaskRunner:
             if leftover:
                 self.client.cancel(leftover)
 
-    def outcomes(self, model, record, jobs, options, instance_options, read_options, earlier):
+    def outcomes(self, segmenter, jobs, earlier: dict):
         """predict_files' (PredictionResult, rows) per job, in order: ordinary images on the
         workers, huge ones block by block (their blocks on the workers) from here."""
         from nucleiseg.io.wholeslide import is_large_input
         from nucleiseg.pipeline.outputs import display_name
         from nucleiseg.pipeline.run import run_job
 
-        config = {"config": record["config"]}  # not the whole record in every task
+        # options only: no engine, and not the whole record, in every task
+        there_segmenter = dataclasses.replace(segmenter, engine=None,
+                                              record={"config": segmenter.config})
 
         def calls():
             for job in jobs:
-                if is_large_input(job.path):
+                if is_large_input(job.path, segmenter.blockwise_pixels):
                     yield None
                     continue
                 there = dataclasses.replace(job, path=absolute(job.path), paths={
                     key: absolute(p) for key, p in job.paths.items()})
                 mine = {display_name(job.path): earlier[display_name(job.path)]} if \
                     display_name(job.path) in earlier else {}
-                yield job_task, (self.spec, config, there, options, instance_options,
-                                 read_options, mine)
+                yield job_task, (self.spec, there_segmenter, there, mine)
 
         for job, future in zip(jobs, self.in_order(calls(), self.ahead())):
             if future is None:
-                yield run_job(model, record, job, options, instance_options, read_options,
-                              earlier, segmented=self.blocks_of(job.path, record["config"],
-                                                                instance_options))
+                yield run_job(segmenter, job, earlier, segmented=self.blocks_of(
+                    job.path, segmenter.config, segmenter.instance_options))
                 continue
             try:
                 result, rows = future.result()

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,20 +72,16 @@ def _image_files(folder: Path) -> list[Path]:
 # ---------------------------------------------------------------- reading pixels
 
 
-MAX_PIXELS = 16384 * 16384  # per image; NUCLEISEG_MAX_PIXELS overrides
+MAX_PIXELS = 16384 * 16384  # per image, by default (ReadOptions.max_pixels, predict --max-pixels)
 
 
-def max_pixels() -> int:
-    return int(os.environ.get("NUCLEISEG_MAX_PIXELS", MAX_PIXELS))
-
-
-def _check_size(path: Path, height: int, width: int) -> None:
+def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
     """Refuse an image whose header claims more pixels than we would decode (a damaged file or
     a decompression bomb), before any pixel is decoded."""
-    if height * width > max_pixels():
+    if height * width > max_pixels:
         raise file_error(path, f"header claims {width}x{height} pixels, more than the limit of "
-                         f"{max_pixels():,} (damaged file or decompression bomb?); set "
-                         "NUCLEISEG_MAX_PIXELS to read larger images")
+                         f"{max_pixels:,} (damaged file or decompression bomb?); raise it "
+                         "with --max-pixels to read larger images")
 
 
 class _TiffErrors(logging.Handler):
@@ -118,7 +113,7 @@ def _tiff_errors(path: Path):
         raise file_error(path, f"damaged or truncated TIFF ({handler.messages[0]})")
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, ImageInfo]:
+def _read_tiff(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     import tifffile
 
     with _tiff_errors(path), tifffile.TiffFile(path) as tif:
@@ -126,19 +121,19 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageInfo]:
         shape, axes = series.shape, series.axes
         if sorted(a for a in axes if a in "YX") != ["X", "Y"]:
             raise file_error(path, f"no 2-D image in this TIFF (tifffile axes {axes!r})")
-        _check_size(path, *(n for axis, n in zip(axes, shape) if axis in "YX"))
+        _check_size(path, *(n for axis, n in zip(axes, shape) if axis in "YX"), max_pixels)
         total = math.prod(shape)
-        if total > 8 * max_pixels():
+        if total > 8 * max_pixels:
             raise file_error(path, f"header claims {total:,} values (planes x channels x "
-                             f"pixels), more than 8x the limit of {max_pixels():,} pixels; set "
-                             "NUCLEISEG_MAX_PIXELS to read larger files")
+                             f"pixels), more than 8x the limit of {max_pixels:,} pixels; "
+                             "raise it with --max-pixels to read larger files")
         metadata = tiff_metadata(path, tif, series)
         array = series.asarray()
     array, axes = standard_axes(np.asarray(array).reshape(shape), axes)
     return array, ImageInfo(axes, **metadata)
 
 
-def _read_other(path: Path) -> tuple[np.ndarray, ImageInfo]:
+def _read_other(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
     import imageio.v3 as iio
     from PIL import Image
 
@@ -146,7 +141,7 @@ def _read_other(path: Path) -> tuple[np.ndarray, ImageInfo]:
     with Image.open(path) as opened:  # reads the header only
         width, height = opened.size
         frames = getattr(opened, "n_frames", 1)
-    _check_size(path, height, width)
+    _check_size(path, height, width, max_pixels)
     if frames > 1:
         raise file_error(path, f"{frames} frames (an animation or stack), not one 2-D image")
     array = iio.imread(path)
@@ -158,11 +153,12 @@ def _read_other(path: Path) -> tuple[np.ndarray, ImageInfo]:
     return array, ImageInfo(axes, rgb=array.ndim == 3)
 
 
-def read_pixels(path: Path) -> tuple[np.ndarray, ImageInfo]:
+def read_pixels(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
     """Read every pixel of an image file, with what its metadata says (axes, channel names,
     pixel size; nucleiseg.io.microscopy.ImageInfo). The array's axes are `info.axes`: stack and
     channel axes in file order, then Y, X, then S; axes of length 1 are dropped.
-    A DataError naming the file if it can't be read."""
+    A DataError naming the file if it can't be read, or if its header claims more than
+    `max_pixels` pixels per plane (a damaged file or a decompression bomb)."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "no such file")
@@ -172,9 +168,9 @@ def read_pixels(path: Path) -> tuple[np.ndarray, ImageInfo]:
         raise file_error(path, "empty file (0 bytes)")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array, info = _read_tiff(path)
+            array, info = _read_tiff(path, max_pixels)
         else:
-            array, info = _read_other(path)
+            array, info = _read_other(path, max_pixels)
     except DataError:
         raise
     except MemoryError:
@@ -220,13 +216,14 @@ def check_pixels(path: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def read_image(path: Path, channel: int | str | None = None) -> np.ndarray:
+def read_image(path: Path, channel: int | str | None = None,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read a 2-D image as H x W x C (C = 1, 3 or 4), any of uint8/uint16/float (finite).
 
     `channel` (an index or an OME channel name) picks the nuclear channel of a multi-channel
     file; without it a file of two or more channels must be 8-bit RGB(A) (kept in colour).
-    Stacks (z, time) are refused: `read_planes` reads them."""
-    array, info = read_pixels(path)
+    Stacks (z, time) are refused: `read_planes` reads them. `max_pixels`: see read_pixels."""
+    array, info = read_pixels(path, max_pixels)
     if info.plane_axes:
         raise _stack_error(path, array, info, "predict segments stacks (--planes); training "
                            "and evaluation need one 2-D image per file")
@@ -240,9 +237,10 @@ def read_planes(path: Path, options: ReadOptions | None = None):
     Returns (images (*planes, H, W, C), their plane axes e.g. "ZT" or "" for one 2-D image,
     ImageInfo): the nuclear channel picked by `options.channel` (as `read_image`), planes kept
     (`options.planes` 'each') or projected ('max', 'mean'), and `info.pixel_size_um` replaced
-    by `options.pixel_size` when given."""
+    by `options.pixel_size` when given; files of more than `options.max_pixels` pixels per
+    plane are refused (default MAX_PIXELS)."""
     options = options or ReadOptions()
-    array, info = read_pixels(path)
+    array, info = read_pixels(path, options.max_pixels or MAX_PIXELS)
     if options.pixel_size is not None:
         info = dataclasses.replace(info, pixel_size_um=(options.pixel_size,) * 2)
     array, axes = nuclear_channel(path, array, info, options.channel)

@@ -44,11 +44,14 @@ class ImageInfo:
 class ReadOptions:
     """How to turn a file into images to segment: the nuclear channel (index or OME name;
     None: grey or 8-bit colour files only), what to do with z-stacks and time series (segment
-    each plane, or a max/mean projection), and a pixel size in µm that overrides the file's."""
+    each plane, or a max/mean projection), a pixel size in µm that overrides the file's, and
+    the most pixels per plane a file may claim (None: nucleiseg.io.images.MAX_PIXELS, 16384²;
+    a larger header is a damaged file or a decompression bomb)."""
 
     channel: int | str | None = None
     planes: str = "each"
     pixel_size: float | None = None
+    max_pixels: int | None = None
 
     def __post_init__(self):
         if self.planes not in PLANE_MODES:

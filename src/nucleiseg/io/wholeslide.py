@@ -15,12 +15,8 @@ import numpy as np
 from nucleiseg.algorithms.blocks import ALIGN
 from nucleiseg.errors import DataError, file_error
 
-BLOCKWISE_PIXELS = 8192 * 8192  # tiled TIFFs above this are segmented block by block
+BLOCKWISE_PIXELS = 8192 * 8192  # default: tiled TIFFs above this go block by block
 LARGE_SUFFIXES = (".svs",)  # whole-slide TIFF files that are always read block by block
-
-
-def blockwise_pixels() -> int:
-    return int(os.environ.get("NUCLEISEG_BLOCKWISE_PIXELS", BLOCKWISE_PIXELS))
 
 
 def is_zarr_image(path: Path) -> bool:
@@ -28,10 +24,10 @@ def is_zarr_image(path: Path) -> bool:
     return Path(path).suffix.lower() == ".zarr" and Path(path).is_dir()
 
 
-def is_large_input(path: Path) -> bool:
+def is_large_input(path: Path, blockwise_pixels: int = BLOCKWISE_PIXELS) -> bool:
     """Whether `path` is segmented block by block: an OME-Zarr folder, an SVS file, or a tiled
-    TIFF with more than NUCLEISEG_BLOCKWISE_PIXELS (default 8192 x 8192) pixels. A file that
-    cannot be opened is not (reading it whole reports why)."""
+    TIFF with more than `blockwise_pixels` (default 8192 x 8192; predict --blockwise-pixels)
+    pixels. A file that cannot be opened is not (reading it whole reports why)."""
     path = Path(path)
     if is_zarr_image(path) or path.suffix.lower() in LARGE_SUFFIXES:
         return True
@@ -44,7 +40,7 @@ def is_large_input(path: Path) -> bool:
             page = tif.series[0].pages[0]
             spatial = [n for axis, n in zip(tif.series[0].axes, tif.series[0].shape)
                        if axis in "YX"]
-            return bool(page.is_tiled) and math.prod(spatial) > blockwise_pixels()
+            return bool(page.is_tiled) and math.prod(spatial) > blockwise_pixels
     except Exception:
         return False
 

@@ -14,14 +14,14 @@ import numpy as np
 from nucleiseg.algorithms.blocks import HALO, NucleusTable, plan_blocks
 from nucleiseg.algorithms.instances import in_micrometres, measure_nuclei
 from nucleiseg.algorithms.preprocess import intensity_range
-from nucleiseg.algorithms.scale import CHECK_COLUMNS, combine_checks
+from nucleiseg.algorithms.scale import combine_checks
 from nucleiseg.errors import DataError, file_error
-from nucleiseg.inference.blockwise import segment_blocks
-from nucleiseg.inference.predict import segment_checked
-from nucleiseg.io.images import read_pixels, read_planes, write_labels, write_png
+from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.io.images import MAX_PIXELS, read_pixels, read_planes, write_labels, write_png
 from nucleiseg.io.microscopy import ReadOptions, plane_columns
 from nucleiseg.io.outlines import EXPORTS, write_exports
 from nucleiseg.io.wholeslide import (
+    BLOCKWISE_PIXELS,
     RowSpool,
     ZarrLabels,
     is_large_input,
@@ -30,15 +30,14 @@ from nucleiseg.io.wholeslide import (
 )
 from nucleiseg.pipeline.outputs import (
     PredictionResult,
-    display_name,
+    earlier_figures,
     label_image_dtype,
     mean_area,
 )
 from nucleiseg.render import outline_overlay
 
 
-def segment_file(model, record: dict, path: Path, paths: dict, options, instance_options,
-                 read_options: ReadOptions | None = None, segmented=None, turn=None):
+def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, turn=None):
     """Read, predict, separate, measure, write the three images; (PredictionResult,
     measurement rows). A stack is segmented plane by plane: its labels are written as a stack,
     its mask and overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go
@@ -46,15 +45,14 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     here). The nuclei are measured in a thread while the files are written; `turn()`, when
     given, is called before writing (the overlapped path writes one image's files after the
     previous image is reported)."""
-    if is_large_input(path):
-        refuse_file_options_for_blocks(path, read_options)
+    if is_large_input(path, segmenter.blockwise_pixels):
+        refuse_file_options_for_blocks(path, segmenter.read_options)
         refuse_exports_for_blocks(path, paths)
         extra = {} if segmented is None else {"segmented": segmented}
-        return segment_large_file(model, record, path, paths, options, instance_options,
-                                  **extra)
+        return segment_large_file(segmenter, path, paths, **extra)
 
     start = time.perf_counter()
-    images, axes, info = read_planes(path, read_options)
+    images, axes, info = read_planes(path, segmenter.read_options)
     shape = images.shape[:len(axes)]
     planes = images.reshape(-1, *images.shape[len(axes):])
     labels = None  # (planes, H, W); one 2-D image's labels are used as they come
@@ -63,8 +61,7 @@ def segment_file(model, record: dict, path: Path, paths: dict, options, instance
     for flat, image in enumerate(planes):
         intensity = intensity_range(image)  # once, for the model and for the overlay
         try:
-            found, _, check = segment_checked(model, image, record["config"], options,
-                                              instance_options, intensity)
+            found, _, check = segmenter.checked(image, intensity)
             checks.append(check)
             if len(planes) == 1:
                 labels = found[None]
@@ -129,12 +126,13 @@ def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
 
 
 def measure_saved(path: Path, labels_path: Path, earlier: dict,
-                  read_options: ReadOptions | None = None):
+                  read_options: ReadOptions | None = None,
+                  blockwise_pixels: int = BLOCKWISE_PIXELS):
     """Rows of an image whose outputs an earlier run wrote (--resume)."""
-    if is_large_input(path):
+    if is_large_input(path, blockwise_pixels):
         return measure_saved_large(path, labels_path, earlier)
     images, axes, info = read_planes(path, read_options)
-    labels = read_pixels(labels_path)[0]
+    labels = read_pixels(labels_path, (read_options or ReadOptions()).max_pixels or MAX_PIXELS)[0]
     if labels.shape != images.shape[:-1]:
         raise DataError(f"{labels_path}: does not match {path.name} (another image's output, or "
                         "other --channel/--planes?); delete it or use --overwrite")
@@ -142,23 +140,20 @@ def measure_saved(path: Path, labels_path: Path, earlier: dict,
     planes = images.reshape(-1, *images.shape[len(axes):])
     rows = measure_planes(labels.reshape(-1, *labels.shape[len(axes):]), planes, axes, shape,
                           info.pixel_size_um)
-    row = earlier.get(display_name(path), {})
-    seconds = float(row.get("seconds") or 0.0)
-    check = {key: row.get(key, "") for key in CHECK_COLUMNS}
+    seconds, check = earlier_figures(earlier, path)
     return PredictionResult(path, len(rows), mean_area(rows), seconds, resumed=True,
                             planes=len(planes), pixel_size_um=info.pixel_size_um,
                             check=check), rows
 
 
-def segment_large_file(model, record: dict, path: Path, paths: dict, options=None,
-                       instance_options=None, halo: int = HALO, core: int | None = None,
-                       segmented=None):
+def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int = HALO,
+                       core: int | None = None, segmented=None):
     """segment_file for a huge image: (PredictionResult, measurement rows). Labels: a tiled
     BigTIFF at paths['labels'] (TIFF input) or labels/nuclei inside the OME-Zarr input; mask
     and overlay: previews (longest side <= 4096); rows: streamed from a temporary file as they
     were measured, so memory stays flat however many nuclei. `segmented(blocks, options,
     intensity)`: segments the blocks elsewhere (segment_blocks), with the image's one scale
-    and intensity range; `model` then only fixes the scale."""
+    and intensity range; the segmenter's engine then only fixes the scale."""
     start = time.perf_counter()
     image = open_large(path)
     try:
@@ -167,9 +162,8 @@ def segment_large_file(model, record: dict, path: Path, paths: dict, options=Non
         image.close()
         raise
     try:
-        run = segment_blocks(image, model, record["config"], options, instance_options,
-                             core=core, halo=halo, previews=True, rows_done=spool.write,
-                             segmented=segmented)
+        run = segmenter.blocks(image, core=core, halo=halo, previews=True,
+                               rows_done=spool.write, segmented=segmented)
         if image.kind == "ome-zarr":
             writer = ZarrLabels(image)
             try:
@@ -231,8 +225,6 @@ def measure_saved_large(path: Path, labels_path: Path, earlier: dict, core: int 
         image.close()
         labels.close()
     mean = table.total_area / table.count if table.count else 0.0
-    earlier_row = earlier.get(display_name(path), {})
-    seconds = float(earlier_row.get("seconds") or 0.0)
-    check = {key: earlier_row.get(key, "") for key in CHECK_COLUMNS}
+    seconds, check = earlier_figures(earlier, path)
     return PredictionResult(path, table.count, mean, seconds, resumed=True,
                             check=check), spool.rows()

@@ -93,6 +93,13 @@ def previous_rows(out_dir: Path) -> dict[str, dict]:
         return {}
 
 
+def earlier_figures(earlier: dict, path: Path) -> tuple[float, dict]:
+    """(seconds, check row) of `path` in an earlier run's summary rows (previous_rows), for an
+    image --resume keeps; 0 and empty checks when the earlier run did not list it."""
+    row = earlier.get(display_name(path), {})
+    return float(row.get("seconds") or 0.0), {key: row.get(key, "") for key in CHECK_COLUMNS}
+
+
 def remove_partials(out_dir: Path, jobs) -> None:
     """Remove what a killed writer left: the hidden temporary files (io.runfiles.atomic_write:
     `.<name>.XXXXXXXX<suffix>`) of this run's outputs. Called while the run holds the lock on

@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,11 +20,12 @@ from nucleiseg.algorithms.instances import (
 from nucleiseg.errors import Cancelled, DataError, UsageError
 from nucleiseg.inference.engines import Engine, as_engine, usable_cores
 from nucleiseg.inference.predict import PredictOptions, options_for
+from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.images import find_images
 from nucleiseg.io.microscopy import PLANE_COLUMNS, ReadOptions
 from nucleiseg.io.outlines import EXPORTS
 from nucleiseg.io.runfiles import CsvStream, OutputLock
-from nucleiseg.io.wholeslide import is_large_input
+from nucleiseg.io.wholeslide import BLOCKWISE_PIXELS, is_large_input
 from nucleiseg.pipeline.one_file import measure_saved, segment_file
 from nucleiseg.pipeline.outputs import (
     SUMMARY_COLUMNS,
@@ -43,7 +43,8 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                   options: PredictOptions | None = None,
                   instance_options: InstanceOptions | None = None, progress=print,
                   resume: bool = False, read_options: ReadOptions | None = None,
-                  exports=(), runner=None, overlap: bool | None = None):
+                  exports=(), runner=None, overlap: bool | None = None,
+                  blockwise_pixels: int = BLOCKWISE_PIXELS):
     """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei;
     uint32 above 65,535 nuclei), <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at
     the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
@@ -67,20 +68,20 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     While the run writes into `out_dir`, a second run into it is refused
     (nucleiseg.io.runfiles.OutputLock). `overlap` (without a runner): segment the next image
     while the model runs on one and the previous one's files are written (overlapped_outcomes;
-    the same outputs); None: when the process may use two cores or more and NUCLEISEG_OVERLAP
-    is not 0.
+    the same outputs); None: when the process may use two cores or more (predict
+    --no-overlap: False). `blockwise_pixels`: tiled TIFFs with more pixels are segmented block
+    by block (predict --blockwise-pixels).
     Returns a list of PredictionResult.
     """
     import contextlib
 
-
     unknown = [name for name in exports if name not in EXPORTS]
     if unknown:
         raise UsageError(f"unknown exports {unknown}; choose from {', '.join(EXPORTS)}")
-    model = as_engine(model)
     images = find_images(inputs)
-    instance_options = instance_options or instance_options_from(record)
-    options = options or options_for(record)  # --diameter auto when the model records its size
+    segmenter = Segmenter(  # --diameter auto when the model records its size
+        as_engine(model), record, options or options_for(record),
+        instance_options or instance_options_from(record), read_options, blockwise_pixels)
     out_dir = Path(out_dir)
     with contextlib.ExitStack() as stack:
         if out_dir.is_dir():  # refuse a folder in use before looking at what it holds
@@ -99,11 +100,11 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
         summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
         if runner is not None:
             outcomes = runner.outcomes
-        elif overlap_wanted() if overlap is None else overlap:
+        elif usable_cores() > 1 if overlap is None else overlap:
             outcomes = overlapped_outcomes
         else:
             outcomes = local_outcomes
-        work = outcomes(model, record, jobs, options, instance_options, read_options, earlier)
+        work = outcomes(segmenter, jobs, earlier)
         results = []
         try:
             for index, (job, (result, rows)) in enumerate(zip(jobs, work), start=1):
@@ -133,15 +134,10 @@ class Job:
     done: bool = False
 
 
-def local_outcomes(model, record, jobs, options, instance_options, read_options, earlier):
+def local_outcomes(segmenter: Segmenter, jobs, earlier: dict):
     """(PredictionResult, rows) of each job in turn, in this process."""
     for job in jobs:
-        yield run_job(model, record, job, options, instance_options, read_options, earlier)
-
-
-def overlap_wanted() -> bool:
-    """Overlap by default where two cores or more may run: NUCLEISEG_OVERLAP=0 turns it off."""
-    return os.environ.get("NUCLEISEG_OVERLAP", "1") != "0" and usable_cores() > 1
+        yield run_job(segmenter, job, earlier)
 
 
 class Turns:
@@ -188,30 +184,27 @@ def shared_engine(engine, turns: Turns):
 IN_FLIGHT = 2  # images segmented at once: one in the model while the other is not
 
 
-def overlapped_outcomes(model, record, jobs, options, instance_options, read_options, earlier,
-                        in_flight: int = IN_FLIGHT):
+def overlapped_outcomes(segmenter: Segmenter, jobs, earlier: dict, in_flight: int = IN_FLIGHT):
     """local_outcomes' results, with up to `in_flight` images at once in threads: one is read,
     separated, measured or written while another is in the model (numpy, scipy, Pillow and
     ONNX Runtime release the GIL in most of their work). Each image writes its files only once
     the previous one is reported, so an interrupted or failed run leaves the files a run one
     image after the other would have left. Huge images (block by block) run alone, here."""
     turns = Turns()
-    engine = shared_engine(as_engine(model), turns)
+    shared = segmenter.with_engine(shared_engine(segmenter.engine, turns))
     pending = collections.deque()  # futures of the jobs after the last one given out
     executor = ThreadPoolExecutor(in_flight, thread_name_prefix="nucleiseg-image")
     try:
         for index, job in enumerate(jobs):
-            if is_large_input(job.path):
+            if is_large_input(job.path, segmenter.blockwise_pixels):
                 while pending:
                     yield pending.popleft().result()
                     turns.advance()
-                yield run_job(model, record, job, options, instance_options, read_options,
-                              earlier)
+                yield run_job(segmenter, job, earlier)
                 turns.advance()
                 continue
             pending.append(executor.submit(
-                run_job, engine, record, job, options, instance_options, read_options,
-                earlier, turn=functools.partial(turns.wait, index)))
+                run_job, shared, job, earlier, turn=functools.partial(turns.wait, index)))
             if len(pending) == in_flight:
                 yield pending.popleft().result()
                 turns.advance()
@@ -223,17 +216,16 @@ def overlapped_outcomes(model, record, jobs, options, instance_options, read_opt
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def run_job(model, record, job: Job, options, instance_options, read_options, earlier,
-            segmented=None, turn=None):
+def run_job(segmenter: Segmenter, job: Job, earlier: dict, segmented=None, turn=None):
     """(PredictionResult, rows) of one image: segmented and written, or (resumed) measured
     from its saved labels; an unusable file gives a result with its error and no rows.
-    `segmented`: how a huge image's blocks are segmented (nucleiseg.algorithms.blocks.label_blocks);
+    `segmented`: how a huge image's blocks are segmented (inference.blockwise.segment_blocks);
     `turn()`: returns when the image's files may be written (see segment_file)."""
     try:
         if job.done:
-            return measure_saved(job.path, job.paths["labels"], earlier, read_options)
-        return segment_file(model, record, job.path, job.paths, options, instance_options,
-                            read_options, segmented=segmented, turn=turn)
+            return measure_saved(job.path, job.paths["labels"], earlier,
+                                 segmenter.read_options, segmenter.blockwise_pixels)
+        return segment_file(segmenter, job.path, job.paths, segmented=segmented, turn=turn)
     except DataError as error:
         return PredictionResult(job.path, error=str(error)), []
 

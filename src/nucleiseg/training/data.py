@@ -16,6 +16,7 @@ from nucleiseg.algorithms.targets import (  # noqa: F401  (re-exported)
     contact_pixels,
     labels_to_classes,
 )
+from nucleiseg.algorithms.tiling import pad_image
 from nucleiseg.model.augment import Augment  # noqa: F401  (re-exported)
 
 
@@ -70,11 +71,7 @@ def prepare_arrays(images, labels, image_size: int, target: str = "binary"):
 
 def pad_to(array: np.ndarray, size: int) -> np.ndarray:
     """Reflect-pad the first two axes up to at least size x size (image and target alike)."""
-    pad_h, pad_w = max(0, size - array.shape[0]), max(0, size - array.shape[1])
-    if not pad_h and not pad_w:
-        return array
-    pads = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pads, mode="symmetric")
+    return pad_image(array, size, size)
 
 
 def crop_weights(shapes, kinds, crop: int, power: float = 0.5) -> np.ndarray:

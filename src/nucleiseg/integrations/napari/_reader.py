@@ -4,7 +4,7 @@
   multi-channel file (named by the OME channel names), z-stacks and time series as extra
   dimensions, the pixel size in µm as the layer's scale.
 * A huge image (a whole-slide TIFF above 8192², an SVS file, an OME-Zarr folder): a lazy
-  multiscale Image layer, read region by region as napari shows it (nucleiseg.algorithms.blocks).
+  multiscale Image layer, read region by region as napari shows it (nucleiseg.io.wholeslide).
 * `<stem>_labels.tif` (what `nucleiseg predict` writes): a Labels layer; its `features` are the
   rows of `measurements.csv` beside it for that image (2-D images), so hovering a nucleus shows
   its measurements.
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.io.images import IMAGE_SUFFIXES
+from nucleiseg.io.wholeslide import BLOCKWISE_PIXELS
 
 LABELS_SUFFIXES = ("_labels.tif", "_labels.tiff")
 
@@ -39,21 +40,23 @@ def readable(path) -> bool:
                                    (*IMAGE_SUFFIXES, *LARGE_SUFFIXES))
 
 
-def read_layers(path) -> list[tuple]:
+def read_layers(path, blockwise_pixels: int = BLOCKWISE_PIXELS) -> list[tuple]:
+    """Layer data tuples of a path or a list of them; tiled TIFFs with more than
+    `blockwise_pixels` pixels (and OME-Zarr, SVS) open lazily, level by level."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers = []
     for item in map(Path, paths):
-        layers += read_path(item)
+        layers += read_path(item, blockwise_pixels)
     return layers
 
 
-def read_path(path: Path) -> list[tuple]:
+def read_path(path: Path, blockwise_pixels: int = BLOCKWISE_PIXELS) -> list[tuple]:
     """napari layer data tuples [(data, kwargs, layer type)] for one file or folder."""
     from nucleiseg.io.wholeslide import is_large_input
 
     if path.name.lower().endswith(LABELS_SUFFIXES):
-        return [read_labels(path)]
-    if is_large_input(path):
+        return [read_labels(path, blockwise_pixels)]
+    if is_large_input(path, blockwise_pixels):
         return [read_large(path)]
     return read_image_layers(path)
 
@@ -114,11 +117,11 @@ def read_large(path: Path) -> tuple:
                      "metadata": {"nucleiseg_path": str(path)}}, "image")
 
 
-def read_labels(path: Path) -> tuple:
+def read_labels(path: Path, blockwise_pixels: int = BLOCKWISE_PIXELS) -> tuple:
     """A `*_labels.tif` output as a Labels layer, with its measurements as features."""
     from nucleiseg.io.wholeslide import is_large_input
 
-    if is_large_input(path):
+    if is_large_input(path, blockwise_pixels):
         data, kwargs, _ = read_large(path)
         kwargs.pop("rgb")
     else:

@@ -1,7 +1,7 @@
 """What the napari widget computes, without napari or Qt: segment a layer's data with a model,
 measure the nuclei, report progress and stop when asked.
 
-A 2-D plane of up to NUCLEISEG_BLOCKWISE_PIXELS pixels (default 8192²) is segmented as
+A 2-D plane of up to `blockwise_pixels` pixels (default 8192²) is segmented as
 `nucleiseg predict` segments a file (`segment_checked`: tiles, the nucleus size checked and the
 image rescaled for it); a larger plane, or a lazy multiscale layer (a whole-slide TIFF or an
 OME-Zarr opened by the reader), goes block by block as `predict` does for huge files
@@ -20,6 +20,7 @@ import numpy as np
 
 from nucleiseg.errors import Cancelled
 from nucleiseg.inference.engines import Engine
+from nucleiseg.io.wholeslide import BLOCKWISE_PIXELS
 
 
 @dataclasses.dataclass
@@ -130,17 +131,15 @@ def planes_of(data, rgb: bool = False, channel: int | None = None):
     return data, lead, rgb
 
 
-def blockwise(height: int, width: int) -> bool:
-    from nucleiseg.io.wholeslide import blockwise_pixels
-
-    return height * width > blockwise_pixels()
+def blockwise(height: int, width: int, blockwise_pixels: int = BLOCKWISE_PIXELS) -> bool:
+    return height * width > blockwise_pixels
 
 
 def segment_layer_data(data, engine: Engine, record: dict, options=None,
                        instance_options=None, rgb: bool = False, channel: int | None = None,
                        levels=None, pixel_size: tuple[float, float] | None = None,
-                       progress: Progress | None = None, block_core: int | None = None
-                       ) -> LayerResult:
+                       progress: Progress | None = None, block_core: int | None = None,
+                       blockwise_pixels: int = BLOCKWISE_PIXELS) -> LayerResult:
     """Segment an image layer's data -> LayerResult.
 
     `data`: a NumPy, Dask or Zarr array (H, W), (H, W, C) when `rgb`, or a stack of those (its
@@ -149,17 +148,19 @@ def segment_layer_data(data, engine: Engine, record: dict, options=None,
     a multiscale layer (its data[1:]), for the intensity range of a huge image. `options`,
     `instance_options`: as for predict (None: the model's record). `pixel_size` (y, x) µm adds
     the µm measurement columns. `block_core`: the block size for huge planes (default: chosen
-    as `predict` chooses it).
+    as `predict` chooses it); planes of more than `blockwise_pixels` pixels go block by block.
     """
     from nucleiseg.algorithms.instances import instance_options_from
     from nucleiseg.inference.predict import options_for
+    from nucleiseg.inference.segmenter import Segmenter
 
     progress = progress or Progress()
-    options = options or options_for(record)
-    instance_options = instance_options or instance_options_from(record)
+    segmenter = Segmenter(engine, record, options or options_for(record),
+                          instance_options or instance_options_from(record),
+                          blockwise_pixels=blockwise_pixels)
     data, lead, rgb = planes_of(data, rgb, channel)
     height, width = data.shape[len(lead):len(lead) + 2]
-    huge = blockwise(height, width)
+    huge = blockwise(height, width, blockwise_pixels)
     if huge and lead:
         raise ValueError("stacks of huge planes are not segmented in napari; use "
                          "nucleiseg predict --planes each")
@@ -171,12 +172,10 @@ def segment_layer_data(data, engine: Engine, record: dict, options=None,
         plane = data[index] if lead else data
         where = f"plane {flat + 1}/{count}: " if count > 1 else ""
         if huge:
-            found, plane_rows, check = _segment_blocks(plane, engine, record, options,
-                                                       instance_options, levels, progress,
+            found, plane_rows, check = _segment_blocks(plane, segmenter, levels, progress,
                                                        block_core)
         else:
-            found, plane_rows, check = _segment_plane(plane, engine, record, options,
-                                                      instance_options, progress, where)
+            found, plane_rows, check = _segment_plane(plane, segmenter, progress, where)
         if offset:
             found[found > 0] += offset
             for row in plane_rows:
@@ -200,34 +199,32 @@ def _as_image(plane) -> np.ndarray:
     return image if image.ndim == 3 else image[..., None]
 
 
-def _segment_plane(plane, engine, record, options, instance_options, progress, where):
+def _segment_plane(plane, segmenter, progress, where):
     from nucleiseg.algorithms.instances import measure_nuclei
-    from nucleiseg.inference.predict import segment_checked
 
     image = _as_image(plane)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
-    progress.start(model_calls(image.shape, record["config"], options), f"{where}tiles")
-    labels, _, check = segment_checked(progress.engine(engine), image, record["config"],
-                                       options, instance_options)
+    progress.start(model_calls(image.shape, segmenter.config, segmenter.options),
+                   f"{where}tiles")
+    labels, _, check = segmenter.checked(image, engine=progress.engine(segmenter.engine))
     progress.check()
     return labels.astype(np.uint32), measure_nuclei(labels, image), check.row()
 
 
-def _segment_blocks(plane, engine, record, options, instance_options, levels, progress,
-                    core=None):
-    """A huge plane block by block (nucleiseg.inference.blockwise, as predict does it),
-    reading a block at a time."""
-    from nucleiseg.inference.blockwise import segment_blocks
+def _segment_blocks(plane, segmenter, levels, progress, core=None):
+    """A huge plane block by block (Segmenter.blocks: nucleiseg.inference.blockwise, as
+    predict does it), reading a block at a time."""
     from nucleiseg.io.wholeslide import LargeImage
 
     arrays = [plane, *(levels or [])]
     axes = "YXC" if len(plane.shape) == 3 else "YX"
     image = LargeImage(Path("layer"), "napari", arrays, axes)
     progress.start(0, "intensity range and nucleus size")
+    engine = segmenter.engine
     counting = Engine(engine.name, _checked(engine.predict_logits, progress), engine.num_classes)
-    run = segment_blocks(image, counting, record["config"], options, instance_options,
-                         core=core, scale_model=progress.engine(engine))
+    run = segmenter.blocks(image, model=counting, core=core,
+                           scale_model=progress.engine(engine))
     labels = np.zeros(image.shape[:2], np.uint32)
     progress.start(run.count, "blocks")
     what = progress.what

@@ -39,18 +39,9 @@ class _Relay(QObject):
 
 def parse_diameter(text: str) -> float | str | None:
     """'auto' | a number of pixels | '' (None: use the scale)."""
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return None
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"diameter: 'auto' or a number of pixels, not {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"diameter must be positive; got {text}")
-    return value
+    from nucleiseg.inference.predict import parse_diameter as diameter_of
+
+    return diameter_of(text, blank=True)
 
 
 def model_record(path: Path | None) -> dict:
