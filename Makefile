@@ -37,6 +37,7 @@ demo: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src scripts benchmarks tests docs
+	$(VENV)/bin/lint-imports
 
 # The documentation site (mkdocs.yml, docs/): strict, so a broken link, a missing page, a
 # command without its generated reference or a docstring that does not render fails the build.

@@ -67,8 +67,8 @@ def synthetic_image(size: int, data_dir: Path | None = None, seed: int = 0) -> n
     the data set is there, else random blurred disks."""
     rng = np.random.default_rng(seed)
     if data_dir is not None and Path(data_dir).is_dir():
-        from nucleiseg.io import find_samples, read_image
-        from nucleiseg.preprocess import image_kind
+        from nucleiseg.algorithms.preprocess import image_kind
+        from nucleiseg.io.images import find_samples, read_image
 
         samples, _ = find_samples(data_dir, skip_bad=True)
         tiles = []

@@ -36,7 +36,7 @@ def chosen(names: list[str], count: int, seed: int) -> list[str]:
 
 def copy_samples(data: Path, names: list[str], target: Path) -> Path:
     """The chosen samples in the paired layout (images/, masks/ as label TIFFs)."""
-    from nucleiseg.io import find_samples, load_samples, write_labels, write_png
+    from nucleiseg.io.images import find_samples, load_samples, write_labels, write_png
 
     samples, _ = find_samples(data, skip_bad=True)
     loaded, _ = load_samples([s for s in samples if s.name in names], skip_bad=True)
@@ -48,10 +48,10 @@ def copy_samples(data: Path, names: list[str], target: Path) -> Path:
 
 
 def scorer(model: Path):
-    from nucleiseg.engines import load_engine
-    from nucleiseg.evaluate import model_segmenter
-    from nucleiseg.infer import options_for
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
+    from nucleiseg.evaluation import model_segmenter
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.inference.predict import options_for
 
     engine, record = load_engine(model, "keras")
     return model_segmenter(engine, record["config"], options_for(record),
@@ -72,8 +72,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(own)
 
-    from nucleiseg.io import find_samples
-    from nucleiseg.saving import bundled_model_path
+    from nucleiseg.io.images import find_samples
+    from nucleiseg.model.saving import bundled_model_path
 
     start_model = bundled_model_path() if args.model == "bundled" else Path(args.model)
     names = [s.name for s in find_samples(args.data, skip_bad=True)[0]]

@@ -34,7 +34,7 @@ MONUSEG = DATA / "monuseg2018-train-subset"
 
 
 def load(folder: Path, names=None):
-    from nucleiseg.io import find_samples, load_samples
+    from nucleiseg.io.images import find_samples, load_samples
 
     samples, _ = find_samples(folder, skip_bad=True)
     if names is not None:
@@ -46,7 +46,7 @@ def load(folder: Path, names=None):
 def sets(split: dict) -> dict:
     """{name: (images, labels)} of the data sets that are here; `split` names the held-out
     images ("val")."""
-    from nucleiseg.preprocess import image_kind
+    from nucleiseg.algorithms.preprocess import image_kind
 
     held_out = set(split["val"])
     found = {}
@@ -64,7 +64,7 @@ def sets(split: dict) -> dict:
 
 
 def score(segment, images, labels) -> dict:
-    from nucleiseg.evaluate import evaluate_images
+    from nucleiseg.evaluation import evaluate_images
 
     seconds = []
 
@@ -86,10 +86,10 @@ def score(segment, images, labels) -> dict:
 
 def segmenters(models, engine_name: str):
     """[(name, segment function, record)] for each model and the classical baseline."""
-    from nucleiseg.engines import load_engine
-    from nucleiseg.evaluate import classical_segmenter, model_segmenter
-    from nucleiseg.infer import options_for
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
+    from nucleiseg.evaluation import classical_segmenter, model_segmenter
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.inference.predict import options_for
 
     found = []
     for path in models:
@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
-    from nucleiseg.saving import read_record
+    from nucleiseg.model.saving import read_record
 
     runs = segmenters(args.model or [None], args.engine)
     split = runs[0][2]["split"]

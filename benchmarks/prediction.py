@@ -1,14 +1,14 @@
 """End-to-end prediction (read, normalise, tiled model, blend, separate nuclei, measure, write)
 with the shipped model, per stage and per engine; the classical pipeline beside it; peak memory.
 
-Each case runs `nucleiseg.infer.predict_files` itself, in a fresh process
+Each case runs `nucleiseg.pipeline.run.predict_files` itself, in a fresh process
 (`python -m benchmarks.prediction ENGINE IMAGES`), with its stages timed by wrapping the library
 functions it calls. IMAGES: "dsb-val" (the shipped model's 85 validation images, never trained
 on), "synthetic-4096" / "synthetic-8192" (one mosaic image), "many-N" (N small images, resident
 memory sampled as they go), "wsi-N" (a synthetic N x N RGB tiled pyramidal TIFF, segmented block
-by block: nucleiseg.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks). ENGINE
+by block: nucleiseg.algorithms.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks). ENGINE
 "dask-local:N": the default engine on a Dask LocalCluster of N one-thread workers
-(`predict --dask local:N`; nucleiseg.distributed), timed from the first image submitted, the
+(`predict --dask local:N`; nucleiseg.integrations.dask), timed from the first image submitted, the
 cluster's start apart; the stages run in the workers and are not split.
 
 Optional RUN: "overlapped" (the default: images overlapped in two threads, as `predict` runs
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Stopwatch, run_child, synthetic_image, synthetic_slide
+from nucleiseg.io.wholeslide import BLOCKWISE_PIXELS
 
 STAGES = ("read", "normalise", "model", "blend", "separate", "measure", "write")
 
@@ -40,17 +41,14 @@ def rss_mb() -> float:
 
 
 def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]:
-    from nucleiseg.io import find_samples, write_png
-    from nucleiseg.saving import bundled_model_path, read_record
+    from nucleiseg.io.images import find_samples, write_png
+    from nucleiseg.model.saving import bundled_model_path, read_record
 
     if images == "dsb-val":
         wanted = set(read_record(bundled_model_path())["split"]["val"])
         samples, _ = find_samples(data_dir, skip_bad=True)
         return [s.image_path for s in samples if s.name in wanted]
-    if images.startswith("wsi-"):
-        import os
-
-        os.environ["NUCLEISEG_BLOCKWISE_PIXELS"] = "0"  # block by block at any size
+    if images.startswith("wsi-"):  # measure() segments it block by block at any size
         size = int(images.split("-")[1])
         return [synthetic_slide(Path(tempfile.gettempdir()) / "nucleiseg-benchmarks"
                                 / f"wsi_{size}.tif", size)]
@@ -72,23 +70,25 @@ def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]
 
 def instrument(watch: Stopwatch):
     """Wrap the functions predict_files calls so each stage's time is counted."""
-    import nucleiseg.infer as infer
-    import nucleiseg.instances as instances
-    import nucleiseg.tiling as tiling
-    import nucleiseg.viz as viz
+    import nucleiseg.algorithms.tiling as tiling
+    import nucleiseg.inference.predict as infer
+    import nucleiseg.pipeline.one_file as one_file
 
-    infer.read_planes = watch.wrap("read", infer.read_planes)
+    one_file.read_planes = watch.wrap("read", one_file.read_planes)
     infer.apply_intensity_range = watch.wrap("normalise", infer.apply_intensity_range)
     infer.intensity_range = watch.wrap("normalise", infer.intensity_range)
+    one_file.intensity_range = watch.wrap("normalise", one_file.intensity_range)
     infer.labels_from_probabilities = watch.wrap("separate", infer.labels_from_probabilities)
-    instances.measure_nuclei = watch.wrap("measure", instances.measure_nuclei)
-    infer.write_labels = watch.wrap("write", infer.write_labels)
-    infer.write_png = watch.wrap("write", infer.write_png)
-    viz.outline_overlay = watch.wrap("write", viz.outline_overlay)
+    one_file.measure_nuclei = watch.wrap("measure", one_file.measure_nuclei)
+    one_file.write_labels = watch.wrap("write", one_file.write_labels)
+    one_file.write_png = watch.wrap("write", one_file.write_png)
+    one_file.outline_overlay = watch.wrap("write", one_file.outline_overlay)
     tiling.predict_tiled = watch.wrap("tiled", tiling.predict_tiled)
-    import nucleiseg.blocks as blocks  # huge images: read block by block, measured as they go
+    # huge images: read block by block, measured as they go
+    import nucleiseg.algorithms.blocks as blocks
+    import nucleiseg.io.wholeslide as wholeslide
 
-    blocks.LargeImage.read = watch.wrap("read", blocks.LargeImage.read)
+    wholeslide.LargeImage.read = watch.wrap("read", wholeslide.LargeImage.read)
     blocks.NucleusTable.add_block = watch.wrap("measure", blocks.NucleusTable.add_block)
 
 
@@ -98,8 +98,9 @@ DIAMETERS = ("fixed", "auto")
 
 def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "overlapped",
             diameter: str = "fixed") -> dict:
-    from nucleiseg.engines import Engine, import_tensorflow_quietly, load_engine
-    from nucleiseg.infer import PredictOptions, options_for, predict_files
+    from nucleiseg.inference.engines import Engine, import_tensorflow_quietly, load_engine
+    from nucleiseg.inference.predict import PredictOptions, options_for
+    from nucleiseg.pipeline.run import predict_files
 
     if engine_name == "keras":
         import_tensorflow_quietly()
@@ -108,7 +109,7 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
         folder = Path(folder)
         paths = write_inputs(images, data_dir, folder)
         megapixels = 0.0
-        from nucleiseg.io import read_image
+        from nucleiseg.io.images import read_image
 
         for path in paths[:2000]:
             if images.startswith("wsi-"):  # from the header: too large to read whole
@@ -123,7 +124,7 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
         model_path = (folder / "tflite" / "nuclei_dsb2018.tflite" if engine_name == "tflite"
                       else None)
         if model_path is not None:
-            from nucleiseg.export import export_model
+            from nucleiseg.export.exporter import export_model
 
             import_tensorflow_quietly()
             export_model(None, "tflite", model_path, log=lambda *_: None)
@@ -145,7 +146,9 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
         results = predict_files(engine, record, [p.parent for p in paths[:1]] if
                                 images.startswith("many-") else paths, folder / "out",
                                 options=options, progress=progress,
-                                overlap=run == "overlapped")
+                                overlap=run == "overlapped",
+                                blockwise_pixels=0 if images.startswith("wsi-") else
+                                BLOCKWISE_PIXELS)
         seconds = time.perf_counter() - started
     stages = dict(watch.seconds)
     # Tiled prediction = normalising tiles + the model + blending; blending is the rest.
@@ -167,11 +170,13 @@ def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
     """predict_files on a Dask cluster (`predict --dask local:N`): seconds from the first image
     submitted to the CSV files written (model loads in the workers included), the cluster's
     start apart; each worker's peak resident memory."""
-    from nucleiseg.distributed import EngineSpec, connect
-    from nucleiseg.engines import load_engine
-    from nucleiseg.infer import PredictOptions, predict_files
-    from nucleiseg.io import read_image
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.inference.predict import PredictOptions
+    from nucleiseg.integrations.dask import EngineSpec, connect
+    from nucleiseg.io.images import read_image
+    from nucleiseg.pipeline.run import predict_files
 
+    blockwise = 0 if images.startswith("wsi-") else BLOCKWISE_PIXELS
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         paths = write_inputs(images, data_dir, folder)
@@ -183,7 +188,7 @@ def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
             started = time.perf_counter()
             results = predict_files(engine, record, paths, folder / "out",
                                     options=PredictOptions(), progress=lambda _: None,
-                                    runner=runner)
+                                    runner=runner, blockwise_pixels=blockwise)
             seconds = time.perf_counter() - started
             workers = runner.client.run(peak_rss_mb)
     return {"engine": f"{engine.name}, dask {where}", "run": "dask", "diameter": "fixed",
@@ -203,12 +208,12 @@ def peak_rss_mb() -> float:
 def classical(data_dir: Path) -> dict:
     """Speed and quality of the classical pipeline and of the shipped model (ONNX engine when
     available) on the shipped model's validation images."""
-    from nucleiseg.engines import load_engine
-    from nucleiseg.evaluate import classical_segmenter, evaluate_images
-    from nucleiseg.infer import predict_quantised
-    from nucleiseg.instances import instance_options_from, labels_from_probabilities
-    from nucleiseg.io import find_samples, load_samples
-    from nucleiseg.saving import bundled_model_path, read_record
+    from nucleiseg.algorithms.instances import instance_options_from, labels_from_probabilities
+    from nucleiseg.evaluation import classical_segmenter, evaluate_images
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.inference.predict import predict_quantised
+    from nucleiseg.io.images import find_samples, load_samples
+    from nucleiseg.model.saving import bundled_model_path, read_record
 
     wanted = set(read_record(bundled_model_path())["split"]["val"])
     samples, _ = find_samples(data_dir, skip_bad=True)

@@ -35,7 +35,7 @@ CONDITIONS = ("native", *(f"scale {s:g}x" for s in SCALES), "pale stain", "dim a
 
 def rescaled(image: np.ndarray, labels: np.ndarray, factor: float):
     """Image resized bilinear (anti-aliased when shrinking), labels nearest, same dtype."""
-    from nucleiseg.preprocess import resize_image, resize_labels
+    from nucleiseg.algorithms.preprocess import resize_image, resize_labels
 
     shape = tuple(max(8, round(n * factor)) for n in labels.shape)
     resized = resize_image(image.astype(np.float32), shape)
@@ -48,7 +48,7 @@ def pale_stain(image: np.ndarray) -> np.ndarray | None:
     """Less haematoxylin, more eosin (colour images only; None for grey ones)."""
     from skimage.color import hed2rgb, rgb2hed
 
-    from nucleiseg.preprocess import image_kind, to_rgb
+    from nucleiseg.algorithms.preprocess import image_kind, to_rgb
 
     if image_kind(image) != "histology":
         return None
@@ -69,7 +69,7 @@ def dim_and_noisy(image: np.ndarray, seed: int) -> np.ndarray:
 
 def inverted(image: np.ndarray) -> np.ndarray | None:
     """Grey fluorescence images inverted (a bright-field look); None for the others."""
-    from nucleiseg.preprocess import image_kind
+    from nucleiseg.algorithms.preprocess import image_kind
 
     if image_kind(image) != "fluorescence":
         return None
@@ -98,8 +98,8 @@ def shifted_copies(condition: str, images, labels):
 
 def validation_set(model_record: dict, data: Path, count: int | None, seed: int = 0):
     """The model's validation images and labels; `count` of them (each kind in its share)."""
-    from nucleiseg.io import find_samples, load_samples
-    from nucleiseg.preprocess import image_kind
+    from nucleiseg.algorithms.preprocess import image_kind
+    from nucleiseg.io.images import find_samples, load_samples
 
     samples, _ = find_samples(data, skip_bad=True)
     wanted = set(model_record["split"]["val"])
@@ -117,8 +117,8 @@ def validation_set(model_record: dict, data: Path, count: int | None, seed: int 
 
 
 def training_size(record: dict, data: Path) -> dict:
-    from nucleiseg.io import find_samples, load_samples
-    from nucleiseg.scale import training_nucleus_size
+    from nucleiseg.algorithms.scale import training_nucleus_size
+    from nucleiseg.io.images import find_samples, load_samples
 
     samples, _ = find_samples(data, skip_bad=True)
     wanted = set(record["split"]["train"])
@@ -127,7 +127,7 @@ def training_size(record: dict, data: Path) -> dict:
 
 
 def monuseg_set():
-    from nucleiseg.io import find_samples, load_samples
+    from nucleiseg.io.images import find_samples, load_samples
 
     samples, _ = find_samples(MONUSEG, skip_bad=True)
     loaded, _ = load_samples(samples, skip_bad=True)
@@ -135,9 +135,9 @@ def monuseg_set():
 
 
 def score(engine, record, images, labels, diameter) -> dict:
-    from nucleiseg.evaluate import evaluate_images, model_segmenter
-    from nucleiseg.infer import options_for
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
+    from nucleiseg.evaluation import evaluate_images, model_segmenter
+    from nucleiseg.inference.predict import options_for
 
     options = options_for(record, diameter=diameter)
     segment = model_segmenter(engine, record["config"], options, instance_options_from(record))
@@ -163,9 +163,9 @@ def time_at_right_scale(engine, record, images, scales, repeats: int = 2):
     """(seconds at scale 1, seconds with --diameter auto) over the images that auto left at
     scale 1 (already at the right scale): the cost of the estimate itself. Each image is timed
     both ways in turn, the best of `repeats`, so other load on the machine hits both alike."""
-    from nucleiseg.evaluate import model_segmenter
-    from nucleiseg.infer import options_for
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
+    from nucleiseg.evaluation import model_segmenter
+    from nucleiseg.inference.predict import options_for
 
     fixed, auto = (model_segmenter(engine, record["config"], options_for(record, diameter=d),
                                    instance_options_from(record)) for d in (None, "auto"))
@@ -203,7 +203,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
-    from nucleiseg.engines import load_engine
+    from nucleiseg.inference.engines import load_engine
 
     engine, record = load_engine(args.model, args.engine)
     if not args.data.is_dir():

@@ -25,7 +25,7 @@ CASES = {
 
 
 def load_images(data_dir: Path | None, count: int = 64):
-    from nucleiseg.io import bundled_sample, find_samples, load_samples
+    from nucleiseg.io.images import bundled_sample, find_samples, load_samples
 
     root = data_dir if data_dir is not None and Path(data_dir).is_dir() else bundled_sample()
     samples, _ = find_samples(root, skip_bad=True)
@@ -34,10 +34,15 @@ def load_images(data_dir: Path | None, count: int = 64):
 
 
 def measure(case: str, size: int, data_dir: Path | None) -> dict:
+    from nucleiseg.algorithms.preprocess import normalize_image
     from nucleiseg.config import TrainConfig
-    from nucleiseg.data import make_crop_dataset, make_train_dataset, prepare_arrays, random_crops
-    from nucleiseg.preprocess import normalize_image
-    from nucleiseg.train import build_model, seed_everything
+    from nucleiseg.training.data import (
+        make_crop_dataset,
+        make_train_dataset,
+        prepare_arrays,
+        random_crops,
+    )
+    from nucleiseg.training.fit import build_model, seed_everything
 
     sampling, batch, steps, model_config = CASES[size]
     config = TrainConfig(image_size=size, sampling=sampling, batch_size=batch, **model_config)
@@ -86,7 +91,7 @@ def run(data_dir: Path | None, quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from nucleiseg.engines import import_tensorflow_quietly
+    from nucleiseg.inference.engines import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     case, size, data = sys.argv[1], int(sys.argv[2]), sys.argv[3]

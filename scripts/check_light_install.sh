@@ -42,7 +42,7 @@ import nucleiseg
 print(f"nucleiseg {nucleiseg.__version__} from {nucleiseg.__file__}")
 EOF
 
-sample=$("$venv/bin/python" -c 'from nucleiseg.io import bundled_sample; print(bundled_sample("test"))')
+sample=$("$venv/bin/python" -c 'from nucleiseg.io.images import bundled_sample; print(bundled_sample("test"))')
 "$venv/bin/nucleiseg" predict "$sample" --out "$work/out" --geojson --imagej-rois
 
 "$venv/bin/python" - "$work/out" <<'EOF'

@@ -23,9 +23,9 @@ TITLES = {"fluorescence": "fluorescence", "histology": "H&E histology",
 
 def segment(stems: list[str], out_dir: Path) -> dict[str, int]:
     """Run predict_files on the bundled test images `stems`; {stem: nuclei found}."""
-    from nucleiseg.engines import load_engine
-    from nucleiseg.infer import predict_files
-    from nucleiseg.io import bundled_sample
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.io.images import bundled_sample
+    from nucleiseg.pipeline.run import predict_files
 
     engine, record = load_engine()  # the bundled model on the engine predict picks by default
     images = [bundled_sample("test") / "images" / f"{stem}.png" for stem in stems]
@@ -46,10 +46,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from nucleiseg.io import bundled_sample, read_image
-    from nucleiseg.napari_plugin._sample_data import SAMPLES
-    from nucleiseg.preprocess import intensity_range
-    from nucleiseg.viz import outline_overlay
+    from nucleiseg.algorithms.preprocess import intensity_range
+    from nucleiseg.integrations.napari._sample_data import SAMPLES
+    from nucleiseg.io.images import bundled_sample, read_image
+    from nucleiseg.render import outline_overlay
 
     stems = [SAMPLES[key][0] for key in TITLES]
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.io import find_samples, load_sample, write_png
-from nucleiseg.preprocess import image_kind, to_rgb
+from nucleiseg.algorithms.preprocess import image_kind, to_rgb
+from nucleiseg.io.images import find_samples, load_sample, write_png
 
 COUNTS = {"fluorescence": 28, "histology": 8, "brightfield": 4}
 TEST_COUNTS = {"fluorescence": 6, "histology": 2, "brightfield": 1}

@@ -3,7 +3,7 @@ matches at IoU > 0.5, by cause.
 
     python scripts/missed_nuclei.py DATA [--model MODEL] [--split val]
 
-Causes as in nucleiseg.metrics.missed_causes. Uses the model's tuned post-processing.
+Causes as in nucleiseg.algorithms.metrics.missed_causes. Uses the model's tuned post-processing.
 """
 
 import argparse
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.engines import load_engine
-from nucleiseg.infer import PredictOptions, segment_image
-from nucleiseg.instances import instance_options_from
-from nucleiseg.io import find_samples, load_samples
-from nucleiseg.metrics import missed_causes
-from nucleiseg.preprocess import image_kind
+from nucleiseg.algorithms.instances import instance_options_from
+from nucleiseg.algorithms.metrics import missed_causes
+from nucleiseg.algorithms.preprocess import image_kind
+from nucleiseg.inference.engines import load_engine
+from nucleiseg.inference.predict import PredictOptions, segment_image
+from nucleiseg.io.images import find_samples, load_samples
 
 
 def main() -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import keras
 
+from nucleiseg.algorithms.scale import training_nucleus_size
 from nucleiseg.config import TrainConfig
-from nucleiseg.export import export_model
-from nucleiseg.io import find_samples, load_samples
-from nucleiseg.saving import bundled_model_path, load_model, save_model
-from nucleiseg.scale import training_nucleus_size
-from nucleiseg.train import build_model
+from nucleiseg.export.exporter import export_model
+from nucleiseg.io.images import find_samples, load_samples
+from nucleiseg.model.saving import bundled_model_path, load_model, save_model
+from nucleiseg.training.fit import build_model
 
 SUMMARY_KEYS = ("images", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "ap_75",
                 "dsb_score", "f1_50")

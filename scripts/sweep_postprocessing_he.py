@@ -13,12 +13,12 @@ import operator
 import sys
 from pathlib import Path
 
+from nucleiseg.algorithms.instances import instance_options_from, labels_from_probabilities
+from nucleiseg.algorithms.metrics import match_instances, pixel_counts
 from nucleiseg.config import TrainConfig
-from nucleiseg.infer import PredictOptions, predict_probabilities
-from nucleiseg.instances import instance_options_from, labels_from_probabilities
-from nucleiseg.metrics import match_instances, pixel_counts
-from nucleiseg.saving import bundled_model_path, read_record
-from nucleiseg.train import build_model
+from nucleiseg.inference.predict import PredictOptions, predict_probabilities
+from nucleiseg.model.saving import bundled_model_path, read_record
+from nucleiseg.training.fit import build_model
 
 sys.path.insert(0, ".")
 from benchmarks.histology import MONUSEG, TNBC, load  # noqa: E402

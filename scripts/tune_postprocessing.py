@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nucleiseg.algorithms.instances import InstanceOptions, labels_from_probabilities
+from nucleiseg.algorithms.metrics import match_instances, pixel_counts
+from nucleiseg.algorithms.preprocess import image_kind
 from nucleiseg.cli import parse_split_levels
-from nucleiseg.infer import predict_probabilities
-from nucleiseg.instances import InstanceOptions, labels_from_probabilities
-from nucleiseg.io import find_samples, load_samples
-from nucleiseg.metrics import match_instances, pixel_counts
-from nucleiseg.preprocess import image_kind
-from nucleiseg.saving import load_model
+from nucleiseg.inference.predict import predict_probabilities
+from nucleiseg.io.images import find_samples, load_samples
+from nucleiseg.model.saving import load_model
 
 
 def main() -> None:

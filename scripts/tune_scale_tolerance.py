@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-import nucleiseg.scale  # noqa: E402
+import nucleiseg.algorithms.scale  # noqa: E402
 from benchmarks.common import DEFAULT_DATA  # noqa: E402
 from benchmarks.robustness import score, shifted_copies  # noqa: E402
 
@@ -30,8 +30,8 @@ def main() -> None:
                         default=["native", "scale 0.5x", "scale 2x", "scale 0.33x", "scale 3x"])
     args = parser.parse_args()
 
-    from nucleiseg.engines import load_engine
-    from nucleiseg.io import find_samples, load_samples
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.io.images import find_samples, load_samples
 
     engine, record = load_engine()
     samples, _ = find_samples(args.data, skip_bad=True)
@@ -43,10 +43,11 @@ def main() -> None:
     print("| tolerance | weighting | "
           + " | ".join(f"{c} AP@0.5 / DSB" for c in args.conditions) + " |")
     print("|---|---|" + "---|" * len(args.conditions))
-    estimate = nucleiseg.scale.typical_diameter
+    estimate = nucleiseg.algorithms.scale.typical_diameter
     for tolerance, weighting in itertools.product(args.tolerances, args.weightings):
-        nucleiseg.scale.SCALE_TOLERANCE = tolerance
-        nucleiseg.scale.typical_diameter = functools.partial(estimate, weighting=weighting)
+        nucleiseg.algorithms.scale.SCALE_TOLERANCE = tolerance
+        nucleiseg.algorithms.scale.typical_diameter = functools.partial(
+            estimate, weighting=weighting)
         cells = []
         for condition in args.conditions:
             result = score(engine, record, *shifted_copies(condition, images, labels), "auto")

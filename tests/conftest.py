@@ -98,3 +98,31 @@ def dsb_dir(tmp_path, samples):
 
 
 TINY_MODEL = dict(encoder_alpha=0.35, decoder_filters=(32, 16, 16, 8))
+
+
+# ---------------------------------------------------------------- shared, once per session
+
+
+@pytest.fixture(scope="session")
+def bundled_engine():
+    """(engine, record) of the bundled pretrained model on its default engine (ONNX Runtime,
+    int8), loaded once for the whole session."""
+    from nucleiseg.inference.engines import load_engine
+
+    return load_engine(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny model (boundary target, crops of 64 px) trained once for the whole session on
+    synthetic disks: its model.keras. Copy it before writing beside it."""
+    from nucleiseg.config import TrainConfig
+    from nucleiseg.training.fit import train
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    data = write_paired(root / "data", disk_samples(8))
+    config = TrainConfig(image_size=64, sampling="crops", target="boundary", epochs=1,
+                         batch_size=4, steps_per_epoch=2, **TINY_MODEL)
+    run, _ = train(config, data, root / "run", verbose=0, log=lambda *_: None)
+    return run / "model.keras"
+

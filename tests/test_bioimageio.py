@@ -38,7 +38,7 @@ def package(tmp_path_factory):
     """The bundled model exported once, over a damaged old package (--overwrite), with the
     network refused: about 35 s on 2 CPU cores (ONNX conversion, then bioimageio.core's test
     of both weights formats)."""
-    from nucleiseg.export import export_model
+    from nucleiseg.export.exporter import export_model
 
     folder = tmp_path_factory.mktemp("bioimageio")
     out = folder / "nuclei.zip"
@@ -94,7 +94,7 @@ def test_package_holds_what_the_model_zoo_asks_for(package):
 
 @pytest.mark.slow
 def test_package_validates_offline(package, no_network):
-    from nucleiseg.modelzoo import validate_package
+    from nucleiseg.export.modelzoo import validate_package
 
     summary = validate_package(package[0])
     assert summary.status == "valid-format", summary.display()
@@ -104,7 +104,7 @@ def test_package_validates_offline(package, no_network):
 def test_package_test_passes_offline(package, no_network):
     """bioimageio.core's own test: the test input, preprocessed as described, through the ONNX
     and Keras weights, must give the test output (made with nucleiseg's normalisation)."""
-    from nucleiseg.modelzoo import run_package_test
+    from nucleiseg.export.modelzoo import run_package_test
 
     summary = run_package_test(package[0])
     assert summary.status == "passed", summary.display()
@@ -121,8 +121,8 @@ def test_described_preprocessing_is_nucleisegs_normalisation(package, kind):
     from bioimageio.core.proc_setup import get_pre_and_postprocessing
     from bioimageio.spec import load_description
 
-    from nucleiseg.modelzoo import bioimageio_quiet
-    from nucleiseg.preprocess import normalize_image, to_rgb
+    from nucleiseg.algorithms.preprocess import normalize_image, to_rgb
+    from nucleiseg.export.modelzoo import bioimageio_quiet
 
     rng = np.random.default_rng(1)
     grey = make_disks((96, 64), seed=2)[0]
@@ -142,8 +142,8 @@ def test_a_trained_model_exports_and_its_keras_weights_need_no_nucleiseg(tmp_pat
     """A model from nucleiseg train (its custom loss compiled in): the package passes its
     test, and its model.keras loads with plain Keras, as bioimage.io consumers load it."""
     from nucleiseg.config import TrainConfig
-    from nucleiseg.export import export_model
-    from nucleiseg.train import train
+    from nucleiseg.export.exporter import export_model
+    from nucleiseg.training.fit import train
 
     data = write_paired(tmp_path / "data", disk_samples(8))
     config = TrainConfig(image_size=64, sampling="crops", target="binary", epochs=1,
@@ -189,7 +189,7 @@ def test_cli_refuses_a_bad_out_with_one_line(tmp_path, capsys):
 def test_missing_bioimageio_packages_are_named(tmp_path, monkeypatch):
     import sys
 
-    from nucleiseg.export import export_model
+    from nucleiseg.export.exporter import export_model
 
     monkeypatch.setitem(sys.modules, "bioimageio.core", None)  # as if not installed
     with pytest.raises(UsageError, match=r"bioimageio.spec and bioimageio.core .*"

@@ -1,4 +1,4 @@
-"""Huge images block by block (nucleiseg.blocks): the stitched labels are the whole image's."""
+"""Huge images block by block (algorithms.blocks): the stitched labels are the whole image's."""
 
 import csv
 import math
@@ -6,20 +6,21 @@ import math
 import numpy as np
 import pytest
 
-from nucleiseg.blocks import (
+from nucleiseg.algorithms.blocks import (
     NucleusTable,
     Previews,
     choose_core,
     label_blocks,
     plan_blocks,
-    segment_block,
     stitch,
 )
-from nucleiseg.engines import Engine
+from nucleiseg.algorithms.instances import measure_nuclei
+from nucleiseg.algorithms.preprocess import intensity_range
 from nucleiseg.errors import DataError
-from nucleiseg.infer import PredictOptions, predict_files, segment_image
-from nucleiseg.instances import measure_nuclei
-from nucleiseg.preprocess import intensity_range
+from nucleiseg.inference.blockwise import segment_block
+from nucleiseg.inference.engines import Engine
+from nucleiseg.inference.predict import PredictOptions, segment_image
+from nucleiseg.pipeline.run import predict_files
 
 zarr = pytest.importorskip("zarr")
 
@@ -195,18 +196,18 @@ def write_ome_zarr(path, image, zarr_format=2, levels=2):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Every tiled TIFF goes block by block, in 256 px blocks with a 48 px halo."""
-    import nucleiseg.blocks as blocks
+    """Huge images in 256 px blocks with a 48 px halo (and predict_files(...,
+    blockwise_pixels=0): every tiled TIFF goes block by block)."""
+    import nucleiseg.inference.blockwise as blockwise
+    import nucleiseg.pipeline.one_file as one_file
 
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", "0")
-    monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
-    monkeypatch.setattr(blocks, "HALO", 48)
-    original = blocks.segment_large_file
+    monkeypatch.setattr(blockwise, "choose_core", lambda *args, **kwargs: 256)
+    original = one_file.segment_large_file
 
     def with_small_halo(*args, **kwargs):
         return original(*args, **{**kwargs, "halo": 48})
 
-    monkeypatch.setattr(blocks, "segment_large_file", with_small_halo)
+    monkeypatch.setattr(one_file, "segment_large_file", with_small_halo)
 
 
 def read_rows(path):
@@ -217,11 +218,9 @@ def read_rows(path):
 def whole_image_outputs(tmp_path, image, monkeypatch):
     import tifffile
 
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(10**12))
     tifffile.imwrite(tmp_path / "whole.tif", image)
     predict_files(POINTWISE, {"config": CONFIG}, [tmp_path / "whole.tif"], tmp_path / "whole",
-                  options=OPTIONS, progress=lambda _: None)
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", "0")
+                  options=OPTIONS, progress=lambda _: None, blockwise_pixels=10**12)
     return (tifffile.imread(tmp_path / "whole" / "whole_labels.tif"),
             read_rows(tmp_path / "whole" / "measurements.csv"))
 
@@ -244,7 +243,8 @@ def test_tiled_pyramid_tiff_gives_a_tiled_bigtiff_and_the_whole_image_nuclei(
     whole, expected = whole_image_outputs(tmp_path, image, monkeypatch)
     slide = write_pyramid(tmp_path / "slide.tif", image)
     results = predict_files(POINTWISE, {"config": CONFIG}, [slide], tmp_path / "out",
-                            options=OPTIONS, progress=lambda _: None)
+                            options=OPTIONS, progress=lambda _: None,
+                            blockwise_pixels=0)
     assert results[0].error is None and results[0].nuclei == whole.max() > 200
     with tifffile.TiffFile(tmp_path / "out" / "slide_labels.tif") as tif:
         page = tif.pages[0]
@@ -258,7 +258,8 @@ def test_tiled_pyramid_tiff_gives_a_tiled_bigtiff_and_the_whole_image_nuclei(
     summary = read_rows(tmp_path / "out" / "summary.csv")
     assert summary[0]["nuclei"] == str(whole.max()) and summary[0]["error"] == ""
     again = predict_files(POINTWISE, {"config": CONFIG}, [slide], tmp_path / "out",
-                          options=OPTIONS, progress=lambda _: None, resume=True)
+                          options=OPTIONS, progress=lambda _: None, resume=True,
+                          blockwise_pixels=0)
     assert again[0].resumed and again[0].nuclei == whole.max()
     assert_same_rows(read_rows(tmp_path / "out" / "measurements.csv"), expected)
 
@@ -270,7 +271,8 @@ def test_ome_zarr_gets_ngff_labels_beside_the_image(tmp_path, small_blocks, monk
     whole, expected = whole_image_outputs(tmp_path, image, monkeypatch)
     source = write_ome_zarr(tmp_path / "cells.ome.zarr", image, zarr_format)
     results = predict_files(POINTWISE, {"config": CONFIG}, [tmp_path], tmp_path / "out",
-                            options=OPTIONS, progress=lambda _: None)
+                            options=OPTIONS, progress=lambda _: None,
+                            blockwise_pixels=0)
     by_name = {result.image.name: result for result in results}
     assert by_name["cells.ome.zarr"].nuclei == whole.max()
     group = zarr.open_group(str(source), mode="r")
@@ -288,7 +290,8 @@ def test_ome_zarr_gets_ngff_labels_beside_the_image(tmp_path, small_blocks, monk
             if row["image"] == "cells.ome.zarr"]
     assert_same_rows(rows, expected)
     again = predict_files(POINTWISE, {"config": CONFIG}, [source], tmp_path / "out2",
-                          options=OPTIONS, progress=lambda _: None, overwrite=True)
+                          options=OPTIONS, progress=lambda _: None, overwrite=True,
+                          blockwise_pixels=0)
     assert again[0].nuclei == whole.max()
     assert sorted(p.name for p in (source / "labels").iterdir() if p.name.startswith("."))\
         in ([], [".zattrs"], [".zgroup"], [".zattrs", ".zgroup"])
@@ -313,7 +316,8 @@ def test_bad_huge_files_are_one_line_errors_naming_the_file(tmp_path, small_bloc
             chunk.write_bytes(b"not a chunk")
     inputs = [broken, empty, bare, damaged]
     results = predict_files(POINTWISE, {"config": CONFIG}, inputs, tmp_path / "out",
-                            options=OPTIONS, progress=lambda _: None)
+                            options=OPTIONS, progress=lambda _: None,
+                            blockwise_pixels=0)
     for path, result in zip(inputs, results):
         assert result.error is not None and result.error.startswith(f"{path}: ")
         assert "\n" not in result.error
@@ -325,14 +329,12 @@ def test_bad_huge_files_are_one_line_errors_naming_the_file(tmp_path, small_bloc
 def test_only_images_read_whole_keep_the_pixel_limit(tmp_path, monkeypatch):
     import tifffile
 
-    from nucleiseg.blocks import is_large_input
-    from nucleiseg.io import read_image
+    from nucleiseg.io.images import read_image
+    from nucleiseg.io.wholeslide import is_large_input
 
-    monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", str(200 * 200))
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(200 * 200))
     tiled, strips = tmp_path / "tiled.tif", tmp_path / "strips.tif"
     tifffile.imwrite(tiled, np.zeros((300, 300), np.uint8), tile=(128, 128))
     tifffile.imwrite(strips, np.zeros((300, 300), np.uint8))
-    assert is_large_input(tiled) and not is_large_input(strips)
+    assert is_large_input(tiled, 200 * 200) and not is_large_input(strips, 200 * 200)
     with pytest.raises(DataError, match="header claims 300x300 pixels, more than the limit"):
-        read_image(strips)
+        read_image(strips, max_pixels=200 * 200)

@@ -1,8 +1,8 @@
 import numpy as np
 from conftest import make_disks
 
-from nucleiseg.classical import segment_classical
-from nucleiseg.metrics import match_instances
+from nucleiseg.algorithms.classical import segment_classical
+from nucleiseg.algorithms.metrics import match_instances
 
 
 def test_finds_separate_disks_on_dark_and_bright_backgrounds():

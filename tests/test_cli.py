@@ -179,8 +179,8 @@ def test_predict_resume_does_only_what_is_missing(trained_run, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_interrupted_predict_leaves_complete_files_only(trained_run, tmp_path):
-    from nucleiseg.infer import predict_files
-    from nucleiseg.saving import load_model
+    from nucleiseg.model.saving import load_model
+    from nucleiseg.pipeline.run import predict_files
 
     for seed in range(2):
         write_image(tmp_path / "in" / f"im{seed}.png", make_disks(seed=40 + seed)[0])
@@ -216,8 +216,8 @@ def test_predict_handles_spaces_and_non_utf8_file_names(trained_run, tmp_path):
 def test_labels_switch_to_32_bits_above_65535_nuclei(tmp_path):
     import tifffile
 
-    from nucleiseg.infer import label_image_dtype
-    from nucleiseg.io import write_tiff
+    from nucleiseg.io.images import write_tiff
+    from nucleiseg.pipeline.outputs import label_image_dtype
 
     assert label_image_dtype(65535) == np.uint16 and label_image_dtype(65536) == np.uint32
     labels = np.arange(70_000, dtype=np.uint32).reshape(280, 250)

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from nucleiseg.config import TrainConfig, write_json
+from nucleiseg.config import TrainConfig
 from nucleiseg.errors import UsageError
+from nucleiseg.io.runfiles import write_json
 
 
 def test_round_trips_through_json(tmp_path):

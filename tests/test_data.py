@@ -2,7 +2,7 @@ import numpy as np
 from conftest import make_disks
 from scipy import ndimage
 
-from nucleiseg.data import (
+from nucleiseg.training.data import (
     Augment,
     contact_pixels,
     labels_to_classes,

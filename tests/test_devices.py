@@ -54,7 +54,7 @@ def two_device_run(data):
 
 @pytest.mark.slow
 def test_training_on_two_devices_writes_a_complete_run(two_device_run):
-    from nucleiseg.saving import load_model
+    from nucleiseg.model.saving import load_model
 
     run, stdout = two_device_run
     assert "split among 2 devices (2 each)" in stdout
@@ -67,7 +67,7 @@ def test_training_on_two_devices_writes_a_complete_run(two_device_run):
     assert record["config"]["devices"] == 2
     assert model.output_shape[-1] == 2
     # What is saved is a plain model: no BatchNorm waits for other devices at inference.
-    from nucleiseg.train import batchnorm_layers
+    from nucleiseg.training.fit import batchnorm_layers
 
     assert not any(layer.synchronized for layer in batchnorm_layers(model))
     assert json.loads((run / "checkpoints" / "last.json").read_text())["epochs_done"] == 2
@@ -129,7 +129,7 @@ def test_cli_passes_devices_and_refuses_uneven_batches(tmp_path, capsys, monkeyp
 
 
 def test_multi_worker_tf_config_is_refused(monkeypatch):
-    from nucleiseg.train import distribution_strategy
+    from nucleiseg.training.fit import distribution_strategy
 
     cluster = {"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]},
                "task": {"type": "worker", "index": 0}}
@@ -143,7 +143,7 @@ def test_multi_worker_tf_config_is_refused(monkeypatch):
 def test_cpu_split_after_tensorflow_started_is_a_clear_error(monkeypatch):
     import tensorflow as tf
 
-    from nucleiseg import train
+    from nucleiseg.training import fit as train
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("splits the CPU only without GPUs")
@@ -156,7 +156,7 @@ def test_cpu_split_after_tensorflow_started_is_a_clear_error(monkeypatch):
 def test_resume_on_fewer_gpus_than_the_run_trained_on_is_refused(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from nucleiseg.train import resume
+    from nucleiseg.training.fit import resume
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

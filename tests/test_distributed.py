@@ -22,9 +22,9 @@ cloudpickle = pytest.importorskip("cloudpickle")
 import test_blocks  # noqa: E402  (the fake engine and files of the huge-image tests)
 
 from nucleiseg.cli import main  # noqa: E402
-from nucleiseg.distributed import DaskRunner, EngineSpec, loads  # noqa: E402
-from nucleiseg.engines import Engine  # noqa: E402
-from nucleiseg.infer import predict_files  # noqa: E402
+from nucleiseg.inference.engines import Engine  # noqa: E402
+from nucleiseg.integrations.dask import DaskRunner, EngineSpec, loads  # noqa: E402
+from nucleiseg.pipeline.run import predict_files  # noqa: E402
 
 # The workers are other processes: what they run from these test modules travels by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -122,7 +122,7 @@ class DyingOnce:
     marker: str
 
     def load(self):
-        import nucleiseg.io as io
+        import nucleiseg.io.runfiles as io
 
         original = io.publish
 
@@ -138,11 +138,9 @@ class DyingOnce:
 
 
 def test_a_worker_killed_mid_image_loses_and_doubles_nothing(client, folder, local_run,
-                                                             tmp_path):
-    from nucleiseg.engines import load_engine
-
+                                                             tmp_path, bundled_engine):
     marker = tmp_path / "died"
-    model, record = load_engine(None)
+    model, record = bundled_engine
     out = tmp_path / "out"
     results = predict_files(model, record, [folder], out, progress=lambda _: None,
                             runner=DaskRunner(client, DyingOnce(str(marker))))
@@ -160,7 +158,7 @@ class DiskFull:
     name: str
 
     def load(self):
-        import nucleiseg.io as io
+        import nucleiseg.io.runfiles as io
 
         original = io.publish
 
@@ -174,10 +172,8 @@ class DiskFull:
 
 
 def test_a_full_disk_on_a_worker_stops_the_run_naming_the_file(client, folder, tmp_path,
-                                                                monkeypatch):
-    from nucleiseg.engines import load_engine
-
-    model, record = load_engine(None)
+                                                                monkeypatch, bundled_engine):
+    model, record = bundled_engine
     monkeypatch.chdir(tmp_path)  # the file is named as given, not as the workers saw it
     out = Path("out")
     with pytest.raises(OSError) as caught:
@@ -207,13 +203,14 @@ def test_a_huge_image_blocks_on_the_workers_stitch_to_the_local_labels(
     import tifffile
     import zarr
 
-    import nucleiseg.blocks as blocks
+    import nucleiseg.inference.blockwise as blockwise
+    import nucleiseg.pipeline.one_file as one_file
 
     image = test_blocks.rgb_disks(seed=6)
     whole, expected = test_blocks.whole_image_outputs(tmp_path, image, monkeypatch)
-    monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
-    original = blocks.segment_large_file
-    monkeypatch.setattr(blocks, "segment_large_file",
+    monkeypatch.setattr(blockwise, "choose_core", lambda *args, **kwargs: 256)
+    original = one_file.segment_large_file
+    monkeypatch.setattr(one_file, "segment_large_file",
                         lambda *args, **kwargs: original(*args, **{**kwargs, "halo": 48}))
 
     def predict(out, runner=None):
@@ -223,7 +220,8 @@ def test_a_huge_image_blocks_on_the_workers_stitch_to_the_local_labels(
             source = test_blocks.write_ome_zarr(tmp_path / "slide.ome.zarr", image)
         results = predict_files(test_blocks.POINTWISE, {"config": test_blocks.CONFIG},
                                 [source], out, options=test_blocks.OPTIONS,
-                                progress=lambda _: None, runner=runner, overwrite=True)
+                                progress=lambda _: None, runner=runner, overwrite=True,
+                                blockwise_pixels=0)
         assert results[0].error is None
         if kind == "tiff":
             labels = tifffile.imread(out / "slide_labels.tif")

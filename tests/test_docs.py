@@ -92,9 +92,9 @@ def test_command_names_in_docs_exist():
 
 
 def test_outputs_page_names_every_column_predict_writes():
-    from nucleiseg.infer import SUMMARY_COLUMNS
-    from nucleiseg.instances import COLUMNS, MICRON_COLUMNS
-    from nucleiseg.microscopy import PLANE_COLUMNS
+    from nucleiseg.algorithms.instances import COLUMNS, MICRON_COLUMNS
+    from nucleiseg.io.microscopy import PLANE_COLUMNS
+    from nucleiseg.pipeline.outputs import SUMMARY_COLUMNS
 
     text = (DOCS / "outputs.md").read_text()
     measurements = text[text.index("**`measurements.csv`**"):text.index("**`summary.csv`**")]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_disks
 
-from nucleiseg.exchange import (
+from nucleiseg.io.outlines import (
     imagej_rois,
     nucleus_features,
     outline_polygons,
@@ -134,7 +134,7 @@ def read_geojson_rings(path) -> dict:
 
 
 def test_geojson_features_read_back_as_the_labels_with_measurements(tmp_path):
-    from nucleiseg.instances import measure_nuclei
+    from nucleiseg.algorithms.instances import measure_nuclei
 
     labels = tricky_labels()
     image = np.full(labels.shape, 10, np.uint8)
@@ -190,7 +190,7 @@ def test_imagej_rois_read_back_with_roifile_as_the_labels(tmp_path):
 def test_stack_exports_carry_their_planes(tmp_path):
     import roifile
 
-    from nucleiseg.infer import measure_planes
+    from nucleiseg.pipeline.one_file import measure_planes
 
     first, _ = make_disks((40, 40), count=3, seed=1)
     second, _ = make_disks((40, 40), count=4, seed=2)

@@ -6,34 +6,21 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, disk_samples, make_disks, write_image, write_paired
+from conftest import make_disks, write_image
 
-from nucleiseg.config import TrainConfig
 from nucleiseg.errors import UsageError
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from nucleiseg.train import train
-
-    root = tmp_path_factory.mktemp("export")
-    data = write_paired(root / "data", disk_samples(8))
-    config = TrainConfig(image_size=64, sampling="crops", target="boundary", epochs=1,
-                         batch_size=4, steps_per_epoch=2, **TINY_MODEL)
-    run, _ = train(config, data, root / "run", verbose=0, log=lambda *_: None)
-    return run / "model.keras"
 
 
 @pytest.mark.parametrize("fmt,name", [("onnx", "model.onnx"), ("tflite", "model.tflite"),
                                       ("savedmodel", "model_savedmodel")])
 def test_exports_agree_with_keras_and_carry_the_record(tiny_model, tmp_path, fmt, name):
     pytest.importorskip("tf2onnx" if fmt == "onnx" else "tensorflow")
-    from nucleiseg.engines import load_engine, read_export_record
-    from nucleiseg.export import export_model
-    from nucleiseg.infer import predict_quantised
-    from nucleiseg.saving import load_model
+    from nucleiseg.export.exporter import export_model
+    from nucleiseg.inference.engines import load_engine, read_export_record
+    from nucleiseg.inference.predict import predict_quantised
+    from nucleiseg.model.saving import load_model
 
     keras_model = tmp_path / "model.keras"
     shutil.copy(tiny_model, keras_model)
@@ -57,8 +44,8 @@ def test_exports_agree_with_keras_and_carry_the_record(tiny_model, tmp_path, fmt
 
 def test_auto_engine_uses_an_up_to_date_onnx_export_only(tiny_model, tmp_path):
     pytest.importorskip("tf2onnx")
-    from nucleiseg.engines import load_engine
-    from nucleiseg.export import export_model
+    from nucleiseg.export.exporter import export_model
+    from nucleiseg.inference.engines import load_engine
 
     keras_model = tmp_path / "model.keras"
     shutil.copy(tiny_model, keras_model)
@@ -75,8 +62,8 @@ def test_auto_engine_uses_an_up_to_date_onnx_export_only(tiny_model, tmp_path):
 
 def test_the_bundled_model_ships_up_to_date_onnx_exports():
     pytest.importorskip("onnxruntime")
-    from nucleiseg.engines import load_engine, matching_export
-    from nucleiseg.saving import bundled_model_path
+    from nucleiseg.inference.engines import load_engine, matching_export
+    from nucleiseg.model.saving import bundled_model_path
 
     assert matching_export(bundled_model_path(), "onnx") is not None
     assert matching_export(bundled_model_path(), "onnx-int8") is not None
@@ -85,9 +72,9 @@ def test_the_bundled_model_ships_up_to_date_onnx_exports():
 
 def test_int8_export_keeps_the_classes_and_is_preferred(tmp_path):
     pytest.importorskip("tf2onnx")
-    from nucleiseg.engines import load_engine
-    from nucleiseg.export import export_model
-    from nucleiseg.saving import bundled_model_path
+    from nucleiseg.export.exporter import export_model
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.model.saving import bundled_model_path
 
     keras_model = tmp_path / "nuclei.keras"
     shutil.copy(bundled_model_path(), keras_model)
@@ -117,7 +104,7 @@ def test_predict_with_onnx_needs_no_tensorflow_nor_matplotlib(tmp_path):
 
 def test_export_refuses_a_wrong_suffix_and_a_non_model(tmp_path):
     from nucleiseg.errors import DataError
-    from nucleiseg.export import export_model
+    from nucleiseg.export.exporter import export_model
 
     with pytest.raises(UsageError, match="must end in .onnx"):
         export_model(None, "onnx", tmp_path / "model.bin")

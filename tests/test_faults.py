@@ -22,7 +22,7 @@ def folder(tmp_path):
 
 def test_a_full_disk_names_the_output_and_resume_continues(folder, tmp_path, monkeypatch,
                                                             capsys):
-    import nucleiseg.io as io
+    import nucleiseg.io.runfiles as io
 
     original = io.publish
 
@@ -62,7 +62,7 @@ def test_a_full_disk_while_writing_the_tables_names_them(folder, tmp_path, monke
 
 HOLD = """
 import sys, time
-from nucleiseg.io import OutputLock
+from nucleiseg.io.runfiles import OutputLock
 OutputLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

@@ -15,13 +15,17 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from nucleiseg.data import labels_to_classes
+from nucleiseg.algorithms.instances import (
+    InstanceOptions,
+    labels_from_probabilities,
+    measure_nuclei,
+)
+from nucleiseg.algorithms.metrics import instance_ious, match_instances, pixel_counts
+from nucleiseg.algorithms.preprocess import normalize_image, to_rgb
+from nucleiseg.algorithms.targets import labels_to_classes
+from nucleiseg.algorithms.tiling import gaussian_weights, tile_starts
 from nucleiseg.errors import DataError
-from nucleiseg.instances import InstanceOptions, labels_from_probabilities, measure_nuclei
-from nucleiseg.io import merge_instance_masks, read_image, read_label_mask
-from nucleiseg.metrics import instance_ious, match_instances, pixel_counts
-from nucleiseg.preprocess import normalize_image, to_rgb
-from nucleiseg.tiling import gaussian_weights, tile_starts
+from nucleiseg.io.images import merge_instance_masks, read_image, read_label_mask
 
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

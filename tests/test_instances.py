@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 from conftest import make_disks
 
-from nucleiseg.data import labels_to_classes
-from nucleiseg.instances import InstanceOptions, labels_from_probabilities, measure_nuclei
+from nucleiseg.algorithms.instances import (
+    InstanceOptions,
+    labels_from_probabilities,
+    measure_nuclei,
+)
+from nucleiseg.algorithms.targets import labels_to_classes
 
 
 def two_touching_disks():
@@ -70,7 +74,7 @@ def test_measurements_per_nucleus():
 
 
 def test_tuned_postprocessing_from_the_record_and_overrides():
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
 
     assert instance_options_from(None) == InstanceOptions()
     record = {"postprocessing": {"marker_threshold": 0.7, "min_size": 30}}
@@ -177,7 +181,7 @@ def compare_with_reference(seed):
     splitting, on smooth random probabilities; returns how many nuclei splitting added."""
     from scipy import ndimage
 
-    from nucleiseg.instances import quantise_probabilities
+    from nucleiseg.algorithms.instances import quantise_probabilities
 
     rng = np.random.default_rng(seed)
     logits = ndimage.gaussian_filter(rng.normal(size=(120, 90, 3)), (3, 3, 0)) * 12
@@ -209,7 +213,7 @@ def test_the_reference_comparison_covers_splits():
 def test_measurements_match_scikit_image_regionprops():
     from skimage.measure import regionprops_table
 
-    from nucleiseg.instances import COLUMNS
+    from nucleiseg.algorithms.instances import COLUMNS
 
     image, labels = make_disks((300, 400), seed=3)
     labels = labels.astype(np.int32)
@@ -230,7 +234,7 @@ def test_measurements_match_scikit_image_regionprops():
 def test_fill_holes_is_binary_fill_holes(seed):
     from scipy import ndimage
 
-    from nucleiseg.instances import fill_holes
+    from nucleiseg.algorithms.instances import fill_holes
 
     mask = np.random.default_rng(seed).random((60, 50)) < 0.55
     np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))

@@ -5,7 +5,7 @@ import pytest
 from conftest import make_disks, write_dsb, write_image, write_paired
 
 from nucleiseg.errors import DataError
-from nucleiseg.io import (
+from nucleiseg.io.images import (
     bundled_sample,
     detect_layout,
     find_images,
@@ -14,7 +14,9 @@ from nucleiseg.io import (
     load_samples,
     read_image,
     read_label_mask,
+    read_planes,
 )
+from nucleiseg.io.microscopy import ReadOptions
 
 
 def test_paired_layout_pairs_by_name_not_listing_order(tmp_path):
@@ -154,7 +156,7 @@ def test_find_images_expands_files_and_folders(tmp_path, paired_dir, dsb_dir):
 
 
 def test_bundled_sample_is_usable_small_and_has_every_kind():
-    from nucleiseg.preprocess import image_kind
+    from nucleiseg.algorithms.preprocess import image_kind
 
     total = 0
     for part in ("train", "test"):
@@ -175,7 +177,7 @@ def test_outputs_are_readable_by_others(tmp_path):
     import os
     import stat
 
-    from nucleiseg.io import write_png
+    from nucleiseg.io.images import write_png
 
     old = os.umask(0o022)
     try:
@@ -240,11 +242,11 @@ def test_bad_image_files_give_a_message_naming_the_file(tmp_path, make, message)
 
 def test_size_limit_applies_to_tiff_and_can_be_raised(tmp_path, monkeypatch):
     path = write_image(tmp_path / "big.tif", np.zeros((40, 50), np.uint8))
-    monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", "1000")
     with pytest.raises(DataError, match="big.tif: header claims 50x40 pixels"):
-        read_image(path)
-    monkeypatch.setenv("NUCLEISEG_MAX_PIXELS", "2000")
-    assert read_image(path).shape == (40, 50, 1)
+        read_image(path, max_pixels=1000)
+    assert read_image(path, max_pixels=2000).shape == (40, 50, 1)
+    with pytest.raises(DataError, match="raise it with --max-pixels"):
+        read_planes(path, ReadOptions(max_pixels=1000))
 
 
 def test_label_masks_with_more_nuclei_than_16_bits_hold(tmp_path):

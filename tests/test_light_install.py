@@ -15,7 +15,7 @@ from conftest import write_image
 from test_exchange import iou, rasterise, roi_rings
 
 from nucleiseg.cli import main
-from nucleiseg.io import bundled_sample
+from nucleiseg.io.images import bundled_sample
 
 # Runs `nucleiseg ARGS...` in a Python where importing TensorFlow, Keras or TensorBoard fails as
 # it does when they are not installed, then says which nucleiseg modules were imported.
@@ -58,9 +58,9 @@ def test_predict_needs_no_tensorflow_and_its_outlines_read_back_as_its_labels(tm
     assert result.returncode == 0, result.stderr
     assert "engine: onnx-int8" in result.stdout
     modules = result.stdout.split("modules:")[1].split()
-    assert "nucleiseg.exchange" in modules
+    assert "nucleiseg.io.outlines" in modules
     assert not [m for m in modules if not m.startswith("nucleiseg")]
-    assert "nucleiseg.data" not in modules and "nucleiseg.saving" in modules
+    assert "nucleiseg.training.data" not in modules and "nucleiseg.model.saving" in modules
     measurements = list(csv.DictReader(open(out / "measurements.csv", encoding="utf-8")))
     for path in sample_images():
         stem = path.stem

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nucleiseg.metrics import PixelCounts, pixel_counts
+from nucleiseg.algorithms.metrics import PixelCounts, pixel_counts
 
 
 def pooled_counts(true_masks, pred_masks):
@@ -46,7 +46,7 @@ def test_shape_mismatch_is_an_error():
 
 
 def test_keras_metrics_match_numpy():
-    from nucleiseg.keras_metrics import ForegroundDice, ForegroundIoU
+    from nucleiseg.model.keras_metrics import ForegroundDice, ForegroundIoU
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 8, 8, 2)).astype(np.float32)
@@ -62,7 +62,7 @@ def test_keras_metrics_match_numpy():
 
 # ---------------------------------------------------------------- instance metrics
 
-from nucleiseg.metrics import IOU_THRESHOLDS, instance_ious, match_instances  # noqa: E402
+from nucleiseg.algorithms.metrics import IOU_THRESHOLDS, instance_ious, match_instances  # noqa: E402
 
 
 def test_instance_ious_by_hand():
@@ -127,7 +127,7 @@ def test_instance_metrics_scale_to_more_nuclei_than_16_bits_hold():
 
 
 def test_missed_causes_sorts_each_missed_nucleus_by_why():
-    from nucleiseg.metrics import missed_causes
+    from nucleiseg.algorithms.metrics import missed_causes
 
     true = np.zeros((60, 80), np.int32)
     pred = np.zeros_like(true)

@@ -6,10 +6,10 @@ import pytest
 import tifffile
 from conftest import make_disks, write_image
 
+from nucleiseg.algorithms.instances import in_micrometres
 from nucleiseg.errors import DataError
-from nucleiseg.instances import in_micrometres
-from nucleiseg.io import read_array, read_image, read_pixels, read_planes, write_labels
-from nucleiseg.microscopy import (
+from nucleiseg.io.images import read_array, read_image, read_pixels, read_planes, write_labels
+from nucleiseg.io.microscopy import (
     ReadOptions,
     format_pixel_size,
     parse_channel,

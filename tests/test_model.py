@@ -4,7 +4,7 @@ import pytest
 from conftest import TINY_MODEL
 
 from nucleiseg.errors import NucleisegError, UsageError
-from nucleiseg.model import ENCODER_SKIPS, build_encoder, build_unet, check_image_size
+from nucleiseg.model.unet import ENCODER_SKIPS, build_encoder, build_unet, check_image_size
 
 
 @pytest.mark.parametrize("size", [32, 64, 96])

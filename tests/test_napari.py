@@ -17,16 +17,14 @@ pytest.importorskip("napari", reason="the napari plugin's tests need nucleiseg[n
 
 from napari.components import ViewerModel  # noqa: E402
 
-from nucleiseg.napari_plugin import _reader, _results, _sample_data, _segment  # noqa: E402
+from nucleiseg.integrations.napari import _reader, _results, _sample_data, _segment  # noqa: E402
 
 PLUGIN = Path(_reader.__file__).parent
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from nucleiseg.engines import load_engine
-
-    return load_engine()
+def engine(bundled_engine):
+    return bundled_engine
 
 
 def viewer_with(layers) -> ViewerModel:
@@ -70,7 +68,8 @@ def test_installed_plugin_is_found_by_npe2():
 
 
 def test_the_core_imports_neither_napari_nor_qt():
-    code = ("import sys, nucleiseg.cli, nucleiseg.infer, nucleiseg.blocks, nucleiseg.engines; "
+    code = ("import sys, nucleiseg.cli, nucleiseg.inference.predict, nucleiseg.algorithms.blocks, "
+            "nucleiseg.inference.engines; "
             "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'magicgui') "
             "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -126,7 +125,7 @@ def test_reader_labels_output_with_measurements_as_features(tmp_path, engine):
     measurements.csv (hovering a nucleus shows them)."""
     import imageio.v3 as iio
 
-    from nucleiseg.infer import predict_files
+    from nucleiseg.pipeline.run import predict_files
 
     model, record = engine
     (tmp_path / "in").mkdir()
@@ -153,13 +152,13 @@ def test_reader_labels_output_with_measurements_as_features(tmp_path, engine):
 def test_reader_huge_tiff_is_a_lazy_multiscale_layer(tmp_path, monkeypatch):
     import tifffile
 
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(256 * 256))
     image = np.tile(sample_image("fluorescence"), (2, 2))
     path = tmp_path / "slide.tif"
     with tifffile.TiffWriter(path) as tif:
         tif.write(image, tile=(128, 128), subifds=1)
         tif.write(image[::2, ::2], tile=(128, 128), subfiletype=1)
-    (levels, kwargs, kind), = _reader.get_reader(str(path))(str(path))
+    assert _reader.get_reader(str(path)) is _reader.read_layers
+    (levels, kwargs, kind), = _reader.read_layers(str(path), blockwise_pixels=256 * 256)
     assert kind == "image" and kwargs["multiscale"] and not kwargs["rgb"]
     assert [level.shape for level in levels] == [(512, 512), (256, 256)]
     np.testing.assert_array_equal(np.asarray(levels[0][100:300, 200:260]),
@@ -223,8 +222,8 @@ def test_widget_computation_adds_labels_with_features_and_centroids(engine):
 
 
 def test_the_widget_finds_what_predict_finds(engine):
-    from nucleiseg.infer import options_for, segment_checked
-    from nucleiseg.instances import instance_options_from
+    from nucleiseg.algorithms.instances import instance_options_from
+    from nucleiseg.inference.predict import options_for, segment_checked
 
     model, record = engine
     image = sample_image("histology")
@@ -279,17 +278,16 @@ def test_pixel_size_adds_micrometre_columns(engine):
 
 
 def test_huge_planes_go_block_by_block(engine, monkeypatch):
-    """Above NUCLEISEG_BLOCKWISE_PIXELS a plane is segmented as predict segments huge files:
+    """Above `blockwise_pixels` a plane is segmented as predict segments huge files:
     block by block (here 256² cores), with nuclei crossing the seams kept whole."""
     model, record = engine
     image = np.block([[sample_image("fluorescence"), sample_image("brightfield")],
                       [sample_image("brightfield"), sample_image("fluorescence")]])
     whole = _segment.segment_layer_data(image, model, record)
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(256 * 256))
     reports = []
     progress = _segment.Progress(report=lambda *report: reports.append(report))
     blocks = _segment.segment_layer_data(image, model, record, progress=progress,
-                                         block_core=256)
+                                         block_core=256, blockwise_pixels=256 * 256)
     assert blocks.blockwise and not whole.blockwise
     assert (4, 4) in [report[:2] for report in reports]  # 4 blocks of 4
     check_features(blocks)
@@ -302,14 +300,14 @@ def test_a_huge_multiscale_layer_from_the_reader(tmp_path, engine, monkeypatch):
     import tifffile
 
     model, record = engine
-    monkeypatch.setenv("NUCLEISEG_BLOCKWISE_PIXELS", str(256 * 256))
     image = np.tile(sample_image("fluorescence"), (2, 2))
     path = tmp_path / "slide.tif"
     with tifffile.TiffWriter(path) as tif:
         tif.write(image, tile=(128, 128), subifds=1)
         tif.write(image[::2, ::2], tile=(128, 128), subfiletype=1)
-    viewer = viewer_with(_reader.get_reader(str(path))(str(path)))
+    viewer = viewer_with(_reader.read_layers(str(path), blockwise_pixels=256 * 256))
     result = _segment.segment_layer_data(engine=model, record=record, block_core=256,
+                                         blockwise_pixels=256 * 256,
                                          **_results.layer_inputs(viewer.layers["slide"]))
     assert result.blockwise and result.labels.shape == (512, 512) and result.count > 100
     check_features(result)
@@ -349,7 +347,7 @@ def wait_for(app, widget, seconds=120):
 
 
 def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
-    from nucleiseg.napari_plugin._widget import SegmentNuclei
+    from nucleiseg.integrations.napari._widget import SegmentNuclei
 
     viewer = viewer_with(_sample_data.fluorescence())
     widget = SegmentNuclei(viewer)
@@ -378,7 +376,7 @@ def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
 
 
 def test_diameter_field():
-    from nucleiseg.napari_plugin._widget import parse_diameter
+    from nucleiseg.integrations.napari._widget import parse_diameter
 
     assert parse_diameter(" Auto ") == "auto"
     assert parse_diameter("") is None

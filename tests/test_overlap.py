@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 from conftest import make_disks, write_image
 
-from nucleiseg.engines import load_engine
-from nucleiseg.infer import predict_files
-from nucleiseg.saving import bundled_model_path
+from nucleiseg.model.saving import bundled_model_path
+from nucleiseg.pipeline.run import predict_files
 
 pytestmark = pytest.mark.skipif(not bundled_model_path().is_file(),
                                 reason="no bundled model in this tree")
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    return load_engine(None)
+def bundled(bundled_engine):
+    return bundled_engine
 
 
 @pytest.fixture
@@ -90,7 +89,7 @@ def test_a_stopped_run_leaves_the_complete_files_of_the_images_before(bundled, f
     left running."""
     import errno
 
-    import nucleiseg.infer as infer
+    import nucleiseg.pipeline.one_file as infer
 
     second_measured = threading.Event()
     measure_planes, write_png = infer.measure_planes, infer.write_png

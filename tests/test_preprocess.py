@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 from conftest import make_disks
 
-from nucleiseg.preprocess import image_kind, normalize_image, resize_image, resize_labels, to_rgb
+from nucleiseg.algorithms.preprocess import (
+    image_kind,
+    normalize_image,
+    resize_image,
+    resize_labels,
+    to_rgb,
+)
 
 
 def test_16_bit_and_8_bit_give_the_same_input():
@@ -65,7 +71,7 @@ def test_image_kind(bright, colour, expected):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_normalising_by_table_gives_exactly_the_arithmetic_values(dtype):
-    from nucleiseg.preprocess import apply_intensity_range, scale_integers, to_rgb
+    from nucleiseg.algorithms.preprocess import apply_intensity_range, scale_integers, to_rgb
 
     top = np.iinfo(dtype).max
     image = np.random.default_rng(1).integers(0, top, (40, 30, 3), endpoint=True).astype(dtype)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_disks, write_image
 
-from nucleiseg.saving import bundled_model_path, read_record
+from nucleiseg.model.saving import bundled_model_path, read_record
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,8 +45,8 @@ def test_predict_without_model_on_mixed_sizes_and_depths(tmp_path, capsys):
 
 
 def test_bundled_model_on_the_bundled_test_sample():
-    from nucleiseg.evaluate import evaluate_model
-    from nucleiseg.io import bundled_sample
+    from nucleiseg.evaluation import evaluate_model
+    from nucleiseg.io.images import bundled_sample
 
     report = evaluate_model(None, bundled_sample("test"))
     assert report["images"] == 9
@@ -55,8 +55,8 @@ def test_bundled_model_on_the_bundled_test_sample():
 
 
 def test_segment_image_with_the_bundled_model():
-    from nucleiseg.infer import segment_image
-    from nucleiseg.saving import load_model
+    from nucleiseg.inference.predict import segment_image
+    from nucleiseg.model.saving import load_model
 
     model, record = load_model()
     image, labels = make_disks((96, 96), count=4, seed=4)

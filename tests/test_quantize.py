@@ -9,11 +9,11 @@ pytestmark = pytest.mark.slow
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from nucleiseg import quantize  # noqa: E402
-from nucleiseg.io import bundled_sample, find_samples, load_samples  # noqa: E402
-from nucleiseg.preprocess import normalize_image  # noqa: E402
-from nucleiseg.saving import bundled_model_path  # noqa: E402
-from nucleiseg.tiling import pad_image, round_up  # noqa: E402
+from nucleiseg.algorithms.preprocess import normalize_image  # noqa: E402
+from nucleiseg.algorithms.tiling import pad_image, round_up  # noqa: E402
+from nucleiseg.export import quantize  # noqa: E402
+from nucleiseg.io.images import bundled_sample, find_samples, load_samples  # noqa: E402
+from nucleiseg.model.saving import bundled_model_path  # noqa: E402
 
 FP32 = bundled_model_path().with_suffix(".onnx")
 

@@ -71,7 +71,7 @@ def test_killed_training_resumes_from_last_completed_epoch(tmp_path, how):
     record = json.loads((run / "metrics.json").read_text())
     assert record["epochs_run"] == 8
     with pytest.raises(UsageError, match="has finished"):
-        from nucleiseg.train import resume
+        from nucleiseg.training.fit import resume
         resume(run, log=quiet)
 
 
@@ -87,7 +87,7 @@ def test_resume_refuses_other_options_and_non_runs(tmp_path, capsys):
 def test_resume_continues_the_optimizer_and_early_stopping_state(tmp_path, monkeypatch):
     import keras
 
-    from nucleiseg.train import resume, train
+    from nucleiseg.training.fit import resume, train
 
     data = write_paired(tmp_path / "data", disk_samples(12, shape=(64, 64)))
     config = TrainConfig(image_size=64, epochs=3, batch_size=4, steps_per_epoch=3,
@@ -119,8 +119,8 @@ def test_resume_continues_the_optimizer_and_early_stopping_state(tmp_path, monke
 
 
 def test_same_seed_gives_same_split_and_same_weights_after_one_epoch(tmp_path):
-    from nucleiseg.saving import load_model
-    from nucleiseg.train import train
+    from nucleiseg.model.saving import load_model
+    from nucleiseg.training.fit import train
 
     data = write_paired(tmp_path / "data", disk_samples(12, shape=(64, 64)))
     config = TrainConfig(image_size=64, epochs=1, batch_size=4, steps_per_epoch=3,
@@ -138,7 +138,7 @@ def test_same_seed_gives_same_split_and_same_weights_after_one_epoch(tmp_path):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_best_model(tmp_path, monkeypatch):
     import keras
 
-    from nucleiseg import train as train_module
+    from nucleiseg.training import fit as train_module
 
     class PoisonAfter(keras.callbacks.Callback):
         """Make the weights NaN during epoch 3, as a diverging optimiser would."""
@@ -160,7 +160,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_best_model(tmp_path, 
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match="NaN in epoch 3.*best model \\(epoch [12]\\)"):
         train_module.train(config, data, run, verbose=0, log=quiet)
-    from nucleiseg.saving import load_model
+    from nucleiseg.model.saving import load_model
 
     model, record = load_model(run / "model.keras")
     assert all(np.isfinite(w).all() for w in model.get_weights())
@@ -169,7 +169,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_best_model(tmp_path, 
 
 
 def test_init_model_must_fit_the_architecture(tmp_path):
-    from nucleiseg.train import train
+    from nucleiseg.training.fit import train
 
     data = write_paired(tmp_path / "data", disk_samples(8, shape=(64, 64)))
     config = TrainConfig(image_size=64, epochs=1, batch_size=4, steps_per_epoch=1, **TINY_MODEL)

@@ -6,9 +6,9 @@ import pytest
 from conftest import TINY_MODEL
 
 from nucleiseg.errors import DataError
-from nucleiseg.keras_metrics import compile_model
-from nucleiseg.model import build_unet
-from nucleiseg.saving import load_model, read_record, save_model
+from nucleiseg.model.keras_metrics import compile_model
+from nucleiseg.model.saving import load_model, read_record, save_model
+from nucleiseg.model.unet import build_unet
 
 
 @pytest.fixture

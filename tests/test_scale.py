@@ -2,11 +2,9 @@ import numpy as np
 import pytest
 from conftest import make_disks
 
-from nucleiseg.engines import Engine
-from nucleiseg.infer import PredictOptions, options_for, segment_checked
-from nucleiseg.instances import InstanceOptions
-from nucleiseg.preprocess import resize_image, resize_labels
-from nucleiseg.scale import (
+from nucleiseg.algorithms.instances import InstanceOptions
+from nucleiseg.algorithms.preprocess import resize_image, resize_labels
+from nucleiseg.algorithms.scale import (
     SCALE_LIMITS,
     SCALE_TOLERANCE,
     UNSURE_UPSCALE_LIMIT,
@@ -21,6 +19,8 @@ from nucleiseg.scale import (
     typical_diameter,
     warning_for,
 )
+from nucleiseg.inference.engines import Engine
+from nucleiseg.inference.predict import PredictOptions, options_for, segment_checked
 
 CONFIG = {"sampling": "crops", "image_size": 64}
 POST = InstanceOptions(min_size=5, split_levels=(), min_confidence=0.0)
@@ -150,12 +150,11 @@ def test_auto_needs_a_model_that_records_its_nucleus_size():
     assert recorded.diameter == "auto" and recorded.training_diameter == 19.5
 
 
-def test_bundled_model_estimate_follows_a_rescaled_sample_image():
+def test_bundled_model_estimate_follows_a_rescaled_sample_image(bundled_engine):
     """The real model: nuclei drawn twice as large are estimated twice as large."""
-    from nucleiseg.engines import load_engine
-    from nucleiseg.io import bundled_sample, read_image
+    from nucleiseg.io.images import bundled_sample, read_image
 
-    engine, record = load_engine()
+    engine, record = bundled_engine
     image = read_image(bundled_sample("test") / "images" / "fluorescence_df53d0b6.png")
     options = PredictOptions(diameter="auto", training_diameter=19.45)
     native = segment_checked(engine, image, record["config"], options)[2]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nucleiseg.tiling import (
+from nucleiseg.algorithms.tiling import (
     gaussian_weights,
     predict_tiled,
     tile_starts,
@@ -55,8 +55,8 @@ def test_small_image_is_predicted_whole_and_tiled_agrees_with_whole():
     import keras
     from conftest import TINY_MODEL
 
-    from nucleiseg.infer import probability_function
-    from nucleiseg.model import build_unet
+    from nucleiseg.inference.predict import probability_function
+    from nucleiseg.model.unet import build_unet
 
     keras.utils.set_random_seed(0)
     model = build_unet(num_classes=3, **TINY_MODEL)
@@ -83,8 +83,8 @@ def test_probabilities_come_back_at_the_image_size_whatever_the_scale(sampling):
     import keras
     from conftest import TINY_MODEL
 
-    from nucleiseg.infer import PredictOptions, predict_probabilities
-    from nucleiseg.model import build_unet
+    from nucleiseg.inference.predict import PredictOptions, predict_probabilities
+    from nucleiseg.model.unet import build_unet
 
     keras.utils.set_random_seed(0)
     model = build_unet(num_classes=3, **TINY_MODEL)

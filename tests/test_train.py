@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def test_default_recipe_learns_and_works_in_inference_mode(tmp_path):
     """From random weights, the default recipe (encoder BatchNorm momentum 0.9) gives a model
     that finds the disks in inference mode, and the run directory holds everything."""
-    from nucleiseg.train import train
+    from nucleiseg.training.fit import train
 
     data = write_paired(tmp_path / "data", disk_samples(24, shape=(64, 64)))
     config = TrainConfig(image_size=64, epochs=8, batch_size=4, val_fraction=0.25, **TINY_MODEL)
@@ -31,7 +31,7 @@ def test_default_recipe_learns_and_works_in_inference_mode(tmp_path):
 
 
 def test_training_without_matplotlib_writes_no_figures_and_says_so(tmp_path, monkeypatch):
-    from nucleiseg.train import train
+    from nucleiseg.training.fit import train
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     data = write_paired(tmp_path / "data", disk_samples(8))
@@ -45,7 +45,7 @@ def test_training_without_matplotlib_writes_no_figures_and_says_so(tmp_path, mon
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):
-    from nucleiseg.train import train
+    from nucleiseg.training.fit import train
 
     data = write_paired(tmp_path / "data", disk_samples(4))
     run = tmp_path / "run"
@@ -60,7 +60,7 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
 def test_several_folders_split_on_their_own_with_whole_patients_held_out(tmp_path):
     from conftest import make_disks, write_paired
 
-    from nucleiseg.train import load_sources, sampling_strata, split_sources
+    from nucleiseg.training.fit import load_sources, sampling_strata, split_sources
 
     fluorescence = write_paired(tmp_path / "a", [(f"img{i}", *make_disks(seed=i))
                                                  for i in range(10)])
@@ -82,7 +82,7 @@ def test_the_same_image_name_in_two_folders_is_refused(tmp_path):
     from conftest import make_disks, write_paired
 
     from nucleiseg.errors import DataError
-    from nucleiseg.train import load_sources
+    from nucleiseg.training.fit import load_sources
 
     first = write_paired(tmp_path / "a", [(f"img{i}", *make_disks(seed=i)) for i in range(3)])
     second = write_paired(tmp_path / "b", [(f"img{i}", *make_disks(seed=i)) for i in range(3)])
@@ -94,7 +94,7 @@ def test_time_budget_stops_and_a_fine_tune_takes_its_models_recipe(tmp_path):
     """--minutes ends a 50-epoch run after its first epoch; --init-model with no architecture
     options fine-tunes that model (its recipe from its record) and records where it started."""
     from nucleiseg.cli import main
-    from nucleiseg.saving import read_record
+    from nucleiseg.model.saving import read_record
 
     data = write_paired(tmp_path / "data", disk_samples(8, shape=(64, 64)))
     first = tmp_path / "first"

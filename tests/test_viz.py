@@ -2,8 +2,8 @@ import imageio.v3 as iio
 import numpy as np
 from conftest import make_disks
 
-from nucleiseg.preprocess import intensity_range, normalize_image
-from nucleiseg.viz import display, outline_overlay, pick_examples, plot_curves, prediction_grid
+from nucleiseg.algorithms.preprocess import intensity_range, normalize_image
+from nucleiseg.render import display, outline_overlay, pick_examples, plot_curves, prediction_grid
 
 
 def test_figures_are_written_as_png_files(tmp_path):
@@ -40,7 +40,7 @@ def test_examples_show_one_image_of_each_kind_first():
 def test_inner_outlines_are_scikit_image_inner_boundaries():
     from skimage.segmentation import find_boundaries
 
-    from nucleiseg.viz import inner_outlines
+    from nucleiseg.render import inner_outlines
 
     _, labels = make_disks((90, 70), seed=5)
     labels[40:45, :] = 7  # a band touching the edges and other nuclei

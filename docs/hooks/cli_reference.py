@@ -132,8 +132,8 @@ def bundled_model_table() -> str:
     """The bundled model's post-processing (from its record) beside the library defaults."""
     import dataclasses
 
-    from nucleiseg.instances import InstanceOptions
-    from nucleiseg.saving import bundled_model_path, read_record
+    from nucleiseg.algorithms.instances import InstanceOptions
+    from nucleiseg.model.saving import bundled_model_path, read_record
 
     record = read_record(bundled_model_path())
     tuned = record.get("postprocessing", {})

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shlex
 import signal
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 from nucleiseg import __version__
+from nucleiseg.algorithms.instances import InstanceOptions, instance_options_from
 from nucleiseg.config import (
     ENCODER_WEIGHTS,
     LR_SCHEDULES,
@@ -25,12 +25,14 @@ from nucleiseg.config import (
     TrainConfig,
     check_image_size,
 )
-from nucleiseg.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflow
 from nucleiseg.errors import NucleisegError, UsageError
-from nucleiseg.infer import PredictOptions, options_for
-from nucleiseg.instances import InstanceOptions, instance_options_from
-from nucleiseg.io import DISK_FULL
-from nucleiseg.microscopy import PLANE_MODES, ReadOptions, parse_channel
+from nucleiseg.inference.engines import TRAIN_EXTRA, import_keras_quietly, lacks_tensorflow
+from nucleiseg.inference.predict import PredictOptions, options_for
+from nucleiseg.inference.predict import parse_diameter as diameter_of
+from nucleiseg.io.images import MAX_PIXELS
+from nucleiseg.io.microscopy import PLANE_MODES, ReadOptions, parse_channel
+from nucleiseg.io.runfiles import DISK_FULL
+from nucleiseg.io.wholeslide import BLOCKWISE_PIXELS
 
 DEFAULTS = TrainConfig()
 
@@ -44,17 +46,12 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def parse_diameter(text: str) -> float | str:
-    """--diameter: "auto" or a positive number of pixels."""
-    if text.strip().lower() == "auto":
-        return "auto"
+    """--diameter: "auto" or a positive number of pixels (inference.predict.parse_diameter)."""
     try:
-        value = float(text)
+        return diameter_of(text)
     except ValueError:
-        value = math.nan
-    if not value > 0:
         raise argparse.ArgumentTypeError(f"expected auto or a positive number of pixels, "
-                                         f"got {text!r}")
-    return value
+                                         f"got {text!r}") from None
 
 
 def parse_split_levels(text: str) -> tuple[float, ...]:
@@ -211,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prediction_options(predict)
     add_file_options(predict, stacks=True)
     add_outline_options(predict)
+    add_running_options(predict)
 
     export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite, "
                                  "or as a bioimage.io model package")
@@ -281,6 +279,25 @@ def add_file_options(parser, stacks: bool = False) -> None:
     group.add_argument("--pixel-size", type=float, metavar="MICRONS",
                        help="pixel size in µm, for measurements in µm (default: from the OME or "
                        "ImageJ metadata, when the file has it)")
+    group.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="PIXELS",
+                       help="refuse files whose header claims more pixels per plane (a damaged "
+                       "file or a decompression bomb; default %(default)s = 16384²)")
+
+
+def add_running_options(parser) -> None:
+    """predict: how the run uses the machine (the outputs are the same either way)."""
+    group = parser.add_argument_group("running")
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="threads for ONNX Runtime and TFLite (default: every core this "
+                       "process may use; a Dask worker: its own thread count)")
+    group.add_argument("--no-overlap", action="store_true",
+                       help="segment images strictly one after the other (default: the next "
+                       "image is read and separated while the model runs, where two cores or "
+                       "more may run)")
+    group.add_argument("--blockwise-pixels", type=int, default=BLOCKWISE_PIXELS,
+                       metavar="PIXELS",
+                       help="segment tiled TIFFs with more pixels block by block, in bounded "
+                       "memory (default %(default)s = 8192²; OME-Zarr and SVS always are)")
 
 
 def add_outline_options(parser) -> None:
@@ -302,7 +319,9 @@ def outline_exports(args) -> tuple[str, ...]:
 def read_options(args) -> ReadOptions:
     if args.pixel_size is not None and not 0 < args.pixel_size < float("inf"):
         raise UsageError(f"--pixel-size must be a positive number of µm; got {args.pixel_size}")
-    return ReadOptions(args.channel, args.planes, args.pixel_size)
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1; got {args.max_pixels}")
+    return ReadOptions(args.channel, args.planes, args.pixel_size, args.max_pixels)
 
 
 def prediction_options(args, record: dict | None):
@@ -333,7 +352,7 @@ def prediction_options(args, record: dict | None):
 
 def run_eda(args) -> int:
     from nucleiseg.eda import describe, format_description, sample_figure
-    from nucleiseg.viz import require_plots
+    from nucleiseg.render import require_plots
 
     require_plots("nucleiseg eda --out")
     stats, loaded = describe(args.data, skip_bad=args.skip_bad, channel=args.channel)
@@ -354,7 +373,7 @@ def run_train(args) -> int:
         if others:
             raise UsageError(f"--resume continues a run with its own configuration; drop "
                              f"{', '.join(others)}")
-        from nucleiseg.train import resume
+        from nucleiseg.training.fit import resume
 
         run_dir, record = resume(args.resume, verbose=verbose)
         return report_training(run_dir, record)
@@ -376,12 +395,12 @@ def run_train(args) -> int:
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
         minutes=args.minutes,
     )
-    from nucleiseg.train import train
+    from nucleiseg.training.fit import train
 
     init_model = args.init_model
     if init_model is not None:
         from nucleiseg.config import inherit_recipe
-        from nucleiseg.saving import bundled_model_path, read_record
+        from nucleiseg.model.saving import bundled_model_path, read_record
 
         if str(init_model) == "bundled" and not init_model.exists():
             init_model = bundled_model_path()
@@ -421,13 +440,13 @@ def report_training(run_dir, record) -> int:
 
 
 def run_evaluate(args) -> int:
-    from nucleiseg.evaluate import evaluate_model, format_report
-    from nucleiseg.io import bundled_sample
-    from nucleiseg.saving import read_record, resolve_model_path
+    from nucleiseg.evaluation import evaluate_model, format_report
+    from nucleiseg.io.images import bundled_sample
+    from nucleiseg.model.saving import read_record, resolve_model_path
 
     data = args.data if args.data is not None else bundled_sample("test")
     if args.figure:
-        from nucleiseg.viz import require_plots
+        from nucleiseg.render import require_plots
 
         require_plots("--figure")
     record = None if args.classical else read_record(resolve_model_path(args.model))
@@ -450,31 +469,37 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
-    from nucleiseg.engines import load_engine
-    from nucleiseg.infer import predict_files
+    from nucleiseg.inference.engines import load_engine
+    from nucleiseg.pipeline.run import predict_files
 
     if args.dask is not None:
-        from nucleiseg.distributed import parse_dask, require_distributed
+        from nucleiseg.integrations.dask import parse_dask, require_distributed
 
         parse_dask(args.dask)
         require_distributed()
-    model, record = load_engine(args.model, args.engine)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1; got {args.threads}")
+    if args.blockwise_pixels < 0:
+        raise UsageError(f"--blockwise-pixels must not be negative; got {args.blockwise_pixels}")
+    model, record = load_engine(args.model, args.engine, args.threads)
     print(f"engine: {model.name}")
     options, instance_options = prediction_options(args, record)
     reading, exports = read_options(args), outline_exports(args)
     if args.dask is None:
         results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
                                 instance_options, resume=args.resume, read_options=reading,
-                                exports=exports)
+                                exports=exports, overlap=False if args.no_overlap else None,
+                                blockwise_pixels=args.blockwise_pixels)
     else:
-        from nucleiseg.distributed import EngineSpec, connect
+        from nucleiseg.integrations.dask import EngineSpec, connect
 
         spec = EngineSpec(None if args.model is None else str(args.model.absolute()),
-                          args.engine)
+                          args.engine, args.threads)
         with connect(args.dask, spec) as runner:
             results = predict_files(model, record, args.inputs, args.out, args.overwrite,
                                     options, instance_options, resume=args.resume,
-                                    read_options=reading, exports=exports, runner=runner)
+                                    read_options=reading, exports=exports, runner=runner,
+                                    blockwise_pixels=args.blockwise_pixels)
     failed = [r for r in results if r.error]
     resumed = sum(r.resumed for r in results)
     kept = f", {resumed} of them from an earlier run" if resumed else ""
@@ -489,7 +514,7 @@ def run_predict(args) -> int:
 
 
 def run_export(args) -> int:
-    from nucleiseg.export import export_model
+    from nucleiseg.export.exporter import export_model
 
     export_model(args.model, args.format, args.out, overwrite=args.overwrite,
                  calibration=args.calibration)

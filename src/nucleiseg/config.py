@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 from nucleiseg.errors import UsageError
 
@@ -144,10 +142,3 @@ def inherit_recipe(config: TrainConfig, recorded: dict, given: set[str]) -> Trai
              if field in recorded and option_name(field) not in given}
     return dataclasses.replace(config, **taken)
 
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically: a temporary file renamed into place."""
-    from nucleiseg.io import atomic_write
-
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.io import find_samples, load_samples
-from nucleiseg.preprocess import image_kind, normalize_image
+from nucleiseg.algorithms.preprocess import image_kind, normalize_image
+from nucleiseg.io.images import find_samples, load_samples
 
 
 def describe(data_dir: Path, skip_bad: bool = False, channel: int | str | None = None):
@@ -68,7 +68,7 @@ def format_description(stats: dict) -> str:
 
 def sample_figure(loaded, path: Path, count: int = 8, seed: int = 0) -> None:
     """A grid of `count` evenly chosen images over their labelled nuclei."""
-    from nucleiseg.viz import sample_grid
+    from nucleiseg.render import sample_grid
 
     count = max(1, min(count, len(loaded)))
     chosen = np.linspace(0, len(loaded) - 1, count).round().astype(int)

@@ -37,5 +37,10 @@ class Interrupted(NucleisegError):
     exit_code = 130
 
 
+class Cancelled(Exception):
+    """Work abandoned before it finished, by the user (napari's Cancel) or because the run it
+    belonged to stopped (an overlapped image, before any of its files is written)."""
+
+
 def file_error(path, problem: str) -> DataError:
     return DataError(f"{path}: {problem}")

@@ -1,0 +1,1 @@
+"""Exporting a trained model: ONNX (and its int8 quantisation), TFLite and bioimage.io."""

@@ -1,0 +1,104 @@
+"""Huge images block by block: the one orchestration that `predict` (nucleiseg.pipeline), the
+napari widget and Dask workers (nucleiseg.integrations.dask) share.
+
+`segment_blocks` fixes the image's one intensity range and scale (blocks must agree at their
+seams), then gives the blocks in raster order, each read with a halo, segmented on its own
+(`segment_block`: the same prediction and nucleus separation as a whole image), stitched to
+the blocks before it and numbered (nucleiseg.algorithms.blocks). The caller decides what to do
+with the labels: write them block by block (predict), hold them in memory (napari); with
+`segmented` the blocks are segmented elsewhere (a Dask cluster) and only stitched here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from nucleiseg.algorithms.blocks import (
+    HALO,
+    NucleusTable,
+    Previews,
+    choose_core,
+    label_blocks,
+    plan_blocks,
+)
+from nucleiseg.errors import file_error
+from nucleiseg.inference.predict import PredictOptions, segment_checked, segment_image
+
+
+def segment_block(window: np.ndarray, model, config: dict, options=None,
+                  instance_options=None, intensity: tuple[float, float] | None = None
+                  ) -> np.ndarray:
+    """int32 labels (1..n in this block only) of one block's window: its core and halo, raw
+    pixels (H, W, C) as read. `intensity`: the whole image's intensity_range, the same for
+    every block (without it, the window's own, which differs from block to block)."""
+    return segment_image(model, window, config, options, instance_options, intensity)
+
+
+SCALE_SAMPLE = 2048  # side of the central window a huge image's nucleus size is estimated on
+
+
+def fix_scale(image, model, config: dict, options, instance_options, intensity):
+    """One scale for every block of a huge image (blocks must agree at their seams): with
+    `--diameter auto` or a diameter, decided on a central SCALE_SAMPLE² window as for any
+    image; (options with that fixed scale, the window's check row for summary.csv)."""
+    if options.diameter is None:
+        return options, None
+    height, width = image.shape[:2]
+    top, left = max(0, (height - SCALE_SAMPLE) // 2), max(0, (width - SCALE_SAMPLE) // 2)
+    window = image.read(top, min(height, top + SCALE_SAMPLE), left,
+                        min(width, left + SCALE_SAMPLE))
+    check = segment_checked(model, window, config, options, instance_options, intensity)[2]
+    return dataclasses.replace(options, diameter=None, scale=check.scale), check.row()
+
+
+@dataclasses.dataclass
+class BlockRun:
+    """A huge image under way: `blocks` yields (Block, final core labels uint32) in raster
+    order as they are done; `table` holds the measurements (complete once `blocks` is
+    exhausted), `previews` the mask and overlay previews when asked for. `options`: with the
+    image's one scale fixed; `check`: summary.csv's check row of the scale window (None
+    without a diameter); `count`: the blocks planned."""
+
+    blocks: object
+    table: NucleusTable
+    previews: Previews | None
+    intensity: tuple[float, float]
+    options: PredictOptions
+    check: dict | None
+    count: int
+
+
+def segment_blocks(image, model, config: dict, options: PredictOptions | None = None,
+                   instance_options=None, *, core: int | None = None, halo: int = HALO,
+                   previews: bool = False, rows_done=None, segmented=None,
+                   scale_model=None) -> BlockRun:
+    """Segment `image` (nucleiseg.io.wholeslide.LargeImage: read region by region) block by
+    block -> BlockRun. `core`: the block size (default: as choose_core finds for the tiles);
+    `rows_done(rows)`: given the measurement rows of the nuclei that no later block can reach,
+    as the rows of blocks are done; `segmented(blocks, options, intensity) -> (core pixels,
+    window labels) per block`: segments the blocks elsewhere (a Dask cluster); `scale_model`:
+    the model that fixes the scale (default `model`)."""
+    options = options or PredictOptions()
+    core = core or choose_core(options.tile, options.overlap, halo, image.shape[:2])
+    intensity = image.intensity()
+    options, check = fix_scale(image, model if scale_model is None else scale_model, config,
+                               options, instance_options, intensity)
+    table = NucleusTable()
+    shown = Previews.for_shape(image.shape, image.dtype) if previews else None
+
+    def segment(window):
+        try:
+            return segment_block(window, model, config, options, instance_options, intensity)
+        except MemoryError:
+            raise file_error(image.path, "not enough memory to segment a block; try a smaller "
+                             "--tile") from None
+
+    elsewhere = (None if segmented is None else
+                 lambda blocks: segmented(blocks, options, intensity))
+    on_row = None if rows_done is None else (lambda bottom: rows_done(table.rows(bottom)))
+    blocks = label_blocks(image, segment, core, halo, table, shown, on_row=on_row,
+                          segmented=elsewhere)
+    count = sum(len(row) for row in plan_blocks(*image.shape[:2], core, halo))
+    return BlockRun(blocks, table, shown, intensity, options, check, count)

@@ -1,0 +1,255 @@
+"""Prediction: normalise, predict class probabilities at the image's own size (tiles or a
+resize, by how the model was trained), separate the nuclei, write the outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from nucleiseg.algorithms.instances import (
+    InstanceOptions,
+    labels_from_probabilities,
+    quantise_probabilities,
+)
+from nucleiseg.algorithms.preprocess import (
+    apply_intensity_range,
+    intensity_range,
+    normalize_image,
+    resize_image,
+)
+from nucleiseg.errors import UsageError
+
+
+def create_mask(logits: np.ndarray) -> np.ndarray:
+    """Per-pixel class = argmax over the last (class) axis (the original's `create_mask`)."""
+    return np.argmax(logits, axis=-1).astype(np.uint8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, float32, with as few temporaries as possible."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    out -= out.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Logits for a stack of model-ready images (N, S, S, 3), in inference mode."""
+    outputs = [
+        np.asarray(model(images[start:start + batch_size], training=False))
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """How to predict: tile size and overlap (native-resolution models), input scale, TTA.
+
+    `diameter` decides the scale per image: None uses `scale` as given; "auto" estimates the
+    image's typical nucleus diameter and resizes it to `training_diameter` (the nucleus size
+    in the model's record: nucleiseg.algorithms.scale); a number is the diameter in pixels, known.
+    """
+
+    tile: int = 512
+    overlap: int = 64
+    scale: float = 1.0
+    tta: int = 1  # 1 (none), 4 (flips) or 8 (flips and 90-degree rotations)
+    batch_size: int = 1  # tiles per model call: larger is no faster on CPU, and needs more memory
+    diameter: float | str | None = None
+    training_diameter: float | None = None
+
+    def __post_init__(self):
+        if self.diameter is not None and self.training_diameter is None:
+            raise UsageError("--diameter needs the nucleus size the model was trained on, and "
+                             "this model's record has none; pass --scale instead")
+
+
+def parse_diameter(text: str, blank: bool = False) -> float | str | None:
+    """A diameter as written (predict --diameter, the napari widget's field): "auto" or a
+    positive number of pixels; with `blank`, "" or "none" too (None: use the scale).
+    ValueError naming what is wrong."""
+    text = text.strip().lower()
+    if blank and text in ("", "none"):
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise ValueError(f"diameter: 'auto' or a positive number of pixels, not {text!r}")
+    return value
+
+
+def options_for(record: dict | None, **values) -> PredictOptions:
+    """PredictOptions with the model's training nucleus size from its record; `diameter`
+    defaults to "auto" when the record has that size, else to None (fixed `scale`)."""
+    training = ((record or {}).get("nucleus_size") or {}).get("median_diameter")
+    values.setdefault("diameter", "auto" if training else None)
+    return PredictOptions(**values, training_diameter=training)
+
+
+def probability_function(model, tta: int = 1):
+    """(N, t, t, 3) normalised tiles -> (N, t, t, C) softmax probabilities, inference mode.
+    `model`: a Keras model or an Engine (nucleiseg.inference.engines)."""
+    from nucleiseg.algorithms.tiling import with_test_time_augmentation
+    from nucleiseg.inference.engines import as_engine
+
+    engine = as_engine(model)
+
+    def predict_batch(tiles):
+        return softmax(np.asarray(engine.predict_logits(tiles), dtype=np.float32))
+
+    return predict_batch if tta == 1 else with_test_time_augmentation(predict_batch, tta)
+
+
+def predict_probabilities(model, image: np.ndarray, config: dict,
+                          options: PredictOptions | None = None,
+                          intensity: tuple[float, float] | None = None) -> np.ndarray:
+    """Class probabilities (H, W, C) at the image's own size.
+
+    A model trained on resized whole images ('resize' sampling) sees the image resized to its
+    training size; a model trained on native-resolution crops predicts in overlapping tiles.
+    `options.scale` resizes the input first (e.g. 0.5 for nuclei twice the training size).
+    `intensity`: the intensity_range to normalise with (a block of a huge image: the whole
+    image's), else the image's own.
+    """
+    from nucleiseg.algorithms.tiling import predict_tiled
+    from nucleiseg.inference.engines import as_engine
+
+    options = options or PredictOptions()
+    predict_batch = probability_function(model, options.tta)
+    normalised = (normalize_image(image) if intensity is None
+                  else apply_intensity_range(image, *intensity))
+    native_shape = normalised.shape[:2]
+    if options.scale != 1.0:
+        shape = tuple(max(1, round(n * options.scale)) for n in native_shape)
+        normalised = resize_image(normalised, shape)
+    if config.get("sampling", "resize") == "resize":
+        size = int(config["image_size"])
+        small = resize_image(normalised, (size, size))[None]
+        probabilities = resize_image(predict_batch(small)[0], normalised.shape[:2])
+    else:
+        num_classes = as_engine(model).num_classes
+        probabilities = predict_tiled(predict_batch, normalised, num_classes, options.tile,
+                                      options.overlap, options.batch_size)
+    if options.scale != 1.0:
+        probabilities = resize_image(probabilities, native_shape)
+    return probabilities
+
+
+def predict_quantised(model, image: np.ndarray, config: dict,
+                      options: PredictOptions | None = None,
+                      intensity: tuple[float, float] | None = None) -> np.ndarray:
+    """predict_probabilities as uint8 (0..255), in bounded memory for native-resolution models:
+    tiles are normalised one by one with the image's intensity range, and the blended
+    probabilities are stored quantised. What `predict` and `segment_image` use. `intensity`:
+    the image's intensity_range, when the caller has it already."""
+    from nucleiseg.algorithms.tiling import predict_tiled
+    from nucleiseg.inference.engines import as_engine
+
+    model = as_engine(model)
+    options = options or PredictOptions()
+    if config.get("sampling", "resize") == "resize" or options.scale != 1.0:
+        return quantise_probabilities(predict_probabilities(model, image, config, options,
+                                                            intensity))
+    image = np.asarray(image)
+    image = image[..., None] if image.ndim == 2 else image
+    low, high = intensity if intensity is not None else intensity_range(image)
+    return predict_tiled(probability_function(model, options.tta), image,
+                         model.num_classes, options.tile, options.overlap,
+                         options.batch_size,
+                         prepare=lambda crop: apply_intensity_range(crop, low, high),
+                         dtype=np.uint8)
+
+
+def segment_image(model, image: np.ndarray, config: dict,
+                  options: PredictOptions | None = None,
+                  instance_options: InstanceOptions | None = None,
+                  intensity: tuple[float, float] | None = None) -> np.ndarray:
+    """Raw image -> int32 label image of separated nuclei (0 = background)."""
+    return segment_checked(model, image, config, options, instance_options, intensity)[0]
+
+
+MAX_SCALED_PIXELS = 1 << 26  # an upscaled image is kept under 64 MP (memory)
+
+
+def segment_checked(model, image: np.ndarray, config: dict,
+                    options: PredictOptions | None = None,
+                    instance_options: InstanceOptions | None = None,
+                    intensity: tuple[float, float] | None = None, quantised: bool = True):
+    """Segment at the scale `options` asks for -> (labels, probabilities, ImageCheck).
+
+    With `options.diameter` "auto", the image is first segmented as it is; if its typical
+    nucleus diameter is not within SCALE_TOLERANCE of the training size, it is resized to that
+    size, predicted again and checked again (at most twice). Probabilities come back at the
+    image's own size and are separated there, with the size thresholds tuned at the training
+    size rescaled to match. On images already at the right scale the estimate costs one median.
+    `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
+    """
+    from nucleiseg.algorithms.scale import (
+        SCALE_LIMITS,
+        SCALE_TOLERANCE,
+        ImageCheck,
+        confidence_figures,
+        guarded_scale,
+        is_unsure,
+        scaled_sizes,
+        typical_diameter,
+        warning_for,
+    )
+
+    options = options or PredictOptions()
+    instance_options = instance_options or InstanceOptions()
+    pixels = image.shape[0] * image.shape[1]
+    upscale_limit = max(1.0, math.sqrt(MAX_SCALED_PIXELS / pixels))
+
+    def run(scale: float):
+        at_scale = dataclasses.replace(options, scale=scale)
+        probabilities = (predict_quantised(model, image, config, at_scale, intensity) if quantised
+                         else predict_probabilities(model, image, config, at_scale))
+        sizes = scaled_sizes({"min_size": instance_options.min_size,
+                              "min_split_size": instance_options.min_split_size}, scale)
+        return probabilities, labels_from_probabilities(
+            probabilities, dataclasses.replace(instance_options, **sizes))
+
+    training = options.training_diameter
+    if options.diameter is None:
+        scale = options.scale
+    elif options.diameter == "auto":
+        scale = 1.0
+    else:
+        scale = float(np.clip(training / float(options.diameter), *SCALE_LIMITS))
+    scale = min(scale, upscale_limit)
+    probabilities, labels = run(scale)
+    diameter, count = typical_diameter(labels)
+    confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
+    guard_note = ""
+    if options.diameter == "auto":
+        # an unsure first pass (unknown stain, fragments) is weak evidence of the size
+        unsure = is_unsure(confidence, uncertain)
+        for _ in range(2):
+            probe = labels
+            if diameter is None:  # maybe nuclei under min_size at this scale: look again
+                probe = labels_from_probabilities(probabilities, dataclasses.replace(
+                    instance_options, min_size=1, min_confidence=0.0, split_levels=()))
+            wanted, _, note = guarded_scale(probe, training, unsure, upscale_limit)
+            if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):
+                break
+            guard_note = note or guard_note
+            scale = wanted
+            probabilities, labels = run(scale)
+            diameter, count = typical_diameter(labels)
+            confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
+            unsure = unsure or is_unsure(confidence, uncertain)
+    check = ImageCheck(diameter, scale, confidence, uncertain)
+    warning = "; ".join(filter(None, [warning_for(check, training, int(labels.max())),
+                                      guard_note]))
+    if scale >= upscale_limit > 1.0 and training and diameter and training / diameter > scale:
+        warning = "; ".join(filter(None, [warning, "upscaling limited to keep memory bounded"]))
+    return labels, probabilities, dataclasses.replace(check, warning=warning)

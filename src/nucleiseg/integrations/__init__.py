@@ -1,0 +1,1 @@
+"""What plugs nucleiseg into other tools: Dask clusters and napari."""

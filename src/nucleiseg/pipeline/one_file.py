@@ -1,0 +1,230 @@
+"""One file, end to end: read, segment, measure and write its outputs (a huge image block by
+block, through nucleiseg.inference.blockwise), or, for --resume, measure it from its saved
+labels."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from nucleiseg.algorithms.blocks import HALO, NucleusTable, plan_blocks
+from nucleiseg.algorithms.instances import in_micrometres, measure_nuclei
+from nucleiseg.algorithms.preprocess import intensity_range
+from nucleiseg.algorithms.scale import combine_checks
+from nucleiseg.errors import DataError, file_error
+from nucleiseg.inference.segmenter import Segmenter
+from nucleiseg.io.images import MAX_PIXELS, read_pixels, read_planes, write_labels, write_png
+from nucleiseg.io.microscopy import ReadOptions, plane_columns
+from nucleiseg.io.outlines import EXPORTS, write_exports
+from nucleiseg.io.wholeslide import (
+    BLOCKWISE_PIXELS,
+    RowSpool,
+    ZarrLabels,
+    is_large_input,
+    open_large,
+    write_tiff_labels,
+)
+from nucleiseg.pipeline.outputs import (
+    PredictionResult,
+    earlier_figures,
+    label_image_dtype,
+    mean_area,
+)
+from nucleiseg.render import outline_overlay
+
+
+def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, turn=None):
+    """Read, predict, separate, measure, write the three images; (PredictionResult,
+    measurement rows). A stack is segmented plane by plane: its labels are written as a stack,
+    its mask and overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go
+    block by block (algorithms.blocks; `segmented`: how their blocks are segmented, default
+    here). The nuclei are measured in a thread while the files are written; `turn()`, when
+    given, is called before writing (the overlapped path writes one image's files after the
+    previous image is reported)."""
+    if is_large_input(path, segmenter.blockwise_pixels):
+        refuse_file_options_for_blocks(path, segmenter.read_options)
+        refuse_exports_for_blocks(path, paths)
+        extra = {} if segmented is None else {"segmented": segmented}
+        return segment_large_file(segmenter, path, paths, **extra)
+
+    start = time.perf_counter()
+    images, axes, info = read_planes(path, segmenter.read_options)
+    shape = images.shape[:len(axes)]
+    planes = images.reshape(-1, *images.shape[len(axes):])
+    labels = None  # (planes, H, W); one 2-D image's labels are used as they come
+    middle = len(planes) // 2
+    checks = []
+    for flat, image in enumerate(planes):
+        intensity = intensity_range(image)  # once, for the model and for the overlay
+        try:
+            found, _, check = segmenter.checked(image, intensity)
+            checks.append(check)
+            if len(planes) == 1:
+                labels = found[None]
+            else:
+                labels = np.zeros(planes.shape[:-1], np.int32) if labels is None else labels
+                labels[flat] = found
+        except MemoryError:
+            raise DataError(f"{path}: not enough memory to segment this "
+                            f"{image.shape[1]}x{image.shape[0]} image; try a smaller "
+                            "--tile") from None
+        if flat == middle:
+            shown = intensity
+    with ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-measure") as helper:
+        measured = helper.submit(measure_planes, labels, planes, axes, shape,
+                                 info.pixel_size_um)  # while the files are written
+        if turn is not None:
+            turn()
+        count = int(labels.max())
+        write_labels(paths["labels"], labels.reshape(*shape, *labels.shape[1:])
+                     .astype(label_image_dtype(count)), axes, info.pixel_size_um)
+        mask = (labels[middle] > 0).view(np.uint8)
+        mask *= 255
+        write_png(paths["mask"], mask)
+        del mask
+        write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
+        rows = measured.result()
+    if set(EXPORTS) & paths.keys():
+        write_exports(paths, labels, rows, axes, shape)
+    return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start,
+                            planes=len(planes), pixel_size_um=info.pixel_size_um,
+                            check=combine_checks(checks)), rows
+
+
+def refuse_file_options_for_blocks(path: Path, read_options: ReadOptions | None) -> None:
+    """Huge images are read block by block, as grey or RGB(A) 2-D images only (for now)."""
+    if read_options is not None and (read_options.channel is not None
+                                     or read_options.planes != "each"):
+        raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are read block by "
+                        "block, which takes grey or RGB images only: --channel and --planes "
+                        "do not apply to them yet")
+
+
+def refuse_exports_for_blocks(path: Path, paths: dict) -> None:
+    """Huge images have no outlines for QuPath or Fiji yet (their labels are written block by
+    block, never held whole)."""
+    asked = sorted(set(EXPORTS) & paths.keys())
+    if asked:
+        raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are segmented block "
+                        f"by block, without --{' or --'.join(asked)} for now")
+
+
+def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
+                   pixel_size: tuple[float, float] | None) -> list[dict]:
+    """Measurement rows of labels (N, H, W) over images (N, H, W, C): each plane's nuclei with
+    its plane indices (empty for one 2-D image, `axes` "") and µm columns."""
+    rows = []
+    for flat, (plane_labels, image) in enumerate(zip(labels, planes)):
+        where = plane_columns(axes, shape, flat if axes else None)
+        rows += [{**where, **row, **in_micrometres(row, pixel_size)}
+                 for row in measure_nuclei(plane_labels, image)]
+    return rows
+
+
+def measure_saved(path: Path, labels_path: Path, earlier: dict,
+                  read_options: ReadOptions | None = None,
+                  blockwise_pixels: int = BLOCKWISE_PIXELS):
+    """Rows of an image whose outputs an earlier run wrote (--resume)."""
+    if is_large_input(path, blockwise_pixels):
+        return measure_saved_large(path, labels_path, earlier)
+    images, axes, info = read_planes(path, read_options)
+    labels = read_pixels(labels_path, (read_options or ReadOptions()).max_pixels or MAX_PIXELS)[0]
+    if labels.shape != images.shape[:-1]:
+        raise DataError(f"{labels_path}: does not match {path.name} (another image's output, or "
+                        "other --channel/--planes?); delete it or use --overwrite")
+    shape = images.shape[:len(axes)]
+    planes = images.reshape(-1, *images.shape[len(axes):])
+    rows = measure_planes(labels.reshape(-1, *labels.shape[len(axes):]), planes, axes, shape,
+                          info.pixel_size_um)
+    seconds, check = earlier_figures(earlier, path)
+    return PredictionResult(path, len(rows), mean_area(rows), seconds, resumed=True,
+                            planes=len(planes), pixel_size_um=info.pixel_size_um,
+                            check=check), rows
+
+
+def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int = HALO,
+                       core: int | None = None, segmented=None):
+    """segment_file for a huge image: (PredictionResult, measurement rows). Labels: a tiled
+    BigTIFF at paths['labels'] (TIFF input) or labels/nuclei inside the OME-Zarr input; mask
+    and overlay: previews (longest side <= 4096); rows: streamed from a temporary file as they
+    were measured, so memory stays flat however many nuclei. `segmented(blocks, options,
+    intensity)`: segments the blocks elsewhere (segment_blocks), with the image's one scale
+    and intensity range; the segmenter's engine then only fixes the scale."""
+    start = time.perf_counter()
+    image = open_large(path)
+    try:
+        spool = RowSpool(Path(paths["mask"]).parent)
+    except BaseException:
+        image.close()
+        raise
+    try:
+        run = segmenter.blocks(image, core=core, halo=halo, previews=True,
+                               rows_done=spool.write, segmented=segmented)
+        if image.kind == "ome-zarr":
+            writer = ZarrLabels(image)
+            try:
+                for block, labels in run.blocks:
+                    writer.add(block, labels)
+                spool.write(run.table.rows())
+                writer.commit()
+            except BaseException:
+                writer.discard()
+                raise
+        else:
+            write_tiff_labels(paths["labels"], image.shape[:2], run.blocks)
+            spool.write(run.table.rows())
+        previews = run.previews
+        mask = (previews.labels > 0).astype(np.uint8) * 255
+        write_png(paths["mask"], mask)
+        write_png(paths["overlay"], outline_overlay(previews.image, previews.labels,
+                                                    *run.intensity))
+    except BaseException:
+        spool.close()
+        raise
+    finally:
+        image.close()
+    table = run.table
+    mean = table.total_area / table.count if table.count else 0.0
+    result = PredictionResult(path, table.count, mean, time.perf_counter() - start,
+                              check=run.check)
+    return result, spool.rows()
+
+
+def measure_saved_large(path: Path, labels_path: Path, earlier: dict, core: int = 4096):
+    """--resume for a huge image: its rows measured block by block from the saved labels."""
+    image = open_large(path)
+    try:
+        labels = open_large(labels_path)
+    except BaseException:
+        image.close()
+        raise
+    try:
+        if labels.shape[:2] != image.shape[:2]:
+            raise file_error(labels_path, f"does not match {path.name} (another image's "
+                             "output?); delete it or use --overwrite")
+        table = NucleusTable()
+        spool = RowSpool(Path(tempfile.gettempdir()))
+        try:
+            for row in plan_blocks(*image.shape[:2], core, 0):
+                for block in row:
+                    local = labels.read(*block.core)[..., 0].astype(np.int64)
+                    ids = np.union1d([0], local)  # block numbers 0..k for the saved labels
+                    compact = np.searchsorted(ids, local)
+                    table.add_block(compact, ids.astype(np.uint32), image.read(*block.core),
+                                    block.core[::2])
+                spool.write(table.rows(row[-1].core[1]))
+            spool.write(table.rows())
+        except BaseException:
+            spool.close()
+            raise
+    finally:
+        image.close()
+        labels.close()
+    mean = table.total_area / table.count if table.count else 0.0
+    seconds, check = earlier_figures(earlier, path)
+    return PredictionResult(path, table.count, mean, seconds, resumed=True,
+                            check=check), spool.rows()

@@ -1,0 +1,1 @@
+"""Training: tf.data pipelines with augmentation, and the training run."""
