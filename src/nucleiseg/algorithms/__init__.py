@@ -1,0 +1,1 @@
+"""Numpy-only algorithms: no TensorFlow, no file IO."""
