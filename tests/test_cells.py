@@ -61,10 +61,19 @@ def test_every_nucleus_has_one_cell_containing_it(stain, channel):
     assert min(iou_per_label(true_cells, cells).values()) > 0.8  # touching cells split
 
 
-def test_cells_stay_within_max_distance_and_threshold():
+@pytest.mark.parametrize("stain, channel", [("cytoplasm", 1), ("membrane", 2)])
+def test_cells_stay_within_max_distance(stain, channel):
     image, nuclei, _ = make_three_channels(seed=1)
-    cells = cells_from_channel(nuclei, image[..., 1], max_distance=3)
+    image[40:56, :, 2] = 15.0  # a band without membrane: cells there leak into the background
+    cells = cells_from_channel(nuclei, image[..., channel], max_distance=3, stain=stain)
     assert np.all(ndi.distance_transform_edt(nuclei == 0)[cells > 0] <= 3)
+    leaky = cells_from_channel(nuclei, image[..., channel], max_distance=25, stain=stain)
+    assert np.all(ndi.distance_transform_edt(nuclei == 0)[leaky > 0] <= 25)
+    assert set(np.unique(leaky)) - {0} == set(np.unique(nuclei)) - {0}
+
+
+def test_threshold_above_the_channel_leaves_the_nuclei():
+    image, nuclei, _ = make_three_channels(seed=1)
     only_nuclei = cells_from_channel(nuclei, image[..., 1], max_distance=10, threshold=1e9)
     assert np.array_equal(only_nuclei, nuclei)
 

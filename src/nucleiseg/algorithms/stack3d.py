@@ -78,7 +78,6 @@ def stitch_planes(plane_labels: np.ndarray, min_iou: float = 0.25) -> np.ndarray
         new = (ids > 0) & (links == 0)
         links[new] = last_id + 1 + np.arange(np.count_nonzero(new))
         last_id += int(np.count_nonzero(new))
-        links[ids == 0] = 0
         stitched[z] = links[index]
         previous = stitched[z]
     if last_id <= np.iinfo(np.int32).max:
