@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEMO_DIR := demo_output/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo lint docs docs-serve test test-fast check-light-install clean pretrained
+.PHONY: install demo lint docs docs-serve test test-fast check-light-install check-extras clean \
+  pretrained
 
 install: $(INSTALLED)
 
@@ -58,6 +59,14 @@ test-fast: $(INSTALLED)
 # sample segmented, outlines for QuPath and Fiji written (1 to 2 minutes; needs PyPI)
 check-light-install:
 	PYTHON=$(PYTHON) scripts/check_light_install.sh
+
+# Each user-facing extra set alone in a fresh venv (not .venv), as README tells users to install
+# it, with the newest versions its bounds allow, then what it is for: [train,export,bioimageio]
+# exports the bundled model for bioimage.io and `bioimageio test`s it; [napari] opens the sample
+# in napari's ViewerModel (no Qt window); [dask] predicts on a LocalCluster. `make test` installs
+# all extras together, where one extra's bounds can hide another's break. (Needs PyPI.)
+check-extras:
+	PYTHON=$(PYTHON) scripts/check_extras.sh
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache site

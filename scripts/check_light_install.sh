@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The light install (issue 14): `pip install nucleiseg` without extras, into a fresh virtual
-# environment, brings no TensorFlow, Keras or TensorBoard, segments the bundled test sample with
-# the bundled model (on ONNX Runtime) and writes the outlines for QuPath and Fiji; a command that
-# needs TensorFlow says which extra to install, in one line. Prints the time the install took
-# and the environment's size.
+# environment, brings zarr (whole slides) but no TensorFlow, Keras or TensorBoard, segments the
+# bundled test sample with the bundled model (on ONNX Runtime) and writes the outlines for QuPath
+# and Fiji; a command that needs TensorFlow says which extra to install, in one line. Prints the
+# time the install took and the environment's size.
 #
 #   scripts/check_light_install.sh            # or: make check-light-install
 #   PYTHON=python3.10 KEEP=1 scripts/check_light_install.sh   # another Python; keep the venv
@@ -37,6 +37,8 @@ heavy = [name for name in ("tensorflow", "keras", "tensorboard")
          if importlib.util.find_spec(name) is not None]
 if heavy:
     sys.exit(f"the light install brought {', '.join(heavy)}")
+if importlib.util.find_spec("zarr") is None:  # whole slides and OME-Zarr need no extra
+    sys.exit("the light install brought no zarr")
 import nucleiseg
 
 print(f"nucleiseg {nucleiseg.__version__} from {nucleiseg.__file__}")

@@ -196,3 +196,46 @@ def test_missing_bioimageio_packages_are_named(tmp_path, monkeypatch):
                                          r"nucleiseg\[export,bioimageio\]"):
         export_model(None, "bioimageio", tmp_path / "nuclei.zip")
     assert not list(tmp_path.iterdir())
+
+
+def test_an_error_inside_bioimageio_is_one_line_naming_the_versions_and_the_cause(tmp_path):
+    """bioimageio.spec 0.5.12.0 with pydantic 2.14.4 raised a pydantic ValidationError (many
+    lines) out of ModelDescr(...): such errors become one ExportError line."""
+    from nucleiseg.export.modelzoo import bioimageio_errors, library_versions
+    from nucleiseg.export.onnx import ExportError
+
+    out = tmp_path / "nuclei.zip"
+    with pytest.raises(ExportError) as raised:
+        with bioimageio_errors(out, "describing the model"):
+            raise ValueError("1 validation error for ModelDescr\n  Value error, Error calling "
+                             "function `package_file_descr_serializer`: TypeError: 'index_key'")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{out}: bioimageio failed while describing the model (")
+    assert "bioimageio.spec 0." in message and "pydantic 2." in message
+    assert "ValueError: 1 validation error for ModelDescr Value error" in message
+    assert "pip install --upgrade 'nucleiseg[export,bioimageio]'" in message
+    assert library_versions().split(", ")[0].startswith("bioimageio.spec ")
+    # nucleiseg's own errors (a failed package test) and OSError (a full disk) pass through
+    for error in (ExportError("the package fails its test"), OSError(28, "No space left")):
+        with pytest.raises(type(error)):
+            with bioimageio_errors(out, "testing the package"):
+                raise error
+
+
+@pytest.mark.slow
+def test_cli_turns_a_failure_inside_bioimageio_into_one_line(tmp_path, capsys, monkeypatch):
+    from nucleiseg import modelzoo
+    from nucleiseg.cli import main
+
+    def broken(*args, **kwargs):
+        raise TypeError("'index_key' is expected to be an integer or a string")
+
+    monkeypatch.setattr(modelzoo, "save_package", broken)
+    out = tmp_path / "nuclei.zip"
+    code = main(["export", "--format", "bioimageio", "--out", str(out)])
+    error = capsys.readouterr().err
+    assert code == 1 and len(error.strip().splitlines()) == 1, error
+    assert "bioimageio failed while writing the package (bioimageio.spec " in error
+    assert "TypeError: 'index_key' is expected" in error
+    assert not list(tmp_path.iterdir())  # nothing written, no work folder left

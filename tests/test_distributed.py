@@ -235,3 +235,16 @@ def test_a_huge_image_blocks_on_the_workers_stitch_to_the_local_labels(
     assert test_blocks.same_nuclei(dask_labels, whole) and dask_labels.max() == whole.max()
     rows = list(csv.DictReader(local_rows.splitlines()))
     test_blocks.assert_same_rows(rows, expected)
+
+
+def test_a_local_cluster_that_does_not_start_is_one_line_naming_dask(folder, tmp_path, capsys,
+                                                                    monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Cluster failed to start.\nTimed out trying to connect")
+
+    monkeypatch.setattr(distributed, "LocalCluster", broken)
+    code = main(["predict", str(folder), "--out", str(tmp_path / "out"), "--dask", "local:2"])
+    error = capsys.readouterr().err
+    assert code == 2 and len(error.strip().splitlines()) == 1, error
+    assert "--dask local:2: no local Dask cluster started (dask 20" in error
+    assert "distributed 20" in error and "RuntimeError: Cluster failed to start. Timed" in error

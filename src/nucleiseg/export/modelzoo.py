@@ -45,13 +45,56 @@ TAGS = ("nuclei", "2d", "unet", "tensorflow", "onnx", "keras", "semantic-segment
 
 
 def require_bioimageio() -> None:
-    """Refuse early, before the model is loaded, when the packages are missing."""
+    """Refuse early, before the model is loaded, when the packages are missing or do not
+    import (a clash with another library's version: one line, see bioimageio_errors)."""
     try:
-        import bioimageio.core  # noqa: F401
-        import bioimageio.spec  # noqa: F401
+        with bioimageio_errors("bioimageio", "importing bioimageio"):
+            import bioimageio.core  # noqa: F401
+            import bioimageio.spec  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"bioimage.io export needs bioimageio.spec and bioimageio.core "
                          f"({exc}): {INSTALL}") from None
+
+
+# bioimageio.spec and .core are pydantic models throughout: a pydantic release they were not
+# made for breaks them inside (pydantic 2.14 with bioimageio.spec 0.5.12.0: docs/design.md)
+BIOIMAGEIO_LIBRARIES = ("bioimageio.spec", "bioimageio.core", "pydantic", "pydantic-core")
+
+
+def library_versions() -> str:
+    """'bioimageio.spec 0.5.12.0, bioimageio.core 0.11.0, pydantic 2.13.5, ...'."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "missing"
+
+    return ", ".join(f"{name} {installed(name)}" for name in BIOIMAGEIO_LIBRARIES)
+
+
+@contextlib.contextmanager
+def bioimageio_errors(out, step: str):
+    """An unexpected exception inside the bioimageio libraries becomes one ExportError line
+    naming `out`, the step, the libraries' versions and the cause (nucleiseg's own errors, a
+    missing module, a full disk and Ctrl-C pass through; --debug shows the traceback)."""
+    from nucleiseg.errors import NucleisegError
+    from nucleiseg.export.onnx import ExportError
+
+    try:
+        yield
+    except (NucleisegError, ImportError, OSError, MemoryError):
+        raise
+    except Exception as exc:
+        cause = " ".join(str(exc).split()) or "(no message)"
+        if len(cause) > 500:
+            cause = cause[:500] + "..."
+        raise ExportError(
+            f"{out}: bioimageio failed while {step} ({library_versions()}): "
+            f"{type(exc).__name__}: {cause}; these versions may not work together: "
+            "pip install --upgrade 'nucleiseg[export,bioimageio]' installs the ones nucleiseg "
+            "allows (--debug shows the traceback)") from exc
 
 
 @contextlib.contextmanager
@@ -109,10 +152,13 @@ def build_bioimageio(model, record: dict, source: Path, work: Path,
                                      encoding="utf-8")
     (files / "LICENSE").write_text(MIT_LICENSE, encoding="utf-8")
 
-    with bioimageio_quiet():  # its FAIR notices (no citation, no maintainer) go to stderr
+    # its FAIR notices (no citation, no maintainer) go to stderr
+    with bioimageio_errors(out, "describing the model"), bioimageio_quiet():
         descr = describe(record, source, files, classes)
-    package = work / "package.zip"
-    check_package(save_package(descr, package), out)
+    with bioimageio_errors(out, "writing the package"):
+        package = save_package(descr, work / "package.zip")
+    with bioimageio_errors(out, "testing the package"):
+        check_package(package, out)
     return package, difference
 
 

@@ -47,6 +47,19 @@ def require_distributed():
     return distributed
 
 
+def dask_versions() -> str:
+    """'dask 2025.1.0, distributed 2025.1.0': for errors from inside them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "missing"
+
+    return ", ".join(f"{name} {installed(name)}" for name in ("dask", "distributed"))
+
+
 # ---------------------------------------------------------------- on the workers
 
 
@@ -157,10 +170,15 @@ def connect(where: str, spec, progress=print):
     with contextlib.ExitStack() as stack:
         if where.startswith("local:"):
             count = int(where.split(":", 1)[1])
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"}))
-            client = stack.enter_context(distributed.Client(cluster))
+            try:
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"}))
+                client = stack.enter_context(distributed.Client(cluster))
+            except Exception as exc:  # a port, a process or a library version that fails
+                raise UsageError(f"--dask {where}: no local Dask cluster started "
+                                 f"({dask_versions()}): {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:500]}") from exc
         else:
             try:
                 client = stack.enter_context(distributed.Client(where, timeout="20s"))

@@ -123,8 +123,8 @@ def open_large(path: Path) -> LargeImage:
     try:
         import zarr
     except ImportError:
-        raise file_error(path, "reading huge images block by block needs zarr: "
-                         "pip install 'nucleiseg[large]'") from None
+        raise file_error(path, "reading huge images block by block needs zarr, which "
+                         "nucleiseg installs: pip install --upgrade nucleiseg") from None
     opener = _open_ome_zarr if path.is_dir() else _open_tiff
     try:
         return opener(path, zarr)
