@@ -370,6 +370,7 @@ def fine_tune(folder: Path, init_model: Path | None, minutes: float = 10.0,
     if pairs < 2:
         raise ValueError(f"{folder}: {pairs} pair{'s' if pairs != 1 else ''} in the training "
                          "set; add at least 2 (one is held out to pick the best epoch)")
+    check_split(folder, read_training_file(folder).get("channel"))
     init_model = start_model(init_model)
     config = fine_tune_config(read_record(init_model), minutes, learning_rate, batch_size,
                               **overrides)
@@ -389,6 +390,23 @@ def fine_tune(folder: Path, init_model: Path | None, minutes: float = 10.0,
         return {"run_dir": run_dir, "model": None, "message": f"cancelled: {stopped}"}
     return {"run_dir": run_dir, "model": run_dir / "model.keras",
             "message": run_summary(run_dir, record)}
+
+
+def check_split(folder: Path, channel=None, val_fraction: float = 0.3, seed: int = 123):
+    """Refuse a training set whose split (by image kind, as train makes it) holds no
+    validation image: train needs one to pick the best epoch."""
+    from nucleiseg.data import split_names
+    from nucleiseg.io import find_samples, read_image
+    from nucleiseg.preprocess import image_kind
+
+    samples, _ = find_samples(folder, skip_bad=True)
+    kinds = {s.name: image_kind(read_image(s.image, channel)) for s in samples}
+    _, val = split_names(sorted(kinds), val_fraction, seed, kinds)
+    if not val:
+        counts = list(kinds.values())
+        found = ", ".join(f"{kind} ({counts.count(kind)})" for kind in sorted(set(counts)))
+        raise ValueError(f"validation needs 2 images of one kind; the training set has {found}: "
+                         "add another image of a kind you have")
 
 
 def resume_run(run_dir: Path, report=None, cancelled=None, log=None) -> dict:
@@ -454,7 +472,7 @@ class CorrectAndRetrain(Container):
         self._relay.progress.connect(self._on_progress)
 
         self._image = ComboBox(label="image", choices=self._image_layers, nullable=True)
-        self._labels = ComboBox(label="corrected labels", choices=self._labels_layers,
+        self._corrected = ComboBox(label="corrected labels", choices=self._labels_layers,
                                 nullable=True)
         self._channel = ComboBox(label="nuclear channel", choices=self._channels)
         self._folder = FileEdit(label="training folder", mode="d", value=DEFAULT_FOLDER,
@@ -480,13 +498,13 @@ class CorrectAndRetrain(Container):
         self._stage = Label(label="", value="")
         self._status = Label(label="result", value="")
         super().__init__(widgets=[
-            self._image, self._labels, self._channel, self._folder, self._add, self._pairs,
+            self._image, self._corrected, self._channel, self._folder, self._add, self._pairs,
             self._minutes, self._learning_rate, self._batch_size, self._start,
             self._fine_tune, self._runs, self._resume, self._cancel, self._progress,
             self._stage, self._status])
 
         self._image.changed.connect(self._image_changed)
-        self._labels.changed.connect(self._labels_changed)
+        self._corrected.changed.connect(self._labels_changed)
         self._folder.changed.connect(self._folder_changed)
         self._add.changed.connect(self.add_to_training_set)
         self._fine_tune.changed.connect(self.start_fine_tune)
@@ -531,7 +549,7 @@ class CorrectAndRetrain(Container):
 
     def _layers_changed(self, _event=None):
         self._image.reset_choices()
-        self._labels.reset_choices()
+        self._corrected.reset_choices()
         self._image_changed()
 
     def _image_changed(self, _value=None):
@@ -543,11 +561,11 @@ class CorrectAndRetrain(Container):
         if image is not None:
             name = result_layer_name(image.name)
             if name in self.viewer.layers:
-                self._labels.value = self.viewer.layers[name]
+                self._corrected.value = self.viewer.layers[name]
         self._labels_changed()
 
     def _labels_changed(self, _value=None):
-        labels = self._labels.value
+        labels = self._corrected.value
         channel = (labels.metadata.get("nucleiseg") or {}).get("channel") if labels else None
         if channel is not None and channel in self._channel.choices:
             self._channel.value = channel
@@ -557,6 +575,10 @@ class CorrectAndRetrain(Container):
         self._pairs.value = f"{count} in {self.folder()}"
         self._runs.reset_choices()
         self._resume.enabled = self._runs.value is not None and not self.running
+        try:
+            self._start.value = start_model(self.model_in_use()).name
+        except Exception as error:  # an export without its .keras, a half-chosen file
+            self._start.value = str(error)
 
     def segment_widget(self):
         """The viewer's Segment nuclei widget, if open."""
@@ -574,7 +596,7 @@ class CorrectAndRetrain(Container):
 
     def add_to_training_set(self, _value=None) -> str | None:
         """Write the chosen image and labels layers as a pair; returns the name written."""
-        image, labels = self._image.value, self._labels.value
+        image, labels = self._image.value, self._corrected.value
         folder = self.folder()
         try:
             if image is None or labels is None:
