@@ -400,7 +400,7 @@ def check_split(folder: Path, channel=None, val_fraction: float = 0.3, seed: int
     from nucleiseg.preprocess import image_kind
 
     samples, _ = find_samples(folder, skip_bad=True)
-    kinds = {s.name: image_kind(read_image(s.image, channel)) for s in samples}
+    kinds = {s.name: image_kind(read_image(s.image_path, channel)) for s in samples}
     _, val = split_names(sorted(kinds), val_fraction, seed, kinds)
     if not val:
         counts = list(kinds.values())
