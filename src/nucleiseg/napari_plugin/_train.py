@@ -647,7 +647,8 @@ class CorrectAndRetrain(Container):
             return
         self._cancel_event.clear()
         kwargs.update(report=self._relay.progress.emit, cancelled=self._cancel_event.is_set)
-        self.worker = create_worker(function, *args, _start_thread=False, **kwargs)
+        self.worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True,
+                                    **kwargs)  # errors: shown by _failed
         self.worker.returned.connect(self._finished)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._stopped)
