@@ -584,7 +584,11 @@ class CorrectAndRetrain(Container):
         """The viewer's Segment nuclei widget, if open."""
         from nucleiseg.napari_plugin._widget import segment_widgets
 
-        found = [widget for widget in segment_widgets() if widget.viewer is self.viewer]
+        def unwrapped(viewer):  # napari hands each widget its own proxy of the viewer
+            return getattr(viewer, "__wrapped__", viewer)
+
+        found = [widget for widget in segment_widgets()
+                 if unwrapped(widget.viewer) is unwrapped(self.viewer)]
         return found[-1] if found else None
 
     def model_in_use(self) -> Path | None:
