@@ -12,8 +12,9 @@ Needs nucleiseg[napari] and a display; headless:
 
     xvfb-run -s "-screen 0 1400x900x24" python scripts/napari_retrain_screenshot.py
 
-Epochs are shortened to 4 batches (2 in a child process) (the widget's are 20) so the run takes a few minutes on a
-laptop CPU.
+Epochs are shortened to 4 batches (2 in a child process; the widget's are 20) so the run
+takes a few minutes on a laptop CPU. napari_retrain_done.png is not in the docs yet: in the
+--child-training run the Segment widget's model menu still showed 'bundled' (see the report).
 
 With --child-training (needed under Xvfb: TensorFlow and Mesa's software OpenGL, llvmpipe,
 crash when loaded in one process), the fine-tune and the second segmentation run the widget's
