@@ -50,7 +50,8 @@ def test_manifest_validates_and_every_command_imports():
     for command in manifest.contributions.commands:
         assert callable(import_python_name(command.python_name)), command.id
     assert {s.key for s in manifest.contributions.sample_data} == set(_sample_data.SAMPLES)
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Segment nuclei"]
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Segment nuclei",
+                                                                    "Correct and retrain"]
 
 
 def test_installed_plugin_is_found_by_npe2():

@@ -10,6 +10,7 @@ centroids (`_results.add_result_layers`).
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -29,6 +30,11 @@ from nucleiseg.integrations.napari._results import add_result_layers, channel_ch
 from nucleiseg.integrations.napari._segment import Progress
 
 BUNDLED = "bundled"
+_INSTANCES: weakref.WeakSet = weakref.WeakSet()  # open widgets (Correct and retrain adds models)
+
+
+def segment_widgets() -> list:
+    return list(_INSTANCES)
 
 
 class _Relay(QObject):
@@ -67,6 +73,7 @@ class SegmentNuclei(Container):
         self._done = False
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
+        _INSTANCES.add(self)
 
         self._image = ComboBox(label="image", choices=self._image_layers, nullable=True)
         self._model = ComboBox(label="model", choices=[("bundled (DSB 2018, int8 ONNX)", BUNDLED),
@@ -126,17 +133,26 @@ class SegmentNuclei(Container):
     def model_path(self) -> Path | None:
         if self._model.value == BUNDLED:
             return None
+        if self._model.value != "file":  # a model added by add_model
+            return Path(self._model.value)
         path = Path(self._model_file.value)
         if not path.is_file():
             raise ValueError("choose a model file (.keras, .onnx or .tflite)")
         return path
+
+    def add_model(self, path: Path, label: str) -> None:
+        """Add a model file to the model menu (a fine-tune's result) and select it."""
+        choices = [(label, str(path)), *(c for c in self._model._widget._mgui_get_choices()
+                                         if c[1] != str(path))]
+        self._model.choices = choices
+        self._model.value = str(path)
 
     def _model_changed(self, _value=None):
         """Show the file chooser for a model file; take that model's tuned post-processing
         and nucleus size as the defaults."""
         from nucleiseg.algorithms.instances import instance_options_from
 
-        self._model_file.visible = self._model.value != BUNDLED
+        self._model_file.visible = self._model.value == "file"
         try:
             record = model_record(self.model_path())
         except Exception as error:  # a half-chosen or foreign file: say so
