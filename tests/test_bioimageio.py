@@ -225,8 +225,8 @@ def test_an_error_inside_bioimageio_is_one_line_naming_the_versions_and_the_caus
 
 @pytest.mark.slow
 def test_cli_turns_a_failure_inside_bioimageio_into_one_line(tmp_path, capsys, monkeypatch):
-    from nucleiseg import modelzoo
     from nucleiseg.cli import main
+    from nucleiseg.export import modelzoo
 
     def broken(*args, **kwargs):
         raise TypeError("'index_key' is expected to be an integer or a string")

@@ -37,6 +37,11 @@ COVER_IMAGE = "fluorescence_df9a4212.png"
 DSB_CITATION = ("Caicedo JC, Goodman A, Karhohs KW, et al. Nucleus segmentation across imaging "
                 "experiments: the 2018 Data Science Bowl. Nature Methods 16, 1247-1253 (2019).")
 DSB_DOI = "10.1038/s41592-019-0612-7"
+TNBC_CITATION = ("Naylor P, Laé M, Reyal F, Walter T. Segmentation of nuclei in histopathology "
+                 "images by deep regression of the distance map. IEEE Trans Med Imaging. "
+                 "2019;38(2):448-459.")
+TNBC_DOI = "10.1109/TMI.2018.2865709"
+TNBC_DATA_DOI = "10.5281/zenodo.1175282"
 POSTPROCESSING_NOTE = (
     "Nuclei as separate objects come from nucleiseg's post-processing (a watershed on the class "
     "probabilities), which bioimage.io cannot describe: pip install nucleiseg; nucleiseg predict.")
@@ -235,6 +240,10 @@ def trained_on_dsb(record: dict) -> bool:
     return "dsb2018" in str(record.get("data", "")).lower()
 
 
+def trained_on_tnbc(record: dict) -> bool:
+    return "tnbc" in str(record.get("data", "")).lower()
+
+
 def describe(record: dict, source: Path, files: Path, classes: tuple[str, ...]):
     """The bioimage.io model description (spec 0.5) of the files in `files`."""
     import keras
@@ -295,6 +304,8 @@ def describe(record: dict, source: Path, files: Path, classes: tuple[str, ...]):
     )
     cite = [v0_5.CiteEntry(text=DSB_CITATION, doi=v0_5.Doi(DSB_DOI))] if trained_on_dsb(
         record) else []
+    if trained_on_tnbc(record):
+        cite.append(v0_5.CiteEntry(text=TNBC_CITATION, doi=v0_5.Doi(TNBC_DOI)))
     metrics = (record.get("evaluation") or {}).get("overall") or {}
     summary = (f" On {metrics['images']} held-out images: AP50 {metrics['ap_50']:.2f}, "
                f"foreground IoU {metrics['foreground_iou']:.2f}." if "ap_50" in metrics else "")
@@ -422,8 +433,9 @@ def readme(record: dict, source: Path, classes: tuple[str, ...], difference: flo
         "takes the percentiles on a regular subsample of pixels).", "",
         "## Training", "",
         f"Data: `{record.get('data')}`"
-        + (" (2018 Data Science Bowl stage 1 training images, BBBC038; CC0 1.0)."
-           if trained_on_dsb(record) else ".")
+        + (" (2018 Data Science Bowl stage 1 training images, BBBC038; CC0 1.0"
+           + ("; TNBC H&E tiles, Naylor et al. 2019, CC BY 4.0" if trained_on_tnbc(record)
+              else "") + ")." if trained_on_dsb(record) else ".")
         + (f" Split: {len(split.get('train', []))} training images, "
            f"{len(split.get('val', []))} validation images, never trained on." if split else ""),
         "", f"Command: `{record.get('command')}`", "",
@@ -466,6 +478,9 @@ def readme(record: dict, source: Path, classes: tuple[str, ...], difference: flo
     ]
     if trained_on_dsb(record):
         lines += ["", f"> {DSB_CITATION} doi:{DSB_DOI}"]
+    if trained_on_tnbc(record):
+        lines += ["", "H&E training data: TNBC (CC BY 4.0, data doi:"
+                  f"{TNBC_DATA_DOI}); please cite:", "", f"> {TNBC_CITATION} doi:{TNBC_DOI}"]
     return "\n".join(lines) + "\n"
 
 

@@ -74,7 +74,7 @@ def read_training_file(folder: Path) -> dict:
 
 
 def write_training_file(folder: Path, data: dict) -> None:
-    from nucleiseg.config import write_json
+    from nucleiseg.io.runfiles import write_json
 
     write_json(Path(folder) / TRAINING_FILE, data)
 

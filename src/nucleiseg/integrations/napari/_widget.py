@@ -145,6 +145,12 @@ class SegmentNuclei(Container):
         choices = [(label, str(path)), *(c for c in self._model._widget._mgui_get_choices()
                                          if c[1] != str(path))]
         self._model.choices = choices
+        if str(path) not in self._engines and Path(path).suffix == ".keras":
+            # loaded here, in the main thread: a Keras model first loaded in the worker
+            # thread crashed Qt offscreen (docs/napari.md, Correct and retrain)
+            from nucleiseg.inference.engines import load_engine
+
+            self._engines[str(path)] = load_engine(Path(path))
         self._model.value = str(path)
 
     def _model_changed(self, _value=None):
