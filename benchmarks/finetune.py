@@ -69,6 +69,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="which images are chosen")
     parser.add_argument("--model", default="bundled", help="model to start from")
     parser.add_argument("--dsb", type=Path, default=DEFAULT_DATA, help="DSB data folder")
+    parser.add_argument("--replay", type=int, default=0, metavar="N",
+                        help="also train on N of the starting model's own DSB training images "
+                        "(a second --data folder, sampled in balance with the new images)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(own)
 
@@ -84,7 +87,17 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="nucleiseg-finetune-"))
     try:
         train_data = copy_samples(args.data, tuned_on, work / "data")
+        replay = []
+        if args.replay:
+            from nucleiseg.model.saving import read_record
+
+            seen = read_record(start_model)["split"]["train"]
+            dsb_names = [s.name for s in find_samples(args.dsb, skip_bad=True)[0]
+                         if s.name in set(seen)]
+            replay = ["--data", str(copy_samples(args.dsb, chosen(dsb_names, args.replay,
+                                                                  args.seed), work / "replay"))]
         command = ["nucleiseg", "train", "--init-model", args.model, "--data", str(train_data),
+                   *replay,
                    "--out", str(work / "run"), "--minutes", f"{args.minutes:g}",
                    "--epochs", "1000", *extra]
         started = time.perf_counter()
@@ -111,7 +124,9 @@ def main(argv=None) -> None:
         metrics = tuned_record["metrics"]
         table = markdown_table(["scored on", "images", "AP@0.5 before", "AP@0.5 after",
                                 "DSB before", "DSB after", "IoU before", "IoU after"], rows)
-        summary = (f"Fine-tuned on {args.images} images ({', '.join(tuned_on)}) for "
+        summary = (f"Fine-tuned on {args.images} images ({', '.join(tuned_on)})"
+                   + (f" with {args.replay} of the model's DSB training images replayed"
+                      if args.replay else "") + " for "
                    f"{metrics['training_seconds'] / 60:.1f} min of training "
                    f"({metrics['epochs_run']} epochs, {wall / 60:.1f} min in all with loading "
                    f"and saving); {metrics.get('stopped', 'ran all epochs')}.")
