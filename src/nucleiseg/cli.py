@@ -294,7 +294,9 @@ def add_file_options(parser, stacks: bool = False) -> None:
         return
     group.add_argument("--planes", choices=PLANE_MODES, default="each",
                        help="z-stacks and time series: segment each 2-D plane (one label stack "
-                       "per file), or a max or mean projection (default %(default)s)")
+                       "per file), a max or mean projection, or (stitch, z-stacks) each plane "
+                       "linked into 3-D nuclei: one ZYX label image and one row per 3-D "
+                       "nucleus (default %(default)s)")
     group.add_argument("--pixel-size", type=float, metavar="MICRONS",
                        help="pixel size in µm, for measurements in µm (default: from the OME or "
                        "ImageJ metadata, when the file has it)")

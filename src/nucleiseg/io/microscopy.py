@@ -17,7 +17,7 @@ import numpy as np
 
 from nucleiseg.errors import file_error
 
-PLANE_MODES = ("each", "max", "mean")
+PLANE_MODES = ("each", "max", "mean", "stitch")  # stitch: each plane, linked in 3-D
 DEFAULT_CELL_MAX_DISTANCE = 30.0  # pixels: --cells channel:NAME without a distance
 CHANNEL_AXES = "CS"
 # micrometres per unit, for OME's PhysicalSizeXUnit and ImageJ's unit (names as written)
@@ -34,6 +34,7 @@ class ImageInfo:
     channel_names: tuple[str, ...] = ()  # from OME metadata, "" where unnamed; () if none
     pixel_size_um: tuple[float, float] | None = None  # (y, x) micrometres per pixel
     rgb: bool = False  # the samples (S) are RGB(A) colour, as in PNG/JPEG or photometric RGB
+    z_step_um: float | None = None  # µm between z-planes, when known
 
     @property
     def plane_axes(self) -> str:
@@ -160,6 +161,11 @@ def tiff_metadata(path, tif, series) -> dict:
         found.update(ome_metadata(document))
     elif tif.is_imagej and tif.imagej_metadata is not None:
         found["pixel_size_um"] = imagej_pixel_size(tif.imagej_metadata, page)
+        if found["pixel_size_um"] is not None and "spacing" in tif.imagej_metadata:
+            unit = str(tif.imagej_metadata.get("unit", "")).replace("\\u00B5", "µ")
+            z_step = physical_size(tif.imagej_metadata["spacing"], unit)
+            if z_step is not None:
+                found["z_step_um"] = z_step
     return found
 
 
@@ -174,8 +180,12 @@ def ome_metadata(document: dict) -> dict:
     names = tuple(str(c.get("Name", "") or "") if isinstance(c, dict) else "" for c in channels)
     sizes = [physical_size(pixels.get(f"PhysicalSize{axis}"),
                            pixels.get(f"PhysicalSize{axis}Unit", "µm")) for axis in "YX"]
-    return {"channel_names": names if any(names) else (),
-            "pixel_size_um": tuple(sizes) if None not in sizes else None}
+    found = {"channel_names": names if any(names) else (),
+             "pixel_size_um": tuple(sizes) if None not in sizes else None}
+    z_step = physical_size(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit", "µm"))
+    if z_step is not None:
+        found["z_step_um"] = z_step
+    return found
 
 
 def imagej_pixel_size(metadata: dict, page) -> tuple[float, float] | None:

@@ -4,6 +4,7 @@ labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from nucleiseg.algorithms.intensity import (
 )
 from nucleiseg.algorithms.preprocess import intensity_range
 from nucleiseg.algorithms.scale import combine_checks
+from nucleiseg.algorithms.stack3d import measure_3d, stitch_planes
 from nucleiseg.errors import DataError, file_error
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.images import MAX_PIXELS, read_pixels, read_planes, write_labels, write_png
@@ -88,6 +90,11 @@ def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, 
         if flat == middle:
             shown = intensity
     reading = segmenter.read_options or ReadOptions()
+    if reading.planes == "stitch" and axes:
+        return write_stitched(path, paths, labels, planes[middle], shown, axes, info,
+                              PredictionResult(path, planes=len(planes),
+                                               pixel_size_um=info.pixel_size_um,
+                                               check=combine_checks(checks)), start, turn)
     channels, names = (file_channels(path, reading, len(planes)) if reading.needs_channels
                        else (None, ()))
     cells = (None if reading.cells is None else
@@ -117,6 +124,32 @@ def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, 
     return PredictionResult(path, len(rows), mean_area(rows), time.perf_counter() - start,
                             planes=len(planes), pixel_size_um=info.pixel_size_um,
                             check=combine_checks(checks)), rows
+
+
+def write_stitched(path: Path, paths: dict, labels: np.ndarray, image: np.ndarray, shown,
+                   axes: str, info, result: PredictionResult, start: float, turn=None):
+    """--planes stitch: the planes' nuclei (Z, H, W) linked into 3-D nuclei
+    (algorithms.stack3d.stitch_planes), written as one ZYX label image, and one row per 3-D
+    nucleus (measure_3d: voxels, z extent, centroid; µm and µm³ when the pixel size and the
+    z step are known). The mask and overlay show the middle plane."""
+    if axes != "Z":
+        raise DataError(f"{path}: --planes stitch links the planes of a z-stack; this file's "
+                        f"planes are along {axes!r}")
+    stitched = stitch_planes(labels)
+    spacing = (None if info.pixel_size_um is None or info.z_step_um is None
+               else (info.z_step_um, *info.pixel_size_um))
+    rows = measure_3d(stitched, spacing)
+    if turn is not None:
+        turn()
+    count = int(stitched.max())
+    write_labels(paths["labels"], stitched.astype(label_image_dtype(count)), "Z",
+                 info.pixel_size_um)
+    middle = stitched[len(stitched) // 2]
+    write_png(paths["mask"], (middle > 0).astype(np.uint8) * 255)
+    write_png(paths["overlay"], outline_overlay(image, middle, *shown))
+    mean = float(np.mean([row["voxels"] for row in rows])) if rows else 0.0
+    return dataclasses.replace(result, nuclei=len(rows), mean_area=mean,
+                               seconds=time.perf_counter() - start), rows
 
 
 def refuse_file_options_for_blocks(path: Path, read_options: ReadOptions | None) -> None:

@@ -80,8 +80,13 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
         raise UsageError(f"unknown exports {unknown}; choose from {', '.join(EXPORTS)}")
     reading = read_options or ReadOptions()
     cells = reading.cells is not None
-    if resume and (cells or reading.measure_channels is not None):
-        raise UsageError("--resume does not take --cells or --measure-channels yet")
+    stitch = reading.planes == "stitch"
+    if resume and (cells or reading.measure_channels is not None or stitch):
+        raise UsageError("--resume does not take --cells, --measure-channels or --planes stitch "
+                         "yet")
+    if stitch and (cells or reading.measure_channels is not None or exports):
+        raise UsageError("--planes stitch does not take --cells, --measure-channels, "
+                         "--geojson or --imagej-rois yet")
     images = find_images(inputs)
     segmenter = Segmenter(  # --diameter auto when the model records its size
         as_engine(model), record, options or options_for(record),
@@ -101,7 +106,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                     for job in jobs]
         measurements = CsvStream(out_dir / "measurements.csv",
                                  ("image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS),
-                                 grow=cells or reading.measure_channels is not None)
+                                 grow=cells or reading.measure_channels is not None or stitch)
         summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
         if runner is not None:
             outcomes = runner.outcomes
