@@ -106,6 +106,18 @@ def test_outputs_page_names_every_column_predict_writes():
 
     assert documented(measurements) == {"image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS}
     assert documented(summary) == set(SUMMARY_COLUMNS)
+    cells = text[text.index("## Cells and channel intensities"):]
+    cells = cells[:cells.index("\n## ")]
+    assert {"cell_area", "cell_area_um2"} <= documented(cells)
+    for option in ("--cells", "--measure-channels"):
+        assert option in cells
+    stitched = text[text.index("## 3-D nuclei (`--planes stitch`)"):]
+    stitched = stitched[:stitched.index("\n## ")]
+    import numpy as np
+
+    from nucleiseg.algorithms.stack3d import measure_3d
+    measured = measure_3d(np.ones((2, 2, 2), np.int32), (1.0, 1.0, 1.0))[0]
+    assert documented(stitched) == set(measured) - {"label"}
 
 
 def test_readme_links_point_at_files_and_stays_short():

@@ -30,7 +30,13 @@ from nucleiseg.inference.engines import TRAIN_EXTRA, import_keras_quietly, lacks
 from nucleiseg.inference.predict import PredictOptions, options_for
 from nucleiseg.inference.predict import parse_diameter as diameter_of
 from nucleiseg.io.images import MAX_PIXELS
-from nucleiseg.io.microscopy import PLANE_MODES, ReadOptions, parse_channel
+from nucleiseg.io.microscopy import (
+    PLANE_MODES,
+    ReadOptions,
+    parse_cells,
+    parse_channel,
+    parse_channel_list,
+)
 from nucleiseg.io.runfiles import DISK_FULL
 from nucleiseg.io.wholeslide import BLOCKWISE_PIXELS
 
@@ -43,6 +49,18 @@ def _int_list(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
+
+
+def argument(parse):
+    """`parse` for argparse: its ValueError's message as the usage error."""
+    def parsed(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parsed.__name__ = parse.__name__
+    return parsed
 
 
 def parse_diameter(text: str) -> float | str:
@@ -207,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(needs pip install 'nucleiseg[dask]')")
     add_prediction_options(predict)
     add_file_options(predict, stacks=True)
+    add_cell_options(predict)
     add_outline_options(predict)
     add_running_options(predict)
 
@@ -275,7 +294,9 @@ def add_file_options(parser, stacks: bool = False) -> None:
         return
     group.add_argument("--planes", choices=PLANE_MODES, default="each",
                        help="z-stacks and time series: segment each 2-D plane (one label stack "
-                       "per file), or a max or mean projection (default %(default)s)")
+                       "per file), a max or mean projection, or (stitch, z-stacks) each plane "
+                       "linked into 3-D nuclei: one ZYX label image and one row per 3-D "
+                       "nucleus (default %(default)s)")
     group.add_argument("--pixel-size", type=float, metavar="MICRONS",
                        help="pixel size in µm, for measurements in µm (default: from the OME or "
                        "ImageJ metadata, when the file has it)")
@@ -300,6 +321,24 @@ def add_running_options(parser) -> None:
                        "memory (default %(default)s = 8192²; OME-Zarr and SVS always are)")
 
 
+def add_cell_options(parser) -> None:
+    """--cells and --measure-channels (predict): cells around the nuclei, and intensities of
+    the image's channels."""
+    group = parser.add_argument_group("cells and channels")
+    group.add_argument("--cells", type=argument(parse_cells),
+                       metavar="DISTANCE|channel:NAME[:MAXDIST]",
+                       help="also write <stem>_cells.tif (the cell of each nucleus, with its id) "
+                       "and cell_area columns: grow each nucleus by up to DISTANCE without "
+                       "overlapping its neighbours, or within the stain of a cytoplasm "
+                       "channel (its index or OME name) up to MAXDIST (default 30 pixels); "
+                       "distances in µm when the pixel size is known, else pixels")
+    group.add_argument("--measure-channels", type=argument(parse_channel_list), metavar="all|LIST",
+                       help="mean, median and integrated intensity per nucleus of these "
+                       "channels of the original image (all, or indices and names separated "
+                       "by commas), in columns named after the channels; with --cells also "
+                       "per cell and cytoplasm")
+
+
 def add_outline_options(parser) -> None:
     """--geojson and --imagej-rois (predict): each nucleus's outline for QuPath and Fiji."""
     group = parser.add_argument_group("outlines for QuPath and Fiji")
@@ -321,7 +360,8 @@ def read_options(args) -> ReadOptions:
         raise UsageError(f"--pixel-size must be a positive number of µm; got {args.pixel_size}")
     if args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1; got {args.max_pixels}")
-    return ReadOptions(args.channel, args.planes, args.pixel_size, args.max_pixels)
+    return ReadOptions(args.channel, args.planes, args.pixel_size, args.max_pixels,
+                       cells=args.cells, measure_channels=args.measure_channels)
 
 
 def prediction_options(args, record: dict | None):

@@ -236,8 +236,8 @@ def read_planes(path: Path, options: ReadOptions | None = None):
 
     Returns (images (*planes, H, W, C), their plane axes e.g. "ZT" or "" for one 2-D image,
     ImageInfo): the nuclear channel picked by `options.channel` (as `read_image`), planes kept
-    (`options.planes` 'each') or projected ('max', 'mean'), and `info.pixel_size_um` replaced
-    by `options.pixel_size` when given; files of more than `options.max_pixels` pixels per
+    (`options.planes` 'each', 'stitch') or projected ('max', 'mean'), and `info.pixel_size_um`
+    replaced by `options.pixel_size` when given; files of more than `options.max_pixels` pixels per
     plane are refused (default MAX_PIXELS)."""
     options = options or ReadOptions()
     array, info = read_pixels(path, options.max_pixels or MAX_PIXELS)

@@ -17,7 +17,8 @@ import numpy as np
 
 from nucleiseg.errors import file_error
 
-PLANE_MODES = ("each", "max", "mean")
+PLANE_MODES = ("each", "max", "mean", "stitch")  # stitch: each plane, linked in 3-D
+DEFAULT_CELL_MAX_DISTANCE = 30.0  # pixels: --cells channel:NAME without a distance
 CHANNEL_AXES = "CS"
 # micrometres per unit, for OME's PhysicalSizeXUnit and ImageJ's unit (names as written)
 UNITS_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0,
@@ -33,6 +34,7 @@ class ImageInfo:
     channel_names: tuple[str, ...] = ()  # from OME metadata, "" where unnamed; () if none
     pixel_size_um: tuple[float, float] | None = None  # (y, x) micrometres per pixel
     rgb: bool = False  # the samples (S) are RGB(A) colour, as in PNG/JPEG or photometric RGB
+    z_step_um: float | None = None  # µm between z-planes, when known
 
     @property
     def plane_axes(self) -> str:
@@ -52,11 +54,71 @@ class ReadOptions:
     planes: str = "each"
     pixel_size: float | None = None
     max_pixels: int | None = None
+    cells: CellsSpec | None = None  # predict --cells: grow the nuclei into cells
+    measure_channels: tuple[int | str, ...] | str | None = None  # "all" or indices/names
 
     def __post_init__(self):
         if self.planes not in PLANE_MODES:
             raise ValueError(f"planes must be one of {', '.join(PLANE_MODES)}; "
                              f"got {self.planes!r}")
+
+    @property
+    def needs_channels(self) -> bool:
+        """Whether the file's other channels are read too (--measure-channels, --cells
+        channel:...)."""
+        return self.measure_channels is not None or (
+            self.cells is not None and self.cells.channel is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellsSpec:
+    """predict --cells: grow each nucleus by up to `distance` (µm when the pixel size is known,
+    else pixels), or within the stain of `channel` (index or OME name) up to `max_distance`
+    (same units; None: DEFAULT_CELL_MAX_DISTANCE pixels)."""
+
+    distance: float | None = None
+    channel: int | str | None = None
+    max_distance: float | None = None
+
+
+def parse_cells(text: str) -> CellsSpec:
+    """--cells DISTANCE or channel:NAME|INDEX[:MAXDIST]."""
+    text = text.strip()
+    if text.lower().startswith("channel:"):
+        rest = text[len("channel:"):]
+        name, colon, tail = rest.rpartition(":")
+        distance = None
+        if colon:
+            try:
+                distance = float(tail)
+            except ValueError:
+                name = rest
+            else:
+                if not math.isfinite(distance) or distance < 0:
+                    raise ValueError(f"--cells {text}: the distance must be >= 0")
+        else:
+            name = rest
+        if not name.strip():
+            raise ValueError(f"--cells {text}: name the channel (channel:NAME or channel:INDEX)")
+        return CellsSpec(channel=parse_channel(name), max_distance=distance)
+    try:
+        distance = float(text)
+    except ValueError:
+        raise ValueError(f"--cells {text!r}: expected a distance or channel:NAME|INDEX[:MAXDIST]"
+                         ) from None
+    if not math.isfinite(distance) or distance < 0:
+        raise ValueError(f"--cells {text}: the distance must be >= 0")
+    return CellsSpec(distance=distance)
+
+
+def parse_channel_list(text: str) -> tuple[int | str, ...] | str:
+    """--measure-channels: "all", or indices and names separated by commas."""
+    if text.strip().lower() == "all":
+        return "all"
+    items = tuple(parse_channel(item) for item in text.split(",") if item.strip())
+    if not items:
+        raise ValueError("--measure-channels: give 'all' or channel indices or names")
+    return items
 
 
 def parse_channel(text: str) -> int | str:
@@ -99,6 +161,11 @@ def tiff_metadata(path, tif, series) -> dict:
         found.update(ome_metadata(document))
     elif tif.is_imagej and tif.imagej_metadata is not None:
         found["pixel_size_um"] = imagej_pixel_size(tif.imagej_metadata, page)
+        if found["pixel_size_um"] is not None and "spacing" in tif.imagej_metadata:
+            unit = str(tif.imagej_metadata.get("unit", "")).replace("\\u00B5", "µ")
+            z_step = physical_size(tif.imagej_metadata["spacing"], unit)
+            if z_step is not None:
+                found["z_step_um"] = z_step
     return found
 
 
@@ -113,8 +180,12 @@ def ome_metadata(document: dict) -> dict:
     names = tuple(str(c.get("Name", "") or "") if isinstance(c, dict) else "" for c in channels)
     sizes = [physical_size(pixels.get(f"PhysicalSize{axis}"),
                            pixels.get(f"PhysicalSize{axis}Unit", "µm")) for axis in "YX"]
-    return {"channel_names": names if any(names) else (),
-            "pixel_size_um": tuple(sizes) if None not in sizes else None}
+    found = {"channel_names": names if any(names) else (),
+             "pixel_size_um": tuple(sizes) if None not in sizes else None}
+    z_step = physical_size(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit", "µm"))
+    if z_step is not None:
+        found["z_step_um"] = z_step
+    return found
 
 
 def imagej_pixel_size(metadata: dict, page) -> tuple[float, float] | None:
@@ -149,24 +220,26 @@ def describe_channels(count: int, names=()) -> str:
     return ", ".join(f"{i} ({name})" if name else str(i) for i, name in enumerate(names))
 
 
-def channel_index(path, channel: int | str, count: int, names=()) -> int:
-    """The index of `channel` (an index or a name, exact or in any case) among `count`."""
+def channel_index(path, channel: int | str, count: int, names=(), option: str = "--channel"
+                  ) -> int:
+    """The index of `channel` (an index or a name, exact or in any case) among `count`;
+    `option`: how errors name the option that asked for it."""
     names = tuple(names) if len(names) == count else ()
     listing = f"channels: {describe_channels(count, names)}" if count > 1 else "one channel"
     if isinstance(channel, int):
         if 0 <= channel < count:
             return channel
-        raise file_error(path, f"--channel {channel} does not exist ({listing}; indices count "
+        raise file_error(path, f"{option} {channel} does not exist ({listing}; indices count "
                          "from 0)")
     matches = [i for i, name in enumerate(names) if name == channel] or [
         i for i, name in enumerate(names) if name.casefold() == channel.casefold()]
     if len(matches) == 1:
         return matches[0]
     if not names:
-        raise file_error(path, f"--channel {channel!r}: this file names no channels ({listing}); "
+        raise file_error(path, f"{option} {channel!r}: this file names no channels ({listing}); "
                          "pass the channel's index")
     why = "several channels are named" if matches else "no channel named"
-    raise file_error(path, f"--channel {channel!r}: {why} {channel!r} ({listing})")
+    raise file_error(path, f"{option} {channel!r}: {why} {channel!r} ({listing})")
 
 
 def nuclear_channel(path, array: np.ndarray, info: ImageInfo, channel=None):
@@ -197,6 +270,25 @@ def nuclear_channel(path, array: np.ndarray, info: ImageInfo, channel=None):
     return np.take(array, index, axis=axis), axes.replace(present[0], "")
 
 
+def all_channels(path, array: np.ndarray, info: ImageInfo, mode: str):
+    """Every channel of a read_pixels array, channels last, planes kept or projected as
+    `mode` says: (array (*planes, H, W, C), plane axes, channel names: one per channel, ""
+    where unnamed). A grey image is one channel; colour samples are channels too."""
+    axes = info.axes
+    present = [axis for axis in axes if axis in CHANNEL_AXES]
+    if len(present) > 1:
+        raise file_error(path, "channels along two axes; save the channels along one")
+    if present:
+        array = np.moveaxis(array, axes.index(present[0]), -1)
+        axes = axes.replace(present[0], "") + "S"
+    else:
+        array, axes = array[..., None], axes + "S"
+    array, axes = project(array, axes, mode)
+    count = array.shape[-1]
+    names = info.channel_names if len(info.channel_names) == count else ("",) * count
+    return array, axes.replace("S", "")[:-2], tuple(names)
+
+
 # ---------------------------------------------------------------- planes
 
 
@@ -204,7 +296,7 @@ def project(array: np.ndarray, axes: str, mode: str) -> tuple[np.ndarray, str]:
     """Max or mean over the plane axes (all but Y, X, S); 'each' keeps them. The mean is
     float32."""
     lead = tuple(i for i, axis in enumerate(axes) if axis not in "YXS")
-    if mode == "each" or not lead:
+    if mode in ("each", "stitch") or not lead:
         return array, axes
     if mode == "max":
         array = array.max(axis=lead)

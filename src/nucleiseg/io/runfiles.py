@@ -59,19 +59,45 @@ class CsvStream:
     memory stays flat over any number of rows, and an interrupted run leaves no half table.
     Names that are not valid UTF-8 are written with backslash escapes."""
 
-    def __init__(self, path: Path, columns):
+    def __init__(self, path: Path, columns, grow: bool = False):
         import csv
 
         self.path = Path(path)
         self.partial = self.path.with_name(f".{self.path.name}.partial")
         self.handle = open(self.partial, "w", newline="", encoding="utf-8",
                            errors="backslashreplace")
-        self.writer = csv.DictWriter(self.handle, fieldnames=list(columns))
+        self.columns = list(columns)
+        self.grow = grow  # rows may bring columns of their own: added at the end
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, restval="")
         self.writer.writeheader()
 
     def write(self, rows) -> None:
         with naming_full_disk(self.path):
-            self.writer.writerows(rows)
+            if not self.grow:
+                self.writer.writerows(rows)
+                return
+            known = set(self.columns)
+            for row in rows:
+                new = [key for key in row if key not in known]
+                if new:
+                    self.add_columns(new)
+                    known.update(new)
+                self.writer.writerow(row)
+
+    def add_columns(self, new) -> None:
+        """Rewrite the rows so far under a header with `new` columns at the end (once per new
+        set of columns, e.g. an image whose channels have other names)."""
+        import csv
+
+        self.handle.close()
+        with open(self.partial, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        self.columns += new
+        self.handle = open(self.partial, "w", newline="", encoding="utf-8",
+                           errors="backslashreplace")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, restval="")
+        self.writer.writeheader()
+        self.writer.writerows(rows)
 
     def commit(self) -> None:
         with naming_full_disk(self.path):

@@ -4,6 +4,7 @@ labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,13 +13,27 @@ from pathlib import Path
 import numpy as np
 
 from nucleiseg.algorithms.blocks import HALO, NucleusTable, plan_blocks
+from nucleiseg.algorithms.cells import cells_from_channel, expand_nuclei
 from nucleiseg.algorithms.instances import in_micrometres, measure_nuclei
+from nucleiseg.algorithms.intensity import (
+    channel_column_names,
+    channel_measurements,
+    compartment_measurements,
+)
 from nucleiseg.algorithms.preprocess import intensity_range
 from nucleiseg.algorithms.scale import combine_checks
+from nucleiseg.algorithms.stack3d import measure_3d, stitch_planes
 from nucleiseg.errors import DataError, file_error
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.images import MAX_PIXELS, read_pixels, read_planes, write_labels, write_png
-from nucleiseg.io.microscopy import ReadOptions, plane_columns
+from nucleiseg.io.microscopy import (
+    DEFAULT_CELL_MAX_DISTANCE,
+    CellsSpec,
+    ReadOptions,
+    all_channels,
+    channel_index,
+    plane_columns,
+)
 from nucleiseg.io.outlines import EXPORTS, write_exports
 from nucleiseg.io.wholeslide import (
     BLOCKWISE_PIXELS,
@@ -74,12 +89,28 @@ def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, 
                             "--tile") from None
         if flat == middle:
             shown = intensity
+    reading = segmenter.read_options or ReadOptions()
+    if reading.planes == "stitch" and axes:
+        return write_stitched(path, paths, labels, planes[middle], shown, axes, info,
+                              PredictionResult(path, planes=len(planes),
+                                               pixel_size_um=info.pixel_size_um,
+                                               check=combine_checks(checks)), start, turn)
+    channels, names = (file_channels(path, reading, len(planes)) if reading.needs_channels
+                       else (None, ()))
+    cells = (None if reading.cells is None else
+             grow_cells(path, reading.cells, labels, channels, names, info.pixel_size_um))
+    measured_channels = (None if reading.measure_channels is None else
+                         pick_channels(path, reading.measure_channels, channels, names))
     with ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-measure") as helper:
         measured = helper.submit(measure_planes, labels, planes, axes, shape,
-                                 info.pixel_size_um)  # while the files are written
+                                 info.pixel_size_um, cells,
+                                 measured_channels)  # while the files are written
         if turn is not None:
             turn()
         count = int(labels.max())
+        if cells is not None:
+            write_labels(paths["cells"], cells.reshape(*shape, *cells.shape[1:])
+                         .astype(label_image_dtype(count)), axes, info.pixel_size_um)
         write_labels(paths["labels"], labels.reshape(*shape, *labels.shape[1:])
                      .astype(label_image_dtype(count)), axes, info.pixel_size_um)
         mask = (labels[middle] > 0).view(np.uint8)
@@ -95,8 +126,38 @@ def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, 
                             check=combine_checks(checks)), rows
 
 
+def write_stitched(path: Path, paths: dict, labels: np.ndarray, image: np.ndarray, shown,
+                   axes: str, info, result: PredictionResult, start: float, turn=None):
+    """--planes stitch: the planes' nuclei (Z, H, W) linked into 3-D nuclei
+    (algorithms.stack3d.stitch_planes), written as one ZYX label image, and one row per 3-D
+    nucleus (measure_3d: voxels, z extent, centroid; µm and µm³ when the pixel size and the
+    z step are known). The mask and overlay show the middle plane."""
+    if axes != "Z":
+        raise DataError(f"{path}: --planes stitch links the planes of a z-stack; this file's "
+                        f"planes are along {axes!r}")
+    stitched = stitch_planes(labels)
+    spacing = (None if info.pixel_size_um is None or info.z_step_um is None
+               else (info.z_step_um, *info.pixel_size_um))
+    rows = measure_3d(stitched, spacing)
+    if turn is not None:
+        turn()
+    count = int(stitched.max())
+    write_labels(paths["labels"], stitched.astype(label_image_dtype(count)), "Z",
+                 info.pixel_size_um)
+    middle = stitched[len(stitched) // 2]
+    write_png(paths["mask"], (middle > 0).astype(np.uint8) * 255)
+    write_png(paths["overlay"], outline_overlay(image, middle, *shown))
+    mean = float(np.mean([row["voxels"] for row in rows])) if rows else 0.0
+    return dataclasses.replace(result, nuclei=len(rows), mean_area=mean,
+                               seconds=time.perf_counter() - start), rows
+
+
 def refuse_file_options_for_blocks(path: Path, read_options: ReadOptions | None) -> None:
     """Huge images are read block by block, as grey or RGB(A) 2-D images only (for now)."""
+    if read_options is not None and (read_options.cells is not None
+                                     or read_options.measure_channels is not None):
+        raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are processed block "
+                        "by block, without --cells or --measure-channels for now")
     if read_options is not None and (read_options.channel is not None
                                      or read_options.planes != "each"):
         raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are read block by "
@@ -114,15 +175,76 @@ def refuse_exports_for_blocks(path: Path, paths: dict) -> None:
 
 
 def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
-                   pixel_size: tuple[float, float] | None) -> list[dict]:
+                   pixel_size: tuple[float, float] | None, cells: np.ndarray | None = None,
+                   channels: tuple[np.ndarray, list[str]] | None = None) -> list[dict]:
     """Measurement rows of labels (N, H, W) over images (N, H, W, C): each plane's nuclei with
-    its plane indices (empty for one 2-D image, `axes` "") and µm columns."""
+    its plane indices (empty for one 2-D image, `axes` "") and µm columns; with `cells` (N, H,
+    W, the nuclei's ids) cell_area (and cell_area_um2); with `channels` ((N, H, W, K) pixels,
+    K column names) each channel's mean, median and integrated intensity per nucleus (and per
+    cell and cytoplasm, with `cells`)."""
     rows = []
     for flat, (plane_labels, image) in enumerate(zip(labels, planes)):
         where = plane_columns(axes, shape, flat if axes else None)
-        rows += [{**where, **row, **in_micrometres(row, pixel_size)}
-                 for row in measure_nuclei(plane_labels, image)]
+        found = measure_nuclei(plane_labels, image)
+        extra = {row["label"]: {} for row in found}
+        if cells is not None:
+            areas = np.bincount(cells[flat].ravel(), minlength=int(plane_labels.max()) + 1)
+            for row in found:
+                area = int(areas[row["label"]])
+                extra[row["label"]].update(cell_area=area, cell_area_um2=(
+                    "" if pixel_size is None else area * pixel_size[0] * pixel_size[1]))
+        if channels is not None:
+            pixels, columns = channels
+            if cells is None:
+                measured = channel_measurements(plane_labels, pixels[flat], columns)
+            else:
+                measured = compartment_measurements(plane_labels, cells[flat], pixels[flat],
+                                                    columns)
+            for label, values in measured.items():
+                extra[label].update((key, value) for key, value in values.items()
+                                    if not key.endswith("_pixels"))
+        rows += [{**where, **row, **in_micrometres(row, pixel_size), **extra[row["label"]]}
+                 for row in found]
     return rows
+
+
+def file_channels(path: Path, reading: ReadOptions, count: int):
+    """Every channel of the original file, as (count, H, W, C) planes that match the segmented
+    ones (the same planes kept or projected), and the channels' names."""
+    array, info = read_pixels(path, reading.max_pixels or MAX_PIXELS)
+    stack, lead, names = all_channels(path, array, info, reading.planes)
+    stack = stack.reshape(-1, *stack.shape[len(lead):])
+    if len(stack) != count:
+        raise DataError(f"{path}: its channels do not have the planes of the nuclear channel")
+    return stack, names
+
+
+def grow_cells(path: Path, spec: CellsSpec, nuclei: np.ndarray, channels, names,
+               pixel_size: tuple[float, float] | None) -> np.ndarray:
+    """--cells: the cells (N, H, W) of nuclei (N, H, W), with the nuclei's ids; distances are
+    in µm when the pixel size is known, else pixels."""
+    if spec.channel is None:
+        return np.stack([expand_nuclei(plane, spec.distance, spacing=pixel_size)
+                         for plane in nuclei])
+    index = channel_index(path, spec.channel, channels.shape[-1], names, "--cells channel:")
+    if spec.max_distance is None:
+        distance = DEFAULT_CELL_MAX_DISTANCE
+    elif pixel_size is None:
+        distance = spec.max_distance
+    else:
+        distance = spec.max_distance / float(np.mean(pixel_size))
+    return np.stack([cells_from_channel(plane, channels[flat, ..., index], distance)
+                     for flat, plane in enumerate(nuclei)])
+
+
+def pick_channels(path: Path, wanted, channels: np.ndarray, names):
+    """--measure-channels: (the channels' pixels (N, H, W, K), their K column names)."""
+    count = channels.shape[-1]
+    columns = channel_column_names([name or None for name in names], count)
+    indices = list(range(count)) if wanted == "all" else [
+        channel_index(path, channel, count, names, "--measure-channels") for channel in wanted]
+    indices = list(dict.fromkeys(indices))
+    return channels[..., indices], [columns[i] for i in indices]
 
 
 def measure_saved(path: Path, labels_path: Path, earlier: dict,

@@ -45,9 +45,14 @@ def output_stem(image_path: Path) -> str:
     return Path(image_path).stem
 
 
-def output_paths(image_path: Path, out_dir: Path, exports=()) -> dict[str, Path]:
+def output_paths(image_path: Path, out_dir: Path, exports=(), cells: bool = False
+                 ) -> dict[str, Path]:
     """{kind: path} of one image's outputs; `exports` adds "geojson" and "imagej-rois"
-    (nucleiseg.io.outlines: <stem>.geojson, <stem>_rois.zip)."""
+    (nucleiseg.io.outlines: <stem>.geojson, <stem>_rois.zip), `cells` "cells"
+    (<stem>_cells.tif, predict --cells)."""
+    if cells:
+        return {**output_paths(image_path, out_dir, exports),
+                "cells": out_dir / f"{output_stem(image_path).removesuffix('.ome')}_cells.tif"}
     stem = output_stem(image_path)
     if is_zarr_image(image_path):  # OME-Zarr: labels/nuclei inside it, beside the image
         stem = stem.removesuffix(".ome")
@@ -58,7 +63,8 @@ def output_paths(image_path: Path, out_dir: Path, exports=()) -> dict[str, Path]
             "overlay": out_dir / f"{stem}_overlay.png", **export_paths(stem, out_dir, exports)}
 
 
-def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool, exports=()) -> None:
+def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool, exports=(),
+                 cells: bool = False) -> None:
     """Refuse inputs that would write the same outputs, and existing outputs unless
     --overwrite (replace them) or --resume (keep complete ones) says what to do."""
     if overwrite and resume:
@@ -72,7 +78,7 @@ def plan_outputs(images, out_dir: Path, overwrite: bool, resume: bool, exports=(
         stems[stem] = path
     if not overwrite and not resume:
         planned = [p for image in images
-                   for p in output_paths(image, out_dir, exports).values()]
+                   for p in output_paths(image, out_dir, exports, cells).values()]
         existing = [p for p in planned + [out_dir / name for name in RUN_OUTPUTS] if p.exists()]
         if existing:
             raise UsageError(f"{existing[0]}: output exists ({len(existing)} in all); pass "

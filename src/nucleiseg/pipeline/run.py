@@ -78,6 +78,15 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     unknown = [name for name in exports if name not in EXPORTS]
     if unknown:
         raise UsageError(f"unknown exports {unknown}; choose from {', '.join(EXPORTS)}")
+    reading = read_options or ReadOptions()
+    cells = reading.cells is not None
+    stitch = reading.planes == "stitch"
+    if resume and (cells or reading.measure_channels is not None or stitch):
+        raise UsageError("--resume does not take --cells, --measure-channels or --planes stitch "
+                         "yet")
+    if stitch and (cells or reading.measure_channels is not None or exports):
+        raise UsageError("--planes stitch does not take --cells, --measure-channels, "
+                         "--geojson or --imagej-rois yet")
     images = find_images(inputs)
     segmenter = Segmenter(  # --diameter auto when the model records its size
         as_engine(model), record, options or options_for(record),
@@ -86,17 +95,18 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     with contextlib.ExitStack() as stack:
         if out_dir.is_dir():  # refuse a folder in use before looking at what it holds
             stack.enter_context(OutputLock(out_dir))
-        plan_outputs(images, out_dir, overwrite, resume, exports)
+        plan_outputs(images, out_dir, overwrite, resume, exports, cells)
         if not out_dir.is_dir():
             out_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(OutputLock(out_dir))
         earlier = previous_rows(out_dir) if resume else {}
-        jobs = [Job(path, output_paths(path, out_dir, exports)) for path in images]
+        jobs = [Job(path, output_paths(path, out_dir, exports, cells)) for path in images]
         if resume:
             jobs = [dataclasses.replace(job, done=all(p.exists() for p in job.paths.values()))
                     for job in jobs]
         measurements = CsvStream(out_dir / "measurements.csv",
-                                 ("image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS))
+                                 ("image", *PLANE_COLUMNS, *COLUMNS, *MICRON_COLUMNS),
+                                 grow=cells or reading.measure_channels is not None or stitch)
         summary = CsvStream(out_dir / "summary.csv", SUMMARY_COLUMNS)
         if runner is not None:
             outcomes = runner.outcomes
