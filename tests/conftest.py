@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,24 @@ def tiny_model(tmp_path_factory):
     run, _ = train(config, data, root / "run", verbose=0, log=lambda *_: None)
     return run / "model.keras"
 
+
+
+@pytest.fixture
+def qt_app():
+    """A QApplication, offscreen (the napari widget tests); skipped without a Qt binding."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    try:
+        from qtpy.QtWidgets import QApplication
+    except Exception as exc:  # no Qt binding, or its libraries missing
+        pytest.skip(f"no usable Qt binding ({exc})")
+    return QApplication.instance() or QApplication([])
+
+
+def wait_for(app, widget, seconds):
+    """Process Qt events until `widget`'s worker is done (at most `seconds`)."""
+    end = time.monotonic() + seconds
+    while widget.running and time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+    app.processEvents()
+    assert not widget.running, "the worker did not finish"

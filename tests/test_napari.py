@@ -4,10 +4,8 @@ napari ViewerModel: no display), and the Qt widget itself offscreen. Skipped wit
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 
 pytest.importorskip("napari", reason="the napari plugin's tests need nucleiseg[napari]")
 
+from conftest import wait_for  # noqa: E402
 from napari.components import ViewerModel  # noqa: E402
 
 from nucleiseg.integrations.napari import _reader, _results, _sample_data, _segment  # noqa: E402
@@ -328,25 +327,6 @@ def test_cancel_stops_at_the_next_model_call(engine):
 # ---------------------------------------------------------------- the Qt widget, offscreen
 
 
-@pytest.fixture
-def qt_app():
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    try:
-        from qtpy.QtWidgets import QApplication
-    except Exception as exc:  # no Qt binding, or its libraries missing
-        pytest.skip(f"no usable Qt binding ({exc})")
-    return QApplication.instance() or QApplication([])
-
-
-def wait_for(app, widget, seconds=120):
-    end = time.monotonic() + seconds
-    while widget.running and time.monotonic() < end:
-        app.processEvents()
-        time.sleep(0.01)
-    app.processEvents()
-    assert not widget.running, "the worker did not finish"
-
-
 def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
     from nucleiseg.integrations.napari._widget import SegmentNuclei
 
@@ -357,7 +337,7 @@ def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
     widget._image.value = viewer.layers["fluorescence_df53d0b6"]
     widget.run()
     assert widget.running and widget._cancel.enabled
-    wait_for(qt_app, widget)
+    wait_for(qt_app, widget, 120)
     labels = viewer.layers["fluorescence_df53d0b6 nuclei"]
     count = labels.features.shape[0]
     assert count > 20 and widget._status.value.startswith(f"{count} nuclei")
@@ -366,7 +346,7 @@ def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
     widget._foreground.value = 0.9  # stricter: fewer or smaller nuclei, same layer
     widget.run()
     widget.cancel()  # before the first tile: nothing changes
-    wait_for(qt_app, widget)
+    wait_for(qt_app, widget, 120)
     assert widget._status.value == "cancelled"
     assert labels.features.shape[0] == count and len(viewer.layers) == 4
     assert widget._diameter.enabled  # the bundled model records its training nucleus size

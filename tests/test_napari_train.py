@@ -5,15 +5,19 @@ Cancel and Resume. Data made in code; skipped without napari."""
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("napari", reason="the napari plugin's tests need nucleiseg[napari]")
 
-from conftest import TINY_MODEL, disk_samples, make_disks, write_paired  # noqa: E402
+from conftest import (  # noqa: E402
+    TINY_MODEL,
+    disk_samples,
+    make_disks,
+    wait_for,
+    write_paired,
+)
 from napari.components import ViewerModel  # noqa: E402
 
 from nucleiseg.integrations.napari import _train  # noqa: E402
@@ -218,25 +222,6 @@ def test_fine_tune_needs_two_pairs(tmp_path, tiny_model):
 # ---------------------------------------------------------------- the Qt widgets, offscreen
 
 
-@pytest.fixture
-def qt_app():
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    try:
-        from qtpy.QtWidgets import QApplication
-    except Exception as exc:  # no Qt binding, or its libraries missing
-        pytest.skip(f"no usable Qt binding ({exc})")
-    return QApplication.instance() or QApplication([])
-
-
-def wait_for(app, widget, seconds=300):
-    end = time.monotonic() + seconds
-    while widget.running and time.monotonic() < end:
-        app.processEvents()
-        time.sleep(0.01)
-    app.processEvents()
-    assert not widget.running, "the worker did not finish"
-
-
 def test_widgets_add_fine_tune_and_segment_with_the_new_model(qt_app, tmp_path, tiny_model,
                                                                monkeypatch):
     from nucleiseg.integrations.napari._widget import SegmentNuclei
@@ -265,7 +250,7 @@ def test_widgets_add_fine_tune_and_segment_with_the_new_model(qt_app, tmp_path, 
     widget._minutes.value = 0.001
     widget.start_fine_tune()
     assert widget.running and widget._cancel.enabled and not widget._fine_tune.enabled
-    wait_for(qt_app, widget)
+    wait_for(qt_app, widget, 300)
     assert widget._status.value.startswith("saved "), widget._status.value
     model = segment.model_path()
     assert model.name == "model.keras" and model.parent.parent == tmp_path / "set" / "runs"
