@@ -41,9 +41,9 @@ def main() -> None:
     print(set_name, len(images), flush=True)
     probabilities = [predict_probabilities(model, image, config.to_dict(), PredictOptions())
                      for image in images]
-    for foreground in (0.6, 0.5, 0.4):
-        for confidence in (0.8, 0.7, 0.6, 0.5):
-            for marker in (0.5, 0.4):
+    for foreground in (0.6, 0.5, 0.4, 0.3):
+        for confidence in (0.8, 0.7, 0.6, 0.5, 0.4):
+            for marker in (0.5, 0.4, 0.3):
                 options = dataclasses.replace(base, foreground_threshold=foreground,
                                               min_confidence=confidence, marker_threshold=marker)
                 instances, pixels = [], []

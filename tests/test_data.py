@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 from conftest import make_disks
 from scipy import ndimage
@@ -268,3 +269,36 @@ def test_random_blur_noise_blurs_or_adds_noise_and_keeps_grey_grey():
         smoother += edge(out) < 0.9 * edge(grey)
         noisier += np.abs(out - grey).std() > 0.01 and edge(out) > edge(grey)
     assert 8 <= smoother <= 35 and 8 <= noisier <= 35  # about a third each, independently
+
+
+def test_data_shares_give_each_folder_its_share_of_the_crops():
+    from nucleiseg.training.data import crop_weights
+
+    shapes = [(256, 256)] * 10 + [(512, 512)] * 2
+    kinds = ["fluorescence"] * 8 + ["histology"] * 2 + ["histology"] * 2
+    sources = [0] * 10 + [1] * 2
+    weights = crop_weights(shapes, kinds, 256, sources=sources, shares=(1.0, 3.0))
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[10:].sum() == pytest.approx(0.75)  # folder 1: 3 parts of 4
+    # within folder 0, the rare kind still drawn more often per image than the common one
+    assert weights[8] > weights[0]
+    plain = crop_weights(shapes, kinds, 256)
+    assert plain[10:].sum() < 0.75
+
+
+def test_data_shares_are_checked(tmp_path):
+    from conftest import make_disks, write_paired
+
+    from nucleiseg.config import TrainConfig
+    from nucleiseg.errors import UsageError
+    from nucleiseg.training.fit import train
+
+    with pytest.raises(UsageError, match="data_shares"):
+        TrainConfig(sampling="crops", data_shares=(1.0, 0.0))
+    with pytest.raises(UsageError, match="random crops"):
+        TrainConfig(data_shares=(1.0, 1.0))
+    folder = write_paired(tmp_path / "a", [(f"img{i}", *make_disks(seed=i)) for i in range(3)])
+    config = TrainConfig(sampling="crops", image_size=32, data_shares=(1.0, 1.0))
+    with pytest.raises(UsageError, match="2 data shares for 1 --data folders"):
+        train(config, [folder], tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -51,6 +51,14 @@ def _int_list(text: str) -> tuple[int, ...]:
             f"expected comma-separated integers, got {text!r}") from None
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+
+
 def argument(parse):
     """`parse` for argparse: its ValueError's message as the usage error."""
     def parsed(text: str):
@@ -158,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stain-augment", action="store_true",
                        help="with --sampling crops: random haematoxylin and eosin amounts of "
                        "each colour crop (other stainings and scanners)")
+    train.add_argument("--data-shares", type=_float_list, default=None, metavar="A,B,...",
+                       help="with several --data folders and --sampling crops: the share of "
+                       "the crops each folder gets, in --data order (e.g. 1,1: half each; "
+                       "default: balanced by image kind and folder)")
     train.add_argument("--blur-noise-augment", action="store_true",
                        help="with --sampling crops: random Gaussian blur and noise")
     train.add_argument("--he-render-augment", action="store_true",
@@ -431,6 +443,7 @@ def run_train(args) -> int:
         augment=not args.no_augment, zoom_augment=args.zoom_augment,
         intensity_augment=args.intensity_augment, stain_augment=args.stain_augment,
         blur_noise_augment=args.blur_noise_augment, he_render_augment=args.he_render_augment,
+        data_shares=args.data_shares,
         early_stopping_monitor=args.monitor,
         early_stopping_patience=args.patience, early_stopping_warmup_steps=args.warmup_steps,
         minutes=args.minutes,

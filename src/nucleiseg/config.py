@@ -62,6 +62,7 @@ class TrainConfig:
     stain_augment: bool = False  # random haematoxylin/eosin amounts (colour crops)
     blur_noise_augment: bool = False  # random Gaussian blur and noise
     he_render_augment: bool = False  # a share of grey crops drawn as H&E-stained tissue
+    data_shares: tuple[float, ...] | None = None  # share of the crops per --data folder
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5
     early_stopping_warmup_steps: int = 200  # no early stop before this many training steps
@@ -103,6 +104,12 @@ class TrainConfig:
                 f"devices: use a multiple of {self.devices} (the batch size is the global "
                 "batch, split among the devices)")
         object.__setattr__(self, "decoder_filters", tuple(int(f) for f in self.decoder_filters))
+        if self.data_shares is not None:
+            shares = tuple(float(f) for f in self.data_shares)
+            if self.sampling != "crops" or not shares or min(shares) <= 0:
+                raise UsageError("data_shares are positive numbers, one per --data folder, and "
+                                 f"work on random crops (--sampling crops); got {shares}")
+            object.__setattr__(self, "data_shares", shares)
 
     @property
     def num_classes(self) -> int:

@@ -74,17 +74,26 @@ def pad_to(array: np.ndarray, size: int) -> np.ndarray:
     return pad_image(array, size, size)
 
 
-def crop_weights(shapes, kinds, crop: int, power: float = 0.5) -> np.ndarray:
+def crop_weights(shapes, kinds, crop: int, power: float = 0.5, sources=None,
+                 shares=None) -> np.ndarray:
     """Sampling probability per image for random crops.
 
     (crops the image holds)^power x (images of its kind)^-power: large images are seen more
     often, rare kinds much more than their share of the images. On the DSB training data this
     gives fluorescence / histology / bright-field about 53% / 19% / 27% of the crops (by area
-    alone: 75% / 8% / 17%).
+    alone: 75% / 8% / 17%). With `sources` (each image's --data folder, from 0) and `shares`
+    (one per folder), each folder's images together get that share of the crops, balanced
+    within it as above.
     """
     counts = {kind: list(kinds).count(kind) for kind in set(kinds)}
     weights = np.array([(max(1.0, h * w / crop**2) / counts[kind]) ** power
                         for (h, w), kind in zip(shapes, kinds)])
+    if shares is not None:
+        sources = np.asarray(sources)
+        for source, share in enumerate(shares):
+            own = sources == source
+            if own.any():
+                weights[own] *= share / weights[own].sum()
     return weights / weights.sum()
 
 
@@ -150,8 +159,10 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
-# Log-range of the random stain-amount factors (haematoxylin, eosin, DAB) and of the shifts.
-STAIN_LOG_GAIN = np.array([0.6, 0.4, 0.2])
+# Log-ranges of the random stain-amount factors (haematoxylin, eosin, DAB) and of the shifts:
+# haematoxylin down to 0.3x, for the pale nuclei of other labs' H&E (MoNuSeg, docs/results.md).
+STAIN_LOG_GAIN_LOW = np.log([0.3, 0.67, 0.82])
+STAIN_LOG_GAIN_HIGH = np.log([1.8, 1.5, 1.22])
 STAIN_SHIFT = np.array([0.02, 0.02, 0.0])
 
 
@@ -164,14 +175,14 @@ def is_grey(image: np.ndarray) -> bool:
 def random_stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random stain change of a normalised [0, 1] colour crop in haematoxylin/eosin/DAB space
     (Tellez et al. 2018): each stain amount scaled by a log-uniform factor (haematoxylin
-    0.55-1.8x: pale and dark nuclei; eosin 0.67-1.5x) and shifted a little. Grey crops are
+    0.3-1.8x: pale and dark nuclei; eosin 0.67-1.5x) and shifted a little. Grey crops are
     returned unchanged. Applied as the change of the H&E-reconstructed colour, so an unchanged
     stain gives back exactly the input, also where rgb2hed clips."""
     from skimage.color import hed2rgb, rgb2hed
 
     if is_grey(image):
         return image
-    gain = np.exp(rng.uniform(-STAIN_LOG_GAIN, STAIN_LOG_GAIN))
+    gain = np.exp(rng.uniform(STAIN_LOG_GAIN_LOW, STAIN_LOG_GAIN_HIGH))
     shift = rng.uniform(-STAIN_SHIFT, STAIN_SHIFT)
     hed = rgb2hed(image)
     change = hed2rgb(np.maximum(hed * gain + shift, 0.0)) - hed2rgb(hed)

@@ -217,7 +217,7 @@ def sampling_strata(kinds: dict, sources: dict | None) -> dict:
 
 
 def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, val_names,
-                  seed: int | None = None):
+                  seed: int | None = None, sources: dict | None = None):
     """Training dataset (endless), steps per epoch, and validation arrays (x, y).
 
     'resize': whole images resized to image_size. 'crops': random native-resolution crops of
@@ -239,8 +239,11 @@ def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, 
             return [normalize_image(by_name[n][0]) for n in names]
 
         train_images = normalised(train_names)
+        shares = config.data_shares if sources else None
         weights = crop_weights([im.shape[:2] for im in train_images],
-                               [kinds[n] for n in train_names], config.image_size)
+                               [kinds[n] for n in train_names], config.image_size,
+                               sources=[sources[n] for n in train_names] if shares else None,
+                               shares=shares)
         train_ds = make_crop_dataset(
             train_images, [by_name[n][1] for n in train_names], config.image_size,
             config.batch_size, seed, config.augment, weights, target=config.target,
@@ -359,6 +362,9 @@ def train(config: TrainConfig, data_dir: Path | list[Path] | None = None,
         data_dirs = [Path(d) for d in data_dir]
     else:
         data_dirs = [Path(data_dir)]
+    if config.data_shares is not None and len(config.data_shares) != len(data_dirs):
+        raise UsageError(f"{len(config.data_shares)} data shares for {len(data_dirs)} --data "
+                         "folders: give one share per folder")
     initial, origin = (initial_weights(init_model, config) if init_model is not None
                        else (None, None))
     by_name, sources, skipped = load_sources(data_dirs, skip_bad, log, channel)
@@ -513,7 +519,7 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
     seed_everything(config.seed + epochs_done, config.deterministic)
     train_ds, steps, (x_val, y_val) = make_datasets(
         config, by_name, sampling_strata(kinds, sources), train_names, val_names,
-        seed=config.seed + epochs_done)
+        seed=config.seed + epochs_done, sources=sources)
     split = (f", split among {config.devices} devices ({config.batch_size // config.devices} "
              "each)" if strategy is not None else "")
     log(f"{steps} steps of {config.batch_size} per epoch{split}")
