@@ -338,3 +338,35 @@ def test_only_images_read_whole_keep_the_pixel_limit(tmp_path, monkeypatch):
     assert is_large_input(tiled, 200 * 200) and not is_large_input(strips, 200 * 200)
     with pytest.raises(DataError, match="header claims 300x300 pixels, more than the limit"):
         read_image(strips, max_pixels=200 * 200)
+
+
+def test_a_huge_image_takes_the_postprocessing_of_its_kind_decided_once():
+    from nucleiseg.algorithms.instances import InstanceOptions
+    from nucleiseg.inference.blockwise import fix_scale, segment_blocks
+
+    class CountingReads(InMemory):
+        reads = 0
+
+        def read(self, *window):
+            CountingReads.reads += 1
+            return super().read(*window)
+
+    per_kind = InstanceOptions(min_size=5, by_kind={"histology": {"min_size": 10**6}})
+    colour, grey = rgb_disks(), touching_disks()
+    _, for_colour, check = fix_scale(CountingReads(colour), POINTWISE, CONFIG, OPTIONS,
+                                     per_kind, intensity_range(colour))
+    assert (for_colour.min_size, for_colour.by_kind, check) == (10**6, {}, None)
+    assert CountingReads.reads == 1  # the central window only
+    assert fix_scale(InMemory(grey), POINTWISE, CONFIG, OPTIONS, per_kind,
+                     intensity_range(grey))[1].min_size == 5
+
+    class WithIntensity(InMemory):
+        def intensity(self):
+            return intensity_range(self.image)
+
+    def nuclei(image):
+        run = segment_blocks(WithIntensity(image), POINTWISE, CONFIG, OPTIONS, per_kind, core=256,
+                             halo=48)
+        return sum(int(labels.max() > 0) for _, labels in run.blocks)
+
+    assert nuclei(colour) == 0 and nuclei(grey) > 0  # every block with its image's options

@@ -1,5 +1,5 @@
-import pytest
 import numpy as np
+import pytest
 from conftest import make_disks
 from scipy import ndimage
 

@@ -88,6 +88,29 @@ def test_tuned_postprocessing_from_the_record_and_overrides():
     assert instance_options_from(record, split_levels=()).split_levels == ()
 
 
+
+def test_postprocessing_per_image_kind_and_overrides_win_for_every_kind():
+    from nucleiseg.algorithms.instances import instance_options_from
+
+    record = {"postprocessing": {"min_confidence": 0.8, "by_kind": {
+        "histology": {"min_confidence": 0.6, "foreground_threshold": 0.4}}}}
+    tuned = instance_options_from(record)
+    grey = np.zeros((64, 64), np.uint8)
+    grey[20:40, 20:40] = 200
+    colour = np.stack([grey, grey // 2, grey // 3], -1)  # an H&E-like colour image
+    assert tuned.for_image(grey).min_confidence == 0.8
+    for_colour = tuned.for_image(colour)
+    assert (for_colour.min_confidence, for_colour.foreground_threshold) == (0.6, 0.4)
+    assert for_colour.by_kind == {} and for_colour.for_image(grey) == for_colour
+    overridden = instance_options_from(record, min_confidence=0.1)
+    assert overridden.for_image(colour).min_confidence == 0.1
+    assert overridden.for_image(colour).foreground_threshold == 0.4
+    assert overridden.for_image(grey).min_confidence == 0.1
+    assert instance_options_from(record, min_confidence=0.1, foreground_threshold=0.5).by_kind == {}
+    with pytest.raises(ValueError, match="histology: unknown \\['min_confidenc'\\]"):
+        InstanceOptions(by_kind={"histology": {"min_confidenc": 0.5}})
+
+
 def joined_disks(core_probability=0.95, core_radius=7):
     """Two touching disks whose interior probability is 0.6 everywhere (the model joined them
     at the usual marker threshold) except in a core of each, where it is `core_probability`."""

@@ -100,14 +100,18 @@ def test_time_budget_stops_and_a_fine_tune_takes_its_models_recipe(tmp_path):
     first = tmp_path / "first"
     assert main(["train", "--data", str(data), "--out", str(first), "--image-size", "64",
                  "--epochs", "50", "--batch-size", "4", "--encoder-alpha", "0.35",
-                 "--decoder-filters", "32,16,16,8", "--minutes", "0.001"]) == 0
+                 "--decoder-filters", "32,16,16,8", "--minutes", "0.001",
+                 "--sampling", "crops"]) == 0
     record = read_record(first / "model.keras")
     assert record["metrics"]["epochs_run"] == 1
     assert "time budget of 0.001 minutes" in record["metrics"]["stopped"]
     tuned = tmp_path / "tuned"
+    # --stain-augment needs random crops: the sampling comes from the starting model's record
     assert main(["train", "--data", str(data), "--out", str(tuned), "--epochs", "1",
-                 "--batch-size", "4", "--init-model", str(first / "model.keras")]) == 0
+                 "--batch-size", "4", "--init-model", str(first / "model.keras"),
+                 "--stain-augment"]) == 0
     record = read_record(tuned / "model.keras")
+    assert record["config"]["sampling"] == "crops" and record["config"]["stain_augment"]
     assert record["config"]["decoder_filters"] == [32, 16, 16, 8]
     assert record["config"]["image_size"] == 64
     assert record["config"]["learning_rate"] == 1e-4  # a fine-tune's default

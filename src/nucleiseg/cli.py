@@ -6,7 +6,6 @@ TensorFlow is imported only after the arguments are parsed, so --help is instant
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -429,7 +428,7 @@ def run_train(args) -> int:
 
         run_dir, record = resume(args.resume, verbose=verbose)
         return report_training(run_dir, record)
-    config = TrainConfig(
+    fields = dict(
         image_size=args.image_size, sampling=args.sampling, target=args.target,
         boundary_weight=args.boundary_weight, contact_weight=args.contact_weight,
         lr_schedule=args.lr_schedule,
@@ -452,15 +451,17 @@ def run_train(args) -> int:
 
     init_model = args.init_model
     if init_model is not None:
-        from nucleiseg.config import inherit_recipe
+        from nucleiseg.config import recipe_fields
         from nucleiseg.model.saving import bundled_model_path, read_record
 
         if str(init_model) == "bundled" and not init_model.exists():
             init_model = bundled_model_path()
         given = {a.split("=")[0] for a in args.argv if a.startswith("--")}
-        config = inherit_recipe(config, read_record(init_model).get("config", {}), given)
+        # checked as one: e.g. --stain-augment given, --sampling crops from the record
+        fields.update(recipe_fields(read_record(init_model).get("config", {}), given))
         if "--learning-rate" not in given:  # a fine-tune moves the weights less
-            config = dataclasses.replace(config, learning_rate=FINE_TUNE_LEARNING_RATE)
+            fields["learning_rate"] = FINE_TUNE_LEARNING_RATE
+    config = TrainConfig(**fields)
     command = shlex.join(["nucleiseg", *args.argv])
     run_dir, record = train(config, args.data, args.out, skip_bad=args.skip_bad, verbose=verbose,
                             command=command, init_model=init_model, channel=args.channel,

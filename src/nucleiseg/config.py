@@ -142,10 +142,14 @@ def option_name(field: str) -> str:
     return "--no-augment" if field == "augment" else "--" + field.replace("_", "-")
 
 
+def recipe_fields(recorded: dict, given: set[str]) -> dict:
+    """The RECIPE_FIELDS of a starting model's recorded configuration, except those whose
+    option is in `given` (the options the user wrote)."""
+    return {field: recorded[field] for field in RECIPE_FIELDS
+            if field in recorded and option_name(field) not in given}
+
+
 def inherit_recipe(config: TrainConfig, recorded: dict, given: set[str]) -> TrainConfig:
-    """`config` with the RECIPE_FIELDS of a starting model's recorded configuration, except
-    those whose option is in `given` (the options the user wrote)."""
-    taken = {field: recorded[field] for field in RECIPE_FIELDS
-             if field in recorded and option_name(field) not in given}
-    return dataclasses.replace(config, **taken)
+    """`config` with the recipe of a starting model's recorded configuration (recipe_fields)."""
+    return dataclasses.replace(config, **recipe_fields(recorded, given))
 

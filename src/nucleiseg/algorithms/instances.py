@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from nucleiseg.algorithms.preprocess import image_kind
+
 
 @dataclasses.dataclass(frozen=True)
 class InstanceOptions:
@@ -21,19 +23,42 @@ class InstanceOptions:
     split_levels: tuple[float, ...] = (0.8, 0.9)
     min_split_size: int = 80
     min_confidence: float = 0.0  # nuclei whose mean P(nucleus) is below this are removed
+    # Other values for some image kinds (preprocess.image_kind), e.g. {"histology":
+    # {"min_confidence": 0.6}}: H&E nuclei are paler to the model than fluorescent ones.
+    by_kind: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):  # a record's JSON list, or any sequence, as a sorted tuple
         object.__setattr__(self, "split_levels", tuple(sorted(map(float, self.split_levels))))
+        fields = {field.name for field in dataclasses.fields(self)} - {"by_kind"}
+        for kind, values in self.by_kind.items():
+            unknown = set(values) - fields
+            if unknown:
+                raise ValueError(f"post-processing for {kind}: unknown {sorted(unknown)}")
+
+    def for_kind(self, kind: str) -> InstanceOptions:
+        """These options as they apply to an image of `kind` (no by_kind left)."""
+        return dataclasses.replace(self, **self.by_kind.get(kind, {}), by_kind={})
+
+    def for_image(self, image: np.ndarray) -> InstanceOptions:
+        """These options as they apply to `image` (its kind judged on at most ~1 MP of it)."""
+        if not self.by_kind:
+            return self
+        image = np.asarray(image)
+        step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 1e6)))
+        return self.for_kind(image_kind(image[::step, ::step]))
 
 
 def instance_options_from(record: dict | None, **overrides) -> InstanceOptions:
-    """The model's tuned post-processing (its record's 'postprocessing'), else the defaults;
-    overrides that are not None win."""
+    """The model's tuned post-processing (its record's 'postprocessing', with its values per
+    image kind), else the defaults; overrides that are not None win, for every kind."""
     tuned = (record or {}).get("postprocessing", {})
     values = {field.name: tuned.get(field.name, field.default)
-              for field in dataclasses.fields(InstanceOptions)}
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    return InstanceOptions(**values)
+              for field in dataclasses.fields(InstanceOptions) if field.name != "by_kind"}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    values.update(given)
+    by_kind = {kind: {key: value for key, value in kind_values.items() if key not in given}
+               for kind, kind_values in tuned.get("by_kind", {}).items()}
+    return InstanceOptions(**values, by_kind={k: v for k, v in by_kind.items() if v})
 
 
 def quantise_probabilities(probabilities: np.ndarray) -> np.ndarray:

@@ -39,18 +39,29 @@ def segment_block(window: np.ndarray, model, config: dict, options=None,
 SCALE_SAMPLE = 2048  # side of the central window a huge image's nucleus size is estimated on
 
 
-def fix_scale(image, model, config: dict, options, instance_options, intensity):
-    """One scale for every block of a huge image (blocks must agree at their seams): with
-    `--diameter auto` or a diameter, decided on a central SCALE_SAMPLE² window as for any
-    image; (options with that fixed scale, the window's check row for summary.csv)."""
-    if options.diameter is None:
-        return options, None
+def central_window(image) -> np.ndarray:
+    """The central SCALE_SAMPLE² window of a huge image, as read."""
     height, width = image.shape[:2]
     top, left = max(0, (height - SCALE_SAMPLE) // 2), max(0, (width - SCALE_SAMPLE) // 2)
-    window = image.read(top, min(height, top + SCALE_SAMPLE), left,
-                        min(width, left + SCALE_SAMPLE))
+    return image.read(top, min(height, top + SCALE_SAMPLE), left,
+                      min(width, left + SCALE_SAMPLE))
+
+
+def fix_scale(image, model, config: dict, options, instance_options, intensity):
+    """One scale and one post-processing for every block of a huge image (blocks must agree
+    at their seams), decided on its central window as for any image: the post-processing of
+    the window's kind and, with `--diameter auto` or a diameter, the scale -> (options with
+    that scale fixed, instance options, the window's check row for summary.csv or None)."""
+    if options.diameter is None and not (instance_options and instance_options.by_kind):
+        return options, instance_options, None
+    window = central_window(image)
+    if instance_options is not None:
+        instance_options = instance_options.for_image(window)
+    if options.diameter is None:
+        return options, instance_options, None
     check = segment_checked(model, window, config, options, instance_options, intensity)[2]
-    return dataclasses.replace(options, diameter=None, scale=check.scale), check.row()
+    return (dataclasses.replace(options, diameter=None, scale=check.scale), instance_options,
+            check.row())
 
 
 @dataclasses.dataclass
@@ -77,14 +88,16 @@ def segment_blocks(image, model, config: dict, options: PredictOptions | None = 
     """Segment `image` (nucleiseg.io.wholeslide.LargeImage: read region by region) block by
     block -> BlockRun. `core`: the block size (default: as choose_core finds for the tiles);
     `rows_done(rows)`: given the measurement rows of the nuclei that no later block can reach,
-    as the rows of blocks are done; `segmented(blocks, options, intensity) -> (core pixels,
-    window labels) per block`: segments the blocks elsewhere (a Dask cluster); `scale_model`:
-    the model that fixes the scale (default `model`)."""
+    as the rows of blocks are done; `segmented(blocks, options, instance_options, intensity)
+    -> (core pixels, window labels) per block`: segments the blocks elsewhere (a Dask
+    cluster) with the scale and post-processing fixed here; `scale_model`: the model that
+    fixes them (default `model`)."""
     options = options or PredictOptions()
     core = core or choose_core(options.tile, options.overlap, halo, image.shape[:2])
     intensity = image.intensity()
-    options, check = fix_scale(image, model if scale_model is None else scale_model, config,
-                               options, instance_options, intensity)
+    options, instance_options, check = fix_scale(
+        image, model if scale_model is None else scale_model, config, options,
+        instance_options, intensity)
     table = NucleusTable()
     shown = Previews.for_shape(image.shape, image.dtype) if previews else None
 
@@ -96,7 +109,7 @@ def segment_blocks(image, model, config: dict, options: PredictOptions | None = 
                              "--tile") from None
 
     elsewhere = (None if segmented is None else
-                 lambda blocks: segmented(blocks, options, intensity))
+                 lambda blocks: segmented(blocks, options, instance_options, intensity))
     on_row = None if rows_done is None else (lambda bottom: rows_done(table.rows(bottom)))
     blocks = label_blocks(image, segment, core, halo, table, shown, on_row=on_row,
                           segmented=elsewhere)

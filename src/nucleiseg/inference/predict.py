@@ -205,7 +205,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
     )
 
     options = options or PredictOptions()
-    instance_options = instance_options or InstanceOptions()
+    instance_options = (instance_options or InstanceOptions()).for_image(image)
     pixels = image.shape[0] * image.shape[1]
     upscale_limit = max(1.0, math.sqrt(MAX_SCALED_PIXELS / pixels))
 

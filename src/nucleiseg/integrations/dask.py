@@ -275,7 +275,7 @@ class DaskRunner:
         for job, future in zip(jobs, self.in_order(calls(), self.ahead())):
             if future is None:
                 yield run_job(segmenter, job, earlier, segmented=self.blocks_of(
-                    job.path, segmenter.config, segmenter.instance_options))
+                    job.path, segmenter.config))
                 continue
             try:
                 result, rows = future.result()
@@ -299,11 +299,12 @@ class DaskRunner:
                                      "share")
             yield result, rows
 
-    def blocks_of(self, path: Path, config: dict, instance_options):
-        """label_blocks' `segmented` for one huge image: its blocks on the workers."""
+    def blocks_of(self, path: Path, config: dict):
+        """segment_blocks' `segmented` for one huge image: its blocks on the workers, with the
+        scale and post-processing it fixed for the image."""
         there = str(absolute(path))
 
-        def segmented(blocks, options, intensity):
+        def segmented(blocks, options, instance_options, intensity):
             calls = ((block_task, (self.spec, there, block, config, options, instance_options,
                                    intensity)) for block in blocks)
             for future in self.in_order(calls, self.ahead(per_thread=2, least=2)):

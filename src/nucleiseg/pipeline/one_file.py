@@ -274,8 +274,9 @@ def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int 
     BigTIFF at paths['labels'] (TIFF input) or labels/nuclei inside the OME-Zarr input; mask
     and overlay: previews (longest side <= 4096); rows: streamed from a temporary file as they
     were measured, so memory stays flat however many nuclei. `segmented(blocks, options,
-    intensity)`: segments the blocks elsewhere (segment_blocks), with the image's one scale
-    and intensity range; the segmenter's engine then only fixes the scale."""
+    instance_options, intensity)`: segments the blocks elsewhere (segment_blocks), with the
+    image's one scale, post-processing and intensity range; the segmenter's engine then only
+    fixes those."""
     start = time.perf_counter()
     image = open_large(path)
     try:
