@@ -84,8 +84,9 @@ def score(segment, images, labels) -> dict:
             "seconds_per_image": sum(seconds) / max(1, len(seconds))}
 
 
-def segmenters(models, engine_name: str):
-    """[(name, segment function, record)] for each model and the classical baseline."""
+def segmenters(models, engine_name: str, postprocessing: dict | None = None):
+    """[(name, segment function, record)] for each model and the classical baseline;
+    `postprocessing`: instead of each model's recorded one (trying a tuning before shipping)."""
     from nucleiseg.algorithms.instances import instance_options_from
     from nucleiseg.evaluation import classical_segmenter, model_segmenter
     from nucleiseg.inference.engines import load_engine
@@ -94,6 +95,8 @@ def segmenters(models, engine_name: str):
     found = []
     for path in models:
         engine, record = load_engine(path, engine_name)
+        if postprocessing is not None:
+            record = {**record, "postprocessing": postprocessing}
         segment = model_segmenter(engine, record["config"], options_for(record),
                                   instance_options_from(record))
         found.append((f"{path or 'bundled'} ({engine.name})", segment, record))
@@ -109,6 +112,9 @@ def main(argv=None) -> None:
     parser.add_argument("--engine", default="auto", help="as for nucleiseg predict")
     parser.add_argument("--split", type=Path, help="which images are held out: a model, or a "
                         "training run's split.json (default: the first model's record)")
+    parser.add_argument("--postprocessing", type=json.loads,
+                        help="post-processing as JSON instead of the models' recorded one, "
+                        "e.g. '{\"min_confidence\": 0.6, \"by_kind\": {...}}'")
     parser.add_argument("--sets", nargs="+", help="only these data sets (names as printed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -116,7 +122,7 @@ def main(argv=None) -> None:
 
     from nucleiseg.model.saving import read_record
 
-    runs = segmenters(args.model or [None], args.engine)
+    runs = segmenters(args.model or [None], args.engine, args.postprocessing)
     split = runs[0][2]["split"]
     if args.split is not None:
         split = (json.loads(args.split.read_text()) if args.split.suffix == ".json"

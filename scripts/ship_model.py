@@ -1,9 +1,11 @@
 """Ship a trained run as the package's pretrained model (src/nucleiseg/pretrained/).
 
     python scripts/ship_model.py RUN_DIR [--evaluation EVAL.json]
+    python scripts/ship_model.py --bundled --postprocessing JSON    # re-tuned, same weights
 
 Saves the run's best model without optimizer state (smaller, inference only), keeping its
 record (config, data, split, metrics, command), and writes pretrained/MODEL.md describing it.
+`--bundled` ships the bundled model again (its weights and record) with what is given changed.
 `--evaluation` adds the summary of a `nucleiseg evaluate --json` report to the record;
 `--postprocessing` the tuned post-processing that predict and evaluate then use by default
 (without it, the post-processing the evaluation used).
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -31,7 +34,9 @@ SUMMARY_KEYS = ("images", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?")
+    parser.add_argument("--bundled", action="store_true",
+                        help="the bundled model again instead of a run (e.g. re-tuned)")
     parser.add_argument("--evaluation", type=Path, help="a `nucleiseg evaluate --json` report")
     parser.add_argument("--command", help="the training command, if the record lacks it")
     parser.add_argument("--init-command", help="the command that trained the --init-model this "
@@ -42,10 +47,15 @@ def main() -> None:
     parser.add_argument("--postprocessing", type=json.loads, default={},
                         help='tuned InstanceOptions as JSON, e.g. \'{"marker_threshold": 0.7}\'')
     args = parser.parse_args()
+    if args.bundled == (args.run_dir is not None):
+        parser.error("give a RUN_DIR or --bundled")
 
-    model, record = load_model(args.run_dir / "model.keras")
+    model, record = load_model(args.run_dir / "model.keras" if args.run_dir else
+                               bundled_model_path())
     inference = keras.Model.from_config(model.get_config())
-    if args.weights == "last":  # e.g. when a mixed validation set's loss chose an early epoch
+    if args.bundled:
+        inference.set_weights(model.get_weights())
+    elif args.weights == "last":  # e.g. when a mixed validation set's loss chose an early epoch
         trained = build_model(TrainConfig.from_dict(record["config"]))
         trained.load_weights(args.run_dir / "checkpoints" / "last.weights.h5")
         inference.set_weights(trained.get_weights())
@@ -88,7 +98,8 @@ def main() -> None:
         export_model(path, "onnx-int8", path.with_name(path.stem + ".int8.onnx"),
                      overwrite=True, calibration=Path(calibration))
 
-    split = json.loads((args.run_dir / "split.json").read_text())
+    split = (json.loads((args.run_dir / "split.json").read_text()) if args.run_dir else
+             recorded_split(record))
     kinds = split["kinds"]
     count = lambda names: ", ".join(f"{k} {sum(kinds[n] == k for n in names)}"
                                     for k in sorted(set(kinds.values())))
@@ -142,6 +153,24 @@ DATA_CREDITS = {
 def data_folders(record: dict) -> list[Path]:
     data = record["data"]
     return [Path(d) for d in (data if isinstance(data, list) else [data])]
+
+
+def recorded_split(record: dict) -> dict:
+    """split.json's content, remade from a model's record (its images' kinds read again)."""
+    from nucleiseg.algorithms.preprocess import image_kind
+
+    names = set(record["split"]["train"]) | set(record["split"]["val"])
+    kinds = {}
+    for folder in data_folders(record):
+        samples, _ = find_samples(folder, skip_bad=True)
+        wanted = [s for s in samples if s.name in names]
+        kinds.update({name: image_kind(image)
+                      for name, image, _ in load_samples(wanted, skip_bad=True)[0]})
+    command = shlex.split(record.get("command") or "")
+    grouped_by = (command[command.index("--group-pattern") + 1]
+                  if "--group-pattern" in command else None)
+    return {**record["split"], "seed": record["config"]["seed"], "kinds": kinds,
+            "grouped_by": grouped_by}
 
 
 def training_labels(record: dict) -> list:

@@ -31,6 +31,16 @@ def test_overlay_draws_outlines_only():
                                   out)
 
 
+def test_overlay_outlines_are_green_on_colour_images():
+    image, labels = make_disks(seed=2)
+    grey = np.round(normalize_image(image) * 255).astype(np.uint8)
+    grey = grey.reshape(grey.shape[:2] + (-1,))[..., 0]
+    colour = np.stack([grey, grey // 2, grey // 3 + 60], -1)  # pink / purple, as H&E
+    out = outline_overlay(colour, labels, *intensity_range(colour))
+    green = np.all(out == [40, 255, 40], axis=-1)
+    assert green.any() and not np.all(out == [255, 51, 51], axis=-1).any()
+
+
 def test_examples_show_one_image_of_each_kind_first():
     assert pick_examples(["fluo", "fluo", "histo", "fluo", "bright"]) == [0, 2, 4]
     assert pick_examples(["fluo", "fluo"]) == [0, 1]

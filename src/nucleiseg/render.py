@@ -126,14 +126,28 @@ def sample_grid(images, labels, path: Path, names=None, kinds=None) -> None:
     _save(figure, path)
 
 
+OUTLINE_ON_GREY = (255, 51, 51)  # red: stands out on grey fluorescence and bright-field
+OUTLINE_ON_COLOUR = (40, 255, 40)  # green: red is lost on pink and purple H&E
+
+
 def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: float,
-                    colour=(255, 51, 51), rows: int = 512) -> np.ndarray:
+                    colour=None, rows: int = 512) -> np.ndarray:
     """uint8 RGB of a raw image (mapped from [low, high] as in normalisation) with the outline
-    of every labelled nucleus drawn, built strip by strip: no image-sized float arrays."""
-    from nucleiseg.algorithms.preprocess import apply_intensity_range, intensity_table, to_rgb
+    of every labelled nucleus drawn (`colour`, default by the image's kind), built strip by
+    strip: no image-sized float arrays."""
+    from nucleiseg.algorithms.preprocess import (
+        apply_intensity_range,
+        image_kind,
+        intensity_table,
+        to_rgb,
+    )
 
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image
+    if colour is None:
+        step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 1e6)))
+        colour = (OUTLINE_ON_COLOUR if image_kind(image[::step, ::step]) == "histology"
+                  else OUTLINE_ON_GREY)
     table = (np.round(intensity_table(image.dtype, low, high) * 255).astype(np.uint8)
              if image.dtype in (np.uint8, np.uint16) else None)  # 8/16-bit: by look-up
     height = labels.shape[0]
