@@ -132,7 +132,10 @@ def main() -> None:
               "percentile)."]
     if "postprocessing" in record:
         lines += ["", "Post-processing (tuned with scripts/tune_postprocessing.py on training "
-                  "images; predict and evaluate use it unless told otherwise):", "", "```json",
+                  "images; predict and evaluate use it unless told otherwise; the values under "
+                  "`by_kind` replace the others for images of that kind, judged per image as "
+                  "`nucleiseg eda` does: `histology` is any colour image, e.g. H&E; options "
+                  "given on the command line win for every kind):", "", "```json",
                   json.dumps(record["postprocessing"], indent=2), "```"]
     if "evaluation" in record:
         lines += ["", "Validation (`nucleiseg evaluate`):", "", "```json",
@@ -164,8 +167,8 @@ def recorded_split(record: dict) -> dict:
     for folder in data_folders(record):
         samples, _ = find_samples(folder, skip_bad=True)
         wanted = [s for s in samples if s.name in names]
-        kinds.update({name: image_kind(image)
-                      for name, image, _ in load_samples(wanted, skip_bad=True)[0]})
+        kinds.update({sample.name: image_kind(image)
+                      for sample, image, _ in load_samples(wanted, skip_bad=True)[0]})
     command = shlex.split(record.get("command") or "")
     grouped_by = (command[command.index("--group-pattern") + 1]
                   if "--group-pattern" in command else None)

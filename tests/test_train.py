@@ -1,6 +1,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 from conftest import TINY_MODEL, disk_samples, write_paired
 
@@ -105,12 +106,26 @@ def test_time_budget_stops_and_a_fine_tune_takes_its_models_recipe(tmp_path):
     record = read_record(first / "model.keras")
     assert record["metrics"]["epochs_run"] == 1
     assert "time budget of 0.001 minutes" in record["metrics"]["stopped"]
+    from nucleiseg.model.saving import load_model, save_model
+
+    model, first_record = load_model(first / "model.keras")  # as if tuned after training
+    first_record["postprocessing"] = {"min_confidence": 0.7}
+    save_model(model, first / "model.keras", first_record)
     tuned = tmp_path / "tuned"
     # --stain-augment needs random crops: the sampling comes from the starting model's record
     assert main(["train", "--data", str(data), "--out", str(tuned), "--epochs", "1",
                  "--batch-size", "4", "--init-model", str(first / "model.keras"),
-                 "--stain-augment"]) == 0
+                 "--stain-augment", "--freeze-batchnorm"]) == 0
     record = read_record(tuned / "model.keras")
+    # it predicts as the model it started from: post-processing and nucleus size
+    assert record["postprocessing"] == {"min_confidence": 0.7}
+    assert record["nucleus_size"] == first_record["nucleus_size"]
+    assert "postprocessing" not in record["init_model"]
+    tuned_model, _ = load_model(tuned / "model.keras")
+    moved = {w.path: not np.array_equal(w.numpy(), v.numpy())
+             for w, v in zip(model.weights, tuned_model.weights, strict=True)}
+    assert not any(m for path, m in moved.items() if "moving_" in path or "gamma" in path)
+    assert any(m for path, m in moved.items() if path.endswith("kernel"))
     assert record["config"]["sampling"] == "crops" and record["config"]["stain_augment"]
     assert record["config"]["decoder_filters"] == [32, 16, 16, 8]
     assert record["config"]["image_size"] == 64

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="imagenet downloads through Keras (needs internet once)")
     train.add_argument("--freeze-encoder", action="store_true",
                        help="keep the encoder fixed (only with --encoder-weights imagenet)")
+    train.add_argument("--freeze-batchnorm", action="store_true",
+                       help="keep every BatchNorm layer's statistics and scales (fine-tuning on "
+                       "a few images: forgets less of what the starting model knew)")
     train.add_argument("--encoder-alpha", type=float, default=DEFAULTS.encoder_alpha,
                        help="MobileNetV2 width multiplier (default %(default)s)")
     train.add_argument("--decoder-filters", type=_int_list,
@@ -433,7 +436,8 @@ def run_train(args) -> int:
         boundary_weight=args.boundary_weight, contact_weight=args.contact_weight,
         lr_schedule=args.lr_schedule,
         encoder_weights=args.encoder_weights,
-        freeze_encoder=args.freeze_encoder, encoder_alpha=args.encoder_alpha,
+        freeze_encoder=args.freeze_encoder, freeze_batchnorm=args.freeze_batchnorm,
+        encoder_alpha=args.encoder_alpha,
         decoder_filters=args.decoder_filters, dropout=args.dropout,
         bn_momentum=args.bn_momentum, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, devices=args.devices,

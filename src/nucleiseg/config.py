@@ -43,6 +43,9 @@ class TrainConfig:
     contact_weight: float = 1.0  # extra loss weight where two nuclei touch (crops only)
     encoder_weights: str = "none"
     freeze_encoder: bool = False
+    # BatchNorm layers keep their statistics and scales (a fine-tune on a few images of a new
+    # stain would otherwise move them away from everything else the model knew)
+    freeze_batchnorm: bool = False
     encoder_alpha: float = 1.0
     decoder_filters: tuple[int, ...] = (512, 256, 128, 64)
     dropout: float = 0.0

@@ -8,9 +8,13 @@ import math
 
 import numpy as np
 
-# An image whose typical diameter is within this factor of the training size is segmented as it
-# is: the training crops were zoomed at least this much, so the model has seen such nuclei.
+# An image whose typical diameter is within these factors of the training size is segmented as
+# it is: the training crops were zoomed at least this much, so the model has seen such nuclei.
+# Nuclei larger than the training size by more than SCALE_TOLERANCE are shrunk (cheap: fewer
+# pixels); smaller ones are enlarged only beyond UPSCALE_TOLERANCE (costly: a second pass on
+# up to 4x the pixels, which bought nothing on nuclei this close; docs/robustness.md).
 SCALE_TOLERANCE = 1.25
+UPSCALE_TOLERANCE = 1.25
 SCALE_LIMITS = (0.25, 4.0)  # the most an image is resized either way
 # Nuclei the model sees within this factor of the training size are within what it was trained
 # on (the DSB training images' own per-image median diameters span 0.55x to 2.4x the median);
@@ -72,16 +76,21 @@ def typical_diameter(labels: np.ndarray, weighting: str = "count") -> tuple[floa
 SCALE_STEPS_PER_OCTAVE = 8  # scales are powers of 2^(1/8): about 9% apart
 
 
+def within_tolerance(factor: float) -> bool:
+    """Whether resizing by `factor` is too small a change to be worth a second pass."""
+    return 1 / SCALE_TOLERANCE <= factor <= UPSCALE_TOLERANCE
+
+
 def scale_for(diameter: float | None, training_diameter: float) -> float:
-    """Resize factor that brings nuclei of `diameter` to the training size: 1 within
-    SCALE_TOLERANCE (or when nothing is known), else training / diameter rounded to a power
+    """Resize factor that brings nuclei of `diameter` to the training size: 1 within the
+    tolerances (or when nothing is known), else training / diameter rounded to a power
     of 2^(1/8) and kept inside SCALE_LIMITS. The rounding makes the result stable: engines or
     thread counts whose probabilities differ in the last digits estimate diameters that differ
     a little, and would otherwise resize the image by a slightly different factor."""
     if diameter is None or diameter <= 0:
         return 1.0
     factor = training_diameter / diameter
-    if 1 / SCALE_TOLERANCE <= factor <= SCALE_TOLERANCE:
+    if within_tolerance(factor):
         return 1.0
     steps = round(math.log2(factor) * SCALE_STEPS_PER_OCTAVE)
     return float(np.clip(2.0 ** (steps / SCALE_STEPS_PER_OCTAVE), *SCALE_LIMITS))

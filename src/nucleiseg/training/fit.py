@@ -430,6 +430,12 @@ def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
                    verbose, log, state=state, strategy=strategy, sources=split.get("sources"))
 
 
+# A fine-tuned model predicts as its starting model did unless told otherwise: the same tuned
+# post-processing and the same nucleus size for --diameter auto (the fine-tune's few images
+# would move the size every other image is resized to).
+INHERITED = ("postprocessing", "nucleus_size")
+
+
 def initial_weights(path: Path, config: TrainConfig) -> tuple[list, dict]:
     """Weights of a saved model, checked to fit the architecture `config` builds, and where
     they came from (path, the command that trained them, and its own starting model), so a
@@ -445,7 +451,9 @@ def initial_weights(path: Path, config: TrainConfig) -> tuple[list, dict]:
             f"encoder alpha {theirs.get('encoder_alpha')}); use the same --target, "
             "--decoder-filters and --encoder-alpha to start from it")
     origin = {"path": str(path), "command": record.get("command"),
-              "init_model": record.get("init_model")}
+              "init_model": record.get("init_model"),
+              # what a fine-tuned model keeps of its starting model's record
+              **{key: record[key] for key in INHERITED if key in record}}
     return source.get_weights(), origin
 
 
@@ -470,12 +478,17 @@ def build_model(config: TrainConfig, decay_steps: int | None = None,
         for layer in batchnorm_layers(model):
             layer.synchronized = True
         return model
-    return compile_model(build_unet(
+    model = build_unet(
         num_classes=config.num_classes, encoder_weights=config.encoder_weights,
         freeze_encoder=config.freeze_encoder, encoder_alpha=config.encoder_alpha,
         decoder_filters=config.decoder_filters, dropout=config.dropout,
         bn_momentum=config.bn_momentum,
-    ), config.learning_rate, config.boundary_weight, decay_steps=decay_steps)
+    )
+    if config.freeze_batchnorm:  # Keras runs a BatchNorm layer that is not trainable in
+        for layer in batchnorm_layers(model):  # inference mode: its statistics stay
+            layer.trainable = False
+    return compile_model(model, config.learning_rate, config.boundary_weight,
+                         decay_steps=decay_steps)
 
 
 def build_without_peeking(model: keras.Model, strategy, element_spec) -> None:
@@ -622,6 +635,10 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
         "metrics": {k: v for k, v in metrics.items() if k != "validation_native"}
         | {"validation_native": {k: v for k, v in native_report.items() if k != "per_image"}},
     }
+    origin = run.get("init_model")
+    if origin:  # the inherited values once, at the top of the record
+        record["init_model"] = {k: v for k, v in origin.items() if k not in INHERITED}
+        record.update({key: origin[key] for key in INHERITED if key in origin})
     save_model(model, run_dir / "model.keras", record)
     log(f"run saved to {run_dir}")
     if backup.nan_epoch is not None:
