@@ -10,9 +10,10 @@ import numpy as np
 
 # An image whose typical diameter is within these factors of the training size is segmented as
 # it is: the training crops were zoomed at least this much, so the model has seen such nuclei.
-# Nuclei larger than the training size by more than SCALE_TOLERANCE are shrunk (cheap: fewer
-# pixels); smaller ones are enlarged only beyond UPSCALE_TOLERANCE (costly: a second pass on
-# up to 4x the pixels, which bought nothing on nuclei this close; docs/robustness.md).
+# Nuclei larger than the training size by more than SCALE_TOLERANCE are shrunk, smaller ones
+# enlarged beyond UPSCALE_TOLERANCE (a wider upscale band, tried to save second passes, lost
+# on shrunken images: docs/robustness.md). Once resized, a pass is redone while it is more
+# than SCALE_TOLERANCE off.
 SCALE_TOLERANCE = 1.25
 UPSCALE_TOLERANCE = 1.25
 SCALE_LIMITS = (0.25, 4.0)  # the most an image is resized either way

@@ -186,14 +186,16 @@ def segment_checked(model, image: np.ndarray, config: dict,
     """Segment at the scale `options` asks for -> (labels, probabilities, ImageCheck).
 
     With `options.diameter` "auto", the image is first segmented as it is; if its typical
-    nucleus diameter is not within the scale tolerances of the training size, it is resized to that
-    size, predicted again and checked again (at most twice). Probabilities come back at the
-    image's own size and are separated there, with the size thresholds tuned at the training
-    size rescaled to match. On images already at the right scale the estimate costs one median.
+    nucleus diameter is not within the tolerances of the training size (scale_for), it is
+    resized to that size, predicted again and checked again (at most twice). Probabilities
+    come back at the image's own size and are separated there, with the size thresholds tuned
+    at the training size rescaled to match. On images already at the right scale the estimate
+    costs one median.
     `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
     """
     from nucleiseg.algorithms.scale import (
         SCALE_LIMITS,
+        SCALE_TOLERANCE,
         ImageCheck,
         confidence_figures,
         guarded_scale,
@@ -201,7 +203,6 @@ def segment_checked(model, image: np.ndarray, config: dict,
         scaled_sizes,
         typical_diameter,
         warning_for,
-        within_tolerance,
     )
 
     options = options or PredictOptions()
@@ -239,7 +240,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
                 probe = labels_from_probabilities(probabilities, dataclasses.replace(
                     instance_options, min_size=1, min_confidence=0.0, split_levels=()))
             wanted, _, note = guarded_scale(probe, training, unsure, upscale_limit)
-            if within_tolerance(wanted / scale):
+            if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):  # settled
                 break
             guard_note = note or guard_note
             scale = wanted
