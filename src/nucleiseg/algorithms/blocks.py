@@ -356,10 +356,26 @@ def label_blocks(image, segment, core: int, halo: int = HALO, table=None,
 
 
 def read_and_segment(image, segment, blocks):
-    """(core pixels, window labels) of each block, read and segmented here, one at a time."""
-    for block in blocks:
+    """(core pixels, window labels) of each block, read and segmented one at a time in a
+    helper thread: the next block while the caller stitches and writes this one (never more
+    than one ahead, so memory stays bounded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(block):
         window = image.read(*block.window)
-        yield window[block.core_in_window], segment(window)
+        return window[block.core_in_window], segment(window)
+
+    blocks = iter(blocks)
+    helper = ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-block")
+    try:
+        ahead = next((helper.submit(work, block) for block in blocks), None)
+        while ahead is not None:
+            done = ahead.result()
+            ahead = next((helper.submit(work, block) for block in blocks), None)
+            yield done
+            del done
+    finally:  # stopped early (an error, Ctrl-C) or done: no block is left running
+        helper.shutdown(wait=True, cancel_futures=True)
 
 
 def lowest_rows(labels: np.ndarray, top: int) -> np.ndarray:
