@@ -70,17 +70,16 @@ def render(results: dict) -> str:
                       markdown_table(["method", "images", "MP/s", "foreground IoU", "AP@0.5",
                                       "DSB score"], rows)]
     if results.get("wsi"):
-        rows = [[r["images"], r["engine"], r.get("diameter", "fixed"), r["megapixels"],
-                 r["seconds"],
-                 r["megapixels_per_second"], r.get("vs_4096", ""), r["peak_rss_mb"], r["nuclei"],
+        rows = [[r["images"], r["engine"], r.get("diameter", "fixed"), r.get("scale", 1.0),
+                 r["megapixels"], r["seconds"], r["megapixels_per_second"],
+                 r.get("vs_4096", ""), r["peak_rss_mb"], r["nuclei"],
                  *[r["stages"][s] for s in ("read", "model", "separate", "measure", "write")]]
                 for r in results["wsi"]]
         parts += ["### Whole-slide image, block by block (vs a 4096² image read whole; "
                   "write: labels, stitching and the rest)",
-                  markdown_table(["images", "engine", "diameter", "MP", "s", "MP/s", "vs 4096²",
-                                  "peak MB",
-                                  "nuclei", "read", "model", "separate", "measure", "write"],
-                                 rows)]
+                  markdown_table(["images", "engine", "diameter", "scale", "MP", "s", "MP/s",
+                                  "vs 4096²", "peak MB", "nuclei", "read", "model", "separate",
+                                  "measure", "write"], rows)]
     if results.get("training"):
         rows = [[r["size"], r["sampling"], r["case"], r["batch_size"], r["steps"],
                  r["images_per_second"], r["peak_rss_mb"]] for r in results["training"]]

@@ -176,6 +176,7 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
             "megapixels_per_second": round(megapixels / seconds, 3),
             "load_seconds": round(load_seconds, 2),
             "nuclei": sum(r.nuclei for r in results),
+            "scale": float((results[0].check or {}).get("scale") or 1.0) if results else 1.0,
             "stages": {k: round(stages.get(k, 0.0), 2) for k in STAGES},
             "rss_samples_mb": samples}
 
