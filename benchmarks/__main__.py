@@ -1,5 +1,5 @@
 """python -m benchmarks [--data DSB_FOLDER] [--out FOLDER] [--quick] [--only SECTION ...]
-                       [--wsi-size PIXELS] [--slide-size PIXELS]
+                       [--wsi-size PIXELS] [--slide-size PIXELS [--slide-shrink 2]]
 
 Runs every benchmark on this machine, one process per case, and writes results.json and
 results.md (the tables docs/performance.md shows) to --out (default benchmarks/results). What
@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--slide-size", type=int, default=None,
                         help="also a slide of this side made of DSB histology images "
                              "(benchmarks.make_slide), with --diameter auto")
+    parser.add_argument("--slide-shrink", type=int, choices=(1, 2, 4), default=1,
+                        help="that slide's images shrunk this much (smaller nuclei: upscaled)")
     args = parser.parse_args(argv)
     data = args.data.resolve() if args.data.is_dir() else None
     if data is None:
@@ -116,7 +118,8 @@ def main(argv=None) -> int:
         results["prediction"] = prediction.run(data, args.quick)
     if "wsi" in args.only:
         print(f"whole-slide image {args.wsi_size}² ...", flush=True)
-        results["wsi"] = prediction.run_wsi(args.wsi_size, args.slide_size, data)
+        results["wsi"] = prediction.run_wsi(args.wsi_size, args.slide_size, data,
+                                            args.slide_shrink)
     if "training" in args.only:
         print("training ...", flush=True)
         results["training"] = training.run(data, args.quick)

@@ -1,8 +1,11 @@
-"""python -m benchmarks.make_slide OUT.tif [--size 24000] [--data DSB_FOLDER] [--seed 0]
+"""python -m benchmarks.make_slide OUT.tif [--size 24000] [--shrink 1] [--data DSB_FOLDER]
+                                  [--seed 0]
 
 Writes a size x size RGB whole-slide TIFF like a user's scanned H&E slide: tiled (512² tiles,
 zlib), pyramidal (levels halving down to about 1,000 px, as SubIFDs), a mosaic of the DSB
-data set's colour (histology) images, each 256² cell a crop of one of them, flipped or turned.
+data set's colour (histology) images, each 256² cell a crop of one of them, flipped or turned
+(--shrink 2: each crop averaged down to 128², nuclei half as large, as a slide scanned at half
+the magnification, which `predict --diameter auto` upscales).
 It is written tile by tile (the whole slide is never in memory). Without the DSB data, the
 cells are synthetic H&E-like disks (benchmarks.common.slide_pixels) and it says so.
 """
@@ -42,8 +45,9 @@ class Mosaic:
     image, chosen with its crop, flip and turn from a hash of (i, j), so any pixel can be
     computed on its own and a pyramid level is the mosaic sampled every 2nd, 4th... pixel."""
 
-    def __init__(self, images: list[np.ndarray], seed: int = 0):
-        self.images, self.seed = images, seed
+    def __init__(self, images: list[np.ndarray], seed: int = 0, shrink: int = 1):
+        self.images, self.seed, self.shrink = images, seed, shrink
+        self.side = CELL // shrink
 
     def cell(self, i: int, j: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, i, j])
@@ -53,16 +57,20 @@ class Mosaic:
         crop = image[top:top + CELL, left:left + CELL]
         if rng.integers(2):
             crop = crop[:, ::-1]
+        if self.shrink > 1:  # the mean of each shrink x shrink square
+            side, k = self.side, self.shrink
+            crop = crop.reshape(side, k, side, k, 3).mean((1, 3)).round().astype(np.uint8)
         return np.rot90(crop, rng.integers(4))
 
     def pixels(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         out = np.empty((len(ys), len(xs), 3), np.uint8)
-        for i in np.unique(ys // CELL):
-            rows = np.flatnonzero(ys // CELL == i)
-            for j in np.unique(xs // CELL):
-                cols = np.flatnonzero(xs // CELL == j)
+        side = self.side
+        for i in np.unique(ys // side):
+            rows = np.flatnonzero(ys // side == i)
+            for j in np.unique(xs // side):
+                cols = np.flatnonzero(xs // side == j)
                 cell = self.cell(int(i), int(j))
-                out[np.ix_(rows, cols)] = cell[np.ix_(ys[rows] % CELL, xs[cols] % CELL)]
+                out[np.ix_(rows, cols)] = cell[np.ix_(ys[rows] % side, xs[cols] % side)]
         return out
 
 
@@ -95,13 +103,14 @@ def write_slide(path: Path, size: int, pixels, tile: int = TILE) -> Path:
 
 
 def make_slide(path: Path, size: int, data_dir: Path | None = DEFAULT_DATA,
-               seed: int = 0) -> str:
+               seed: int = 0, shrink: int = 1) -> str:
     """Write the slide; returns what its cells are made of."""
     images = (histology_images(data_dir) if data_dir is not None and Path(data_dir).is_dir()
               else [])
     if images:
-        write_slide(path, size, Mosaic(images, seed).pixels)
-        return f"a mosaic of {len(images)} DSB histology images"
+        write_slide(path, size, Mosaic(images, seed, shrink).pixels)
+        return (f"a mosaic of {len(images)} DSB histology images"
+                + (f", shrunk {shrink}x" if shrink > 1 else ""))
     write_slide(path, size, lambda ys, xs: slide_pixels(ys, xs, seed))
     return "synthetic H&E-like disks (the DSB data set was not found)"
 
@@ -113,9 +122,12 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=24000)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shrink", type=int, choices=(1, 2, 4), default=1,
+                        help="images shrunk this much (nuclei smaller, as at a lower "
+                             "magnification)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    made_of = make_slide(args.out, args.size, args.data, args.seed)
+    made_of = make_slide(args.out, args.size, args.data, args.seed, args.shrink)
     print(f"{args.out}: {args.size}² RGB, {made_of}; {time.perf_counter() - started:.0f} s",
           file=sys.stderr)
     return 0

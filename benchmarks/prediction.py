@@ -7,7 +7,8 @@ functions it calls. IMAGES: "dsb-val" (the shipped model's 85 validation images,
 on), "synthetic-4096" / "synthetic-8192" (one mosaic image), "many-N" (N small images, resident
 memory sampled as they go), "wsi-N" (a synthetic N x N RGB tiled pyramidal TIFF, segmented block
 by block: nucleiseg.algorithms.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks),
-"slide-N" (the same for an N x N mosaic of DSB histology images: benchmarks.make_slide). ENGINE
+"slide-N" (the same for an N x N mosaic of DSB histology images: benchmarks.make_slide;
+"slide-N-shrink2": its images shrunk 2x, nuclei half as large). ENGINE
 "dask-local:N": the default engine on a Dask LocalCluster of N one-thread workers
 (`predict --dask local:N`; nucleiseg.integrations.dask), timed from the first image submitted, the
 cluster's start apart; the stages run in the workers and are not split.
@@ -56,10 +57,12 @@ def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]
     if images.startswith("slide-"):  # kept, as wsi-N
         from benchmarks.make_slide import make_slide
 
-        size = int(images.split("-")[1])
-        path = Path(tempfile.gettempdir()) / "nucleiseg-benchmarks" / f"slide_{size}.tif"
+        size, *shrunk = images.split("-")[1:]
+        path = (Path(tempfile.gettempdir()) / "nucleiseg-benchmarks"
+                / f"slide_{'_'.join([size, *shrunk])}.tif")
         if not path.exists():
-            make_slide(path, size, data_dir)
+            make_slide(path, int(size), data_dir,
+                       shrink=int(shrunk[0].removeprefix("shrink")) if shrunk else 1)
         return [path]
     if images.startswith("synthetic-"):
         size = int(images.split("-")[1])
@@ -255,15 +258,16 @@ def classical(data_dir: Path) -> dict:
     return {"rows": rows}
 
 
-def run_wsi(size: int, slide_size: int | None = None, data_dir: Path | None = None
-            ) -> list[dict]:
+def run_wsi(size: int, slide_size: int | None = None, data_dir: Path | None = None,
+            slide_shrink: int = 1) -> list[dict]:
     """A size x size whole-slide TIFF block by block, and a 4096 x 4096 image read whole, with
     the default engine: MP/s, the ratio of the two, and peak memory. With `slide_size`, also
-    a slide_size² mosaic of DSB histology images (benchmarks.make_slide) as `predict` runs it
-    by default (--diameter auto)."""
+    a slide_size² mosaic of DSB histology images (benchmarks.make_slide, shrunk
+    `slide_shrink` times) as `predict` runs it by default (--diameter auto)."""
     cases = [("synthetic-4096", None, "fixed"), (f"wsi-{size}", None, "fixed")]
     if slide_size:
-        cases.append((f"slide-{slide_size}", data_dir, "auto"))
+        shrunk = f"-shrink{slide_shrink}" if slide_shrink > 1 else ""
+        cases.append((f"slide-{slide_size}{shrunk}", data_dir, "auto"))
     out = []
     for images, data, diameter in cases:
         result, peak = run_child(["benchmarks.prediction", "auto", images, str(data),
