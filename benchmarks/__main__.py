@@ -1,5 +1,5 @@
 """python -m benchmarks [--data DSB_FOLDER] [--out FOLDER] [--quick] [--only SECTION ...]
-                       [--wsi-size PIXELS]
+                       [--wsi-size PIXELS] [--slide-size PIXELS [--slide-shrink 2]]
 
 Runs every benchmark on this machine, one process per case, and writes results.json and
 results.md (the tables docs/performance.md shows) to --out (default benchmarks/results). What
@@ -70,15 +70,16 @@ def render(results: dict) -> str:
                       markdown_table(["method", "images", "MP/s", "foreground IoU", "AP@0.5",
                                       "DSB score"], rows)]
     if results.get("wsi"):
-        rows = [[r["images"], r["engine"], r["megapixels"], r["seconds"],
-                 r["megapixels_per_second"], r.get("vs_4096", ""), r["peak_rss_mb"], r["nuclei"],
+        rows = [[r["images"], r["engine"], r.get("diameter", "fixed"), r.get("scale", 1.0),
+                 r["megapixels"], r["seconds"], r["megapixels_per_second"],
+                 r.get("vs_4096", ""), r["peak_rss_mb"], r["nuclei"],
                  *[r["stages"][s] for s in ("read", "model", "separate", "measure", "write")]]
                 for r in results["wsi"]]
         parts += ["### Whole-slide image, block by block (vs a 4096² image read whole; "
                   "write: labels, stitching and the rest)",
-                  markdown_table(["images", "engine", "MP", "s", "MP/s", "vs 4096²", "peak MB",
-                                  "nuclei", "read", "model", "separate", "measure", "write"],
-                                 rows)]
+                  markdown_table(["images", "engine", "diameter", "scale", "MP", "s", "MP/s",
+                                  "vs 4096²", "peak MB", "nuclei", "read", "model", "separate",
+                                  "measure", "write"], rows)]
     if results.get("training"):
         rows = [[r["size"], r["sampling"], r["case"], r["batch_size"], r["steps"],
                  r["images_per_second"], r["peak_rss_mb"]] for r in results["training"]]
@@ -100,6 +101,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS)
     parser.add_argument("--wsi-size", type=int, default=30000,
                         help="side of the synthetic whole-slide TIFF (default 30000)")
+    parser.add_argument("--slide-size", type=int, default=None,
+                        help="also a slide of this side made of DSB histology images "
+                             "(benchmarks.make_slide), with --diameter auto")
+    parser.add_argument("--slide-shrink", type=int, choices=(1, 2, 4), default=1,
+                        help="that slide's images shrunk this much (smaller nuclei: upscaled)")
     args = parser.parse_args(argv)
     data = args.data.resolve() if args.data.is_dir() else None
     if data is None:
@@ -112,7 +118,8 @@ def main(argv=None) -> int:
         results["prediction"] = prediction.run(data, args.quick)
     if "wsi" in args.only:
         print(f"whole-slide image {args.wsi_size}² ...", flush=True)
-        results["wsi"] = prediction.run_wsi(args.wsi_size)
+        results["wsi"] = prediction.run_wsi(args.wsi_size, args.slide_size, data,
+                                            args.slide_shrink)
     if "training" in args.only:
         print("training ...", flush=True)
         results["training"] = training.run(data, args.quick)

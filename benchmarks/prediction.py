@@ -6,7 +6,9 @@ Each case runs `nucleiseg.pipeline.run.predict_files` itself, in a fresh process
 functions it calls. IMAGES: "dsb-val" (the shipped model's 85 validation images, never trained
 on), "synthetic-4096" / "synthetic-8192" (one mosaic image), "many-N" (N small images, resident
 memory sampled as they go), "wsi-N" (a synthetic N x N RGB tiled pyramidal TIFF, segmented block
-by block: nucleiseg.algorithms.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks). ENGINE
+by block: nucleiseg.algorithms.blocks; made once and kept in $TMPDIR/nucleiseg-benchmarks),
+"slide-N" (the same for an N x N mosaic of DSB histology images: benchmarks.make_slide;
+"slide-N-shrink2": its images shrunk 2x, nuclei half as large). ENGINE
 "dask-local:N": the default engine on a Dask LocalCluster of N one-thread workers
 (`predict --dask local:N`; nucleiseg.integrations.dask), timed from the first image submitted, the
 cluster's start apart; the stages run in the workers and are not split.
@@ -52,6 +54,16 @@ def write_inputs(images: str, data_dir: Path | None, folder: Path) -> list[Path]
         size = int(images.split("-")[1])
         return [synthetic_slide(Path(tempfile.gettempdir()) / "nucleiseg-benchmarks"
                                 / f"wsi_{size}.tif", size)]
+    if images.startswith("slide-"):  # kept, as wsi-N
+        from benchmarks.make_slide import make_slide
+
+        size, *shrunk = images.split("-")[1:]
+        path = (Path(tempfile.gettempdir()) / "nucleiseg-benchmarks"
+                / f"slide_{'_'.join([size, *shrunk])}.tif")
+        if not path.exists():
+            make_slide(path, int(size), data_dir,
+                       shrink=int(shrunk[0].removeprefix("shrink")) if shrunk else 1)
+        return [path]
     if images.startswith("synthetic-"):
         size = int(images.split("-")[1])
         path = folder / f"synthetic_{size}.png"
@@ -92,6 +104,11 @@ def instrument(watch: Stopwatch):
     blocks.NucleusTable.add_block = watch.wrap("measure", blocks.NucleusTable.add_block)
 
 
+def is_slide(images: str) -> bool:
+    """A whole-slide case, segmented block by block."""
+    return images.startswith(("wsi-", "slide-"))
+
+
 RUNS = ("overlapped", "one-by-one")
 DIAMETERS = ("fixed", "auto")
 
@@ -112,7 +129,7 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
         from nucleiseg.io.images import read_image
 
         for path in paths[:2000]:
-            if images.startswith("wsi-"):  # from the header: too large to read whole
+            if is_slide(images):  # from the header: too large to read whole
                 import tifffile
 
                 with tifffile.TiffFile(path) as tif:
@@ -147,14 +164,14 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
                                 images.startswith("many-") else paths, folder / "out",
                                 options=options, progress=progress,
                                 overlap=run == "overlapped",
-                                blockwise_pixels=0 if images.startswith("wsi-") else
+                                blockwise_pixels=0 if is_slide(images) else
                                 BLOCKWISE_PIXELS)
         seconds = time.perf_counter() - started
     stages = dict(watch.seconds)
     # Tiled prediction = normalising tiles + the model + blending; blending is the rest.
     stages["blend"] = stages.pop("tiled", 0.0) - stages.get("model", 0.0) - \
         stages.get("normalise", 0.0)
-    if images.startswith("wsi-"):  # labels are written as blocks pass: write = the rest
+    if is_slide(images):  # labels are written as blocks pass: write = the rest
         stages["write"] = seconds - sum(stages.get(k, 0.0) for k in STAGES if k != "write")
     return {"engine": engine.name, "run": run, "diameter": diameter, "images": images,
             "files": len(results), "megapixels": round(megapixels, 2),
@@ -162,6 +179,7 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
             "megapixels_per_second": round(megapixels / seconds, 3),
             "load_seconds": round(load_seconds, 2),
             "nuclei": sum(r.nuclei for r in results),
+            "scale": float((results[0].check or {}).get("scale") or 1.0) if results else 1.0,
             "stages": {k: round(stages.get(k, 0.0), 2) for k in STAGES},
             "rss_samples_mb": samples}
 
@@ -240,17 +258,26 @@ def classical(data_dir: Path) -> dict:
     return {"rows": rows}
 
 
-def run_wsi(size: int) -> list[dict]:
+def run_wsi(size: int, slide_size: int | None = None, data_dir: Path | None = None,
+            slide_shrink: int = 1) -> list[dict]:
     """A size x size whole-slide TIFF block by block, and a 4096 x 4096 image read whole, with
-    the default engine: MP/s, the ratio of the two, and peak memory."""
+    the default engine: MP/s, the ratio of the two, and peak memory. With `slide_size`, also
+    a slide_size² mosaic of DSB histology images (benchmarks.make_slide, shrunk
+    `slide_shrink` times) as `predict` runs it by default (--diameter auto)."""
+    cases = [("synthetic-4096", None, "fixed"), (f"wsi-{size}", None, "fixed")]
+    if slide_size:
+        shrunk = f"-shrink{slide_shrink}" if slide_shrink > 1 else ""
+        cases.append((f"slide-{slide_size}{shrunk}", data_dir, "auto"))
     out = []
-    for images in ("synthetic-4096", f"wsi-{size}"):
-        result, peak = run_child(["benchmarks.prediction", "auto", images, "None"])
+    for images, data, diameter in cases:
+        result, peak = run_child(["benchmarks.prediction", "auto", images, str(data),
+                                  "overlapped", diameter])
         out.append(result | {"peak_rss_mb": round(peak)})
         print(f"  {images}: {result['megapixels_per_second']} MP/s, peak {peak:.0f} MB",
               flush=True)
-    out[1]["vs_4096"] = round(out[1]["megapixels_per_second"] /
-                              out[0]["megapixels_per_second"], 3)
+    for row in out[1:]:
+        row["vs_4096"] = round(row["megapixels_per_second"] /
+                               out[0]["megapixels_per_second"], 3)
     return out
 
 

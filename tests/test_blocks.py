@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from nucleiseg.algorithms.blocks import (
+    HALO,
     NucleusTable,
     Previews,
+    block_geometry,
     choose_core,
     label_blocks,
     plan_blocks,
@@ -112,6 +114,18 @@ def test_blocks_cover_the_image_once_and_the_core_fits_the_model_tiles():
         plan_blocks(100, 100, 300, 64)
 
 
+@pytest.mark.parametrize("scale", [0.5, 1.0, 1.84, 4.0])
+def test_blocks_of_an_upscaled_image_stay_within_the_pixels_of_unscaled_ones(scale):
+    """The user's 24,000² slide at scale 1.84 had 4352² windows upscaled to 8008² (2.7 GB per
+    block): cores shrink with the scale, the halo stays HALO pixels at the model's scale."""
+    core, halo = block_geometry(scale, 512, 64, HALO, (24000, 24000))
+    assert core % 256 == 0 and core >= halo and halo * scale >= HALO
+    assert (core + 2 * halo) * scale <= 4096 + 2 * HALO  # the largest unscaled window
+    if scale == 1.0:
+        assert (core, halo) == (choose_core(512, 64, HALO, (24000, 24000)), HALO)
+    assert block_geometry(scale, halo=48, core=512) == (512, math.ceil(48 / scale))
+
+
 def test_stitched_labels_are_the_whole_image_labels_and_rows_its_rows():
     """Nuclei crossing seams are neither cut nor doubled: block by block gives exactly the
     whole image's nuclei (numbered 1..N once), and the same measurements."""
@@ -198,10 +212,10 @@ def write_ome_zarr(path, image, zarr_format=2, levels=2):
 def small_blocks(monkeypatch):
     """Huge images in 256 px blocks with a 48 px halo (and predict_files(...,
     blockwise_pixels=0): every tiled TIFF goes block by block)."""
-    import nucleiseg.inference.blockwise as blockwise
+    import nucleiseg.algorithms.blocks as blocks
     import nucleiseg.pipeline.one_file as one_file
 
-    monkeypatch.setattr(blockwise, "choose_core", lambda *args, **kwargs: 256)
+    monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
     original = one_file.segment_large_file
 
     def with_small_halo(*args, **kwargs):

@@ -203,12 +203,12 @@ def test_a_huge_image_blocks_on_the_workers_stitch_to_the_local_labels(
     import tifffile
     import zarr
 
-    import nucleiseg.inference.blockwise as blockwise
+    import nucleiseg.algorithms.blocks as blocks
     import nucleiseg.pipeline.one_file as one_file
 
     image = test_blocks.rgb_disks(seed=6)
     whole, expected = test_blocks.whole_image_outputs(tmp_path, image, monkeypatch)
-    monkeypatch.setattr(blockwise, "choose_core", lambda *args, **kwargs: 256)
+    monkeypatch.setattr(blocks, "choose_core", lambda *args, **kwargs: 256)
     original = one_file.segment_large_file
     monkeypatch.setattr(one_file, "segment_large_file",
                         lambda *args, **kwargs: original(*args, **{**kwargs, "halo": 48}))

@@ -547,7 +547,8 @@ def run_predict(args) -> int:
         results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,
                                 instance_options, resume=args.resume, read_options=reading,
                                 exports=exports, overlap=False if args.no_overlap else None,
-                                blockwise_pixels=args.blockwise_pixels)
+                                blockwise_pixels=args.blockwise_pixels,
+                                block_progress=sys.stderr)
     else:
         from nucleiseg.integrations.dask import EngineSpec, connect
 
@@ -557,7 +558,8 @@ def run_predict(args) -> int:
             results = predict_files(model, record, args.inputs, args.out, args.overwrite,
                                     options, instance_options, resume=args.resume,
                                     read_options=reading, exports=exports, runner=runner,
-                                    blockwise_pixels=args.blockwise_pixels)
+                                    blockwise_pixels=args.blockwise_pixels,
+                                    block_progress=sys.stderr)
     failed = [r for r in results if r.error]
     resumed = sum(r.resumed for r in results)
     kept = f", {resumed} of them from an earlier run" if resumed else ""

@@ -77,6 +77,24 @@ def choose_core(tile: int = 512, overlap: int = 64, halo: int = HALO, shape=None
     return min(range(smallest, largest + 1, ALIGN), key=lambda core: (*cost(core), core))
 
 
+def block_geometry(scale: float = 1.0, tile: int = 512, overlap: int = 64, halo: int = HALO,
+                   shape=None, core: int | None = None) -> tuple[int, int]:
+    """(core, halo) in the image's own pixels for blocks that are resized by `scale` for the
+    model. The halo is `halo` pixels at the model's scale (nuclei and their context are
+    smaller in the image when it is upscaled, larger when downscaled). Upscaled, the core
+    shrinks by the scale, so a resized window holds no more pixels than an unscaled one and
+    memory stays bounded whatever the scale; downscaled, blocks keep their usual size.
+    `core`: given, only the halo is worked out; else as choose_core finds for `shape`."""
+    halo = math.ceil(halo / scale)
+    if core is None:
+        shrink = max(1.0, scale)
+        smallest, largest = (max(ALIGN, int(side / shrink) // ALIGN * ALIGN)
+                             for side in (2048, 4096))
+        core = choose_core(max(1, round(tile / scale)), round(overlap / scale), halo, shape,
+                           smallest, largest)
+    return core, halo
+
+
 def plan_blocks(height: int, width: int, core: int, halo: int = HALO) -> list[list[Block]]:
     """Rows of blocks covering the image: cores of `core` x `core` pixels (the last row and
     column smaller), windows reaching `halo` pixels further where the image goes on."""
@@ -338,10 +356,26 @@ def label_blocks(image, segment, core: int, halo: int = HALO, table=None,
 
 
 def read_and_segment(image, segment, blocks):
-    """(core pixels, window labels) of each block, read and segmented here, one at a time."""
-    for block in blocks:
+    """(core pixels, window labels) of each block, read and segmented one at a time in a
+    helper thread: the next block while the caller stitches and writes this one (never more
+    than one ahead, so memory stays bounded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(block):
         window = image.read(*block.window)
-        yield window[block.core_in_window], segment(window)
+        return window[block.core_in_window], segment(window)
+
+    blocks = iter(blocks)
+    helper = ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-block")
+    try:
+        ahead = next((helper.submit(work, block) for block in blocks), None)
+        while ahead is not None:
+            done = ahead.result()
+            ahead = next((helper.submit(work, block) for block in blocks), None)
+            yield done
+            del done
+    finally:  # stopped early (an error, Ctrl-C) or done: no block is left running
+        helper.shutdown(wait=True, cancel_futures=True)
 
 
 def lowest_rows(labels: np.ndarray, top: int) -> np.ndarray:

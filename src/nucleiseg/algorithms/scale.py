@@ -108,14 +108,19 @@ def guarded_scale(labels: np.ndarray, training_diameter: float, unsure: bool,
     """(scale, diameter it rests on, note) from a first pass's labels. A sure pass: the
     count-median diameter, any scale within SCALE_LIMITS. An unsure one: the area-weighted
     diameter, and never more than UNSURE_UPSCALE_LIMIT up; the note says so when that
-    limit bites, else it is ''."""
+    limit or `upscale_limit` bites, else it is ''."""
     diameter, _ = typical_diameter(labels, "area" if unsure else "count")
-    wanted = min(scale_for(diameter, training_diameter), upscale_limit)
+    suggested = scale_for(diameter, training_diameter)
+    wanted = min(suggested, upscale_limit)
     if unsure and wanted > UNSURE_UPSCALE_LIMIT:
         return (UNSURE_UPSCALE_LIMIT, diameter,
                 f"first pass unsure: upscaling limited to {UNSURE_UPSCALE_LIMIT:.2f}x (it "
                 f"suggested {wanted:.2f}x from nuclei of about {diameter:.0f} px; pass "
                 "--diameter if you know their size)")
+    if suggested > wanted:
+        return (wanted, diameter, f"upscaling limited to {wanted:.2f}x (it suggested "
+                f"{suggested:.2f}x from nuclei of about {diameter:.0f} px; pass --diameter if "
+                "you know their size)")
     return wanted, diameter, ""
 
 
@@ -134,6 +139,7 @@ class ImageCheck:
     confidence: float | None = None  # mean P(nucleus) over the pixels called nucleus
     uncertain: float | None = None  # share of likely-nucleus pixels with P between 0.25, 0.75
     warning: str = ""
+    unsure: bool = False  # --diameter auto's first pass was unsure: its size was weak evidence
 
     def row(self) -> dict:
         def rounded(value, digits):

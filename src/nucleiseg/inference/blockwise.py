@@ -19,7 +19,7 @@ from nucleiseg.algorithms.blocks import (
     HALO,
     NucleusTable,
     Previews,
-    choose_core,
+    block_geometry,
     label_blocks,
     plan_blocks,
 )
@@ -37,6 +37,9 @@ def segment_block(window: np.ndarray, model, config: dict, options=None,
 
 
 SCALE_SAMPLE = 2048  # side of the central window a huge image's nucleus size is estimated on
+# --diameter auto upscales a huge image at most this much (4x the model's work): beyond, a
+# slide would take hours on one window's size estimate (pass --diameter to go further).
+HUGE_UPSCALE_LIMIT = 2.0
 
 
 def central_window(image) -> np.ndarray:
@@ -50,8 +53,9 @@ def central_window(image) -> np.ndarray:
 def fix_scale(image, model, config: dict, options, instance_options, intensity):
     """One scale and one post-processing for every block of a huge image (blocks must agree
     at their seams), decided on its central window as for any image: the post-processing of
-    the window's kind and, with `--diameter auto` or a diameter, the scale -> (options with
-    that scale fixed, instance options, the window's check row for summary.csv or None)."""
+    the window's kind and, with `--diameter auto` or a diameter, the scale (auto: upscaled at
+    most HUGE_UPSCALE_LIMIT) -> (options with that scale fixed, instance options, the
+    window's ImageCheck or None)."""
     if options.diameter is None and not (instance_options and instance_options.by_kind):
         return options, instance_options, None
     window = central_window(image)
@@ -59,9 +63,12 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
         instance_options = instance_options.for_image(window)
     if options.diameter is None:
         return options, instance_options, None
-    check = segment_checked(model, window, config, options, instance_options, intensity)[2]
+    most = ({"max_scaled_pixels": window.shape[0] * window.shape[1] * HUGE_UPSCALE_LIMIT**2}
+            if options.diameter == "auto" else {})
+    check = segment_checked(model, window, config, options, instance_options, intensity,
+                            **most)[2]
     return (dataclasses.replace(options, diameter=None, scale=check.scale), instance_options,
-            check.row())
+            check)
 
 
 @dataclasses.dataclass
@@ -70,7 +77,8 @@ class BlockRun:
     order as they are done; `table` holds the measurements (complete once `blocks` is
     exhausted), `previews` the mask and overlay previews when asked for. `options`: with the
     image's one scale fixed; `check`: summary.csv's check row of the scale window (None
-    without a diameter); `count`: the blocks planned."""
+    without a diameter); `unsure`: whether that window's first pass was unsure (its size
+    estimate weak); `count`: the blocks planned; `core`, `halo`: their size in pixels."""
 
     blocks: object
     table: NucleusTable
@@ -79,6 +87,9 @@ class BlockRun:
     options: PredictOptions
     check: dict | None
     count: int
+    unsure: bool = False
+    core: int = 0
+    halo: int = 0
 
 
 def segment_blocks(image, model, config: dict, options: PredictOptions | None = None,
@@ -86,18 +97,20 @@ def segment_blocks(image, model, config: dict, options: PredictOptions | None = 
                    previews: bool = False, rows_done=None, segmented=None,
                    scale_model=None) -> BlockRun:
     """Segment `image` (nucleiseg.io.wholeslide.LargeImage: read region by region) block by
-    block -> BlockRun. `core`: the block size (default: as choose_core finds for the tiles);
+    block -> BlockRun. `core`: the block size (default: as block_geometry finds for the tiles
+    at the image's scale); `halo`: at the model's scale (block_geometry);
     `rows_done(rows)`: given the measurement rows of the nuclei that no later block can reach,
     as the rows of blocks are done; `segmented(blocks, options, instance_options, intensity)
     -> (core pixels, window labels) per block`: segments the blocks elsewhere (a Dask
     cluster) with the scale and post-processing fixed here; `scale_model`: the model that
     fixes them (default `model`)."""
     options = options or PredictOptions()
-    core = core or choose_core(options.tile, options.overlap, halo, image.shape[:2])
     intensity = image.intensity()
     options, instance_options, check = fix_scale(
         image, model if scale_model is None else scale_model, config, options,
         instance_options, intensity)
+    core, halo = block_geometry(options.scale, options.tile, options.overlap, halo,
+                                image.shape[:2], core)
     table = NucleusTable()
     shown = Previews.for_shape(image.shape, image.dtype) if previews else None
 
@@ -114,4 +127,6 @@ def segment_blocks(image, model, config: dict, options: PredictOptions | None = 
     blocks = label_blocks(image, segment, core, halo, table, shown, on_row=on_row,
                           segmented=elsewhere)
     count = sum(len(row) for row in plan_blocks(*image.shape[:2], core, halo))
-    return BlockRun(blocks, table, shown, intensity, options, check, count)
+    return BlockRun(blocks, table, shown, intensity, options,
+                    None if check is None else check.row(), count,
+                    check is not None and check.unsure, core, halo)

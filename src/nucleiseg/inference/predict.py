@@ -179,10 +179,17 @@ def segment_image(model, image: np.ndarray, config: dict,
 MAX_SCALED_PIXELS = 1 << 26  # an upscaled image is kept under 64 MP (memory)
 
 
+def upscale_limit(pixels: int, max_scaled_pixels: int = MAX_SCALED_PIXELS) -> float:
+    """The most an image of `pixels` pixels is upscaled: to at most `max_scaled_pixels`
+    pixels, but never less than 1 (an image already larger is not shrunk for it)."""
+    return max(1.0, math.sqrt(max_scaled_pixels / pixels))
+
+
 def segment_checked(model, image: np.ndarray, config: dict,
                     options: PredictOptions | None = None,
                     instance_options: InstanceOptions | None = None,
-                    intensity: tuple[float, float] | None = None, quantised: bool = True):
+                    intensity: tuple[float, float] | None = None, quantised: bool = True,
+                    max_scaled_pixels: int = MAX_SCALED_PIXELS):
     """Segment at the scale `options` asks for -> (labels, probabilities, ImageCheck).
 
     With `options.diameter` "auto", the image is first segmented as it is; if its typical
@@ -192,6 +199,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
     at the training size rescaled to match. On images already at the right scale the estimate
     costs one median.
     `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
+    `max_scaled_pixels`: the image is upscaled to at most this many pixels (upscale_limit).
     """
     from nucleiseg.algorithms.scale import (
         SCALE_LIMITS,
@@ -207,8 +215,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
 
     options = options or PredictOptions()
     instance_options = (instance_options or InstanceOptions()).for_image(image)
-    pixels = image.shape[0] * image.shape[1]
-    upscale_limit = max(1.0, math.sqrt(MAX_SCALED_PIXELS / pixels))
+    most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
 
     def run(scale: float):
         at_scale = dataclasses.replace(options, scale=scale)
@@ -226,11 +233,11 @@ def segment_checked(model, image: np.ndarray, config: dict,
         scale = 1.0
     else:
         scale = float(np.clip(training / float(options.diameter), *SCALE_LIMITS))
-    scale = min(scale, upscale_limit)
+    scale = min(scale, most)
     probabilities, labels = run(scale)
     diameter, count = typical_diameter(labels)
     confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
-    guard_note = ""
+    guard_note, unsure = "", False
     if options.diameter == "auto":
         # an unsure first pass (unknown stain, fragments) is weak evidence of the size
         unsure = is_unsure(confidence, uncertain)
@@ -239,7 +246,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
             if diameter is None:  # maybe nuclei under min_size at this scale: look again
                 probe = labels_from_probabilities(probabilities, dataclasses.replace(
                     instance_options, min_size=1, min_confidence=0.0, split_levels=()))
-            wanted, _, note = guarded_scale(probe, training, unsure, upscale_limit)
+            wanted, _, note = guarded_scale(probe, training, unsure, most)
             if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):  # settled
                 break
             guard_note = note or guard_note
@@ -248,9 +255,10 @@ def segment_checked(model, image: np.ndarray, config: dict,
             diameter, count = typical_diameter(labels)
             confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
             unsure = unsure or is_unsure(confidence, uncertain)
-    check = ImageCheck(diameter, scale, confidence, uncertain)
+    check = ImageCheck(diameter, scale, confidence, uncertain, unsure=unsure)
     warning = "; ".join(filter(None, [warning_for(check, training, int(labels.max())),
                                       guard_note]))
-    if scale >= upscale_limit > 1.0 and training and diameter and training / diameter > scale:
+    if (options.diameter != "auto" and scale >= most > 1.0 and training and diameter
+            and training / diameter > scale):  # (auto: guarded_scale's note says so)
         warning = "; ".join(filter(None, [warning, "upscaling limited to keep memory bounded"]))
     return labels, probabilities, dataclasses.replace(check, warning=warning)

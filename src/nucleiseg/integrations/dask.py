@@ -250,9 +250,10 @@ class DaskRunner:
             if leftover:
                 self.client.cancel(leftover)
 
-    def outcomes(self, segmenter, jobs, earlier: dict):
+    def outcomes(self, segmenter, jobs, earlier: dict, block_progress=None):
         """predict_files' (PredictionResult, rows) per job, in order: ordinary images on the
-        workers, huge ones block by block (their blocks on the workers) from here."""
+        workers, huge ones block by block (their blocks on the workers) from here, showing
+        their progress on `block_progress` (a text stream, or None)."""
         from nucleiseg.io.wholeslide import is_large_input
         from nucleiseg.pipeline.outputs import display_name
         from nucleiseg.pipeline.run import run_job
@@ -275,7 +276,7 @@ class DaskRunner:
         for job, future in zip(jobs, self.in_order(calls(), self.ahead())):
             if future is None:
                 yield run_job(segmenter, job, earlier, segmented=self.blocks_of(
-                    job.path, segmenter.config))
+                    job.path, segmenter.config), block_progress=block_progress)
                 continue
             try:
                 result, rows = future.result()

@@ -45,26 +45,31 @@ from nucleiseg.io.wholeslide import (
 )
 from nucleiseg.pipeline.outputs import (
     PredictionResult,
+    display_name,
     earlier_figures,
     label_image_dtype,
     mean_area,
 )
+from nucleiseg.pipeline.progress import SlideProgress
 from nucleiseg.render import outline_overlay
 
 
-def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, turn=None):
+def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, turn=None,
+                 block_progress=None):
     """Read, predict, separate, measure, write the three images; (PredictionResult,
     measurement rows). A stack is segmented plane by plane: its labels are written as a stack,
     its mask and overlay show the middle plane. Huge images (whole-slide TIFF, OME-Zarr) go
     block by block (algorithms.blocks; `segmented`: how their blocks are segmented, default
     here). The nuclei are measured in a thread while the files are written; `turn()`, when
     given, is called before writing (the overlapped path writes one image's files after the
-    previous image is reported)."""
+    previous image is reported); `block_progress`: a text stream where a huge image shows
+    its blocks as they are done (SlideProgress), or None."""
     if is_large_input(path, segmenter.blockwise_pixels):
         refuse_file_options_for_blocks(path, segmenter.read_options)
         refuse_exports_for_blocks(path, paths)
         extra = {} if segmented is None else {"segmented": segmented}
-        return segment_large_file(segmenter, path, paths, **extra)
+        return segment_large_file(segmenter, path, paths, block_progress=block_progress,
+                                  **extra)
 
     start = time.perf_counter()
     images, axes, info = read_planes(path, segmenter.read_options)
@@ -269,14 +274,14 @@ def measure_saved(path: Path, labels_path: Path, earlier: dict,
 
 
 def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int = HALO,
-                       core: int | None = None, segmented=None):
+                       core: int | None = None, segmented=None, block_progress=None):
     """segment_file for a huge image: (PredictionResult, measurement rows). Labels: a tiled
     BigTIFF at paths['labels'] (TIFF input) or labels/nuclei inside the OME-Zarr input; mask
     and overlay: previews (longest side <= 4096); rows: streamed from a temporary file as they
     were measured, so memory stays flat however many nuclei. `segmented(blocks, options,
     instance_options, intensity)`: segments the blocks elsewhere (segment_blocks), with the
     image's one scale, post-processing and intensity range; the segmenter's engine then only
-    fixes those."""
+    fixes those. `block_progress`: a text stream for its progress (SlideProgress), or None."""
     start = time.perf_counter()
     image = open_large(path)
     try:
@@ -287,10 +292,15 @@ def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int 
     try:
         run = segmenter.blocks(image, core=core, halo=halo, previews=True,
                                rows_done=spool.write, segmented=segmented)
+        blocks = run.blocks
+        if block_progress is not None:
+            blocks = shown_blocks(run, SlideProgress(
+                block_progress, display_name(path), image.shape, run.count, run.core,
+                run.options.scale, run.unsure))
         if image.kind == "ome-zarr":
             writer = ZarrLabels(image)
             try:
-                for block, labels in run.blocks:
+                for block, labels in blocks:
                     writer.add(block, labels)
                 spool.write(run.table.rows())
                 writer.commit()
@@ -298,7 +308,7 @@ def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int 
                 writer.discard()
                 raise
         else:
-            write_tiff_labels(paths["labels"], image.shape[:2], run.blocks)
+            write_tiff_labels(paths["labels"], image.shape[:2], blocks)
             spool.write(run.table.rows())
         previews = run.previews
         mask = (previews.labels > 0).astype(np.uint8) * 255
@@ -315,6 +325,17 @@ def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int 
     result = PredictionResult(path, table.count, mean, time.perf_counter() - start,
                               check=run.check)
     return result, spool.rows()
+
+
+def shown_blocks(run, progress: SlideProgress):
+    """run.blocks, each reported to `progress` as it is handed on to be written (segmented,
+    stitched and numbered; the TIFF writer asks for nothing after the last one)."""
+    try:
+        for item in run.blocks:
+            progress.block_done(run.table.top)
+            yield item
+    finally:
+        progress.finish()
 
 
 def measure_saved_large(path: Path, labels_path: Path, earlier: dict, core: int = 4096):

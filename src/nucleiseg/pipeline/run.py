@@ -44,7 +44,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
                   instance_options: InstanceOptions | None = None, progress=print,
                   resume: bool = False, read_options: ReadOptions | None = None,
                   exports=(), runner=None, overlap: bool | None = None,
-                  blockwise_pixels: int = BLOCKWISE_PIXELS):
+                  blockwise_pixels: int = BLOCKWISE_PIXELS, block_progress=None):
     """Segment every image in `inputs`. Per image: <stem>_labels.tif (uint16, 1..N = nuclei;
     uint32 above 65,535 nuclei), <stem>_mask.png (0/255) and <stem>_overlay.png (outlines), at
     the image's own size; for the run: measurements.csv (one row per nucleus) and summary.csv
@@ -70,7 +70,8 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     while the model runs on one and the previous one's files are written (overlapped_outcomes;
     the same outputs); None: when the process may use two cores or more (predict
     --no-overlap: False). `blockwise_pixels`: tiled TIFFs with more pixels are segmented block
-    by block (predict --blockwise-pixels).
+    by block (predict --blockwise-pixels). `block_progress`: a text stream where huge images
+    show their blocks as they are done (predict: stderr; nucleiseg.pipeline.progress), or None.
     Returns a list of PredictionResult.
     """
     import contextlib
@@ -114,7 +115,7 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
             outcomes = overlapped_outcomes
         else:
             outcomes = local_outcomes
-        work = outcomes(segmenter, jobs, earlier)
+        work = outcomes(segmenter, jobs, earlier, block_progress=block_progress)
         results = []
         try:
             for index, (job, (result, rows)) in enumerate(zip(jobs, work), start=1):
@@ -144,10 +145,10 @@ class Job:
     done: bool = False
 
 
-def local_outcomes(segmenter: Segmenter, jobs, earlier: dict):
+def local_outcomes(segmenter: Segmenter, jobs, earlier: dict, block_progress=None):
     """(PredictionResult, rows) of each job in turn, in this process."""
     for job in jobs:
-        yield run_job(segmenter, job, earlier)
+        yield run_job(segmenter, job, earlier, block_progress=block_progress)
 
 
 class Turns:
@@ -194,7 +195,8 @@ def shared_engine(engine, turns: Turns):
 IN_FLIGHT = 2  # images segmented at once: one in the model while the other is not
 
 
-def overlapped_outcomes(segmenter: Segmenter, jobs, earlier: dict, in_flight: int = IN_FLIGHT):
+def overlapped_outcomes(segmenter: Segmenter, jobs, earlier: dict, in_flight: int = IN_FLIGHT,
+                        block_progress=None):
     """local_outcomes' results, with up to `in_flight` images at once in threads: one is read,
     separated, measured or written while another is in the model (numpy, scipy, Pillow and
     ONNX Runtime release the GIL in most of their work). Each image writes its files only once
@@ -210,7 +212,7 @@ def overlapped_outcomes(segmenter: Segmenter, jobs, earlier: dict, in_flight: in
                 while pending:
                     yield pending.popleft().result()
                     turns.advance()
-                yield run_job(segmenter, job, earlier)
+                yield run_job(segmenter, job, earlier, block_progress=block_progress)
                 turns.advance()
                 continue
             pending.append(executor.submit(
@@ -226,16 +228,19 @@ def overlapped_outcomes(segmenter: Segmenter, jobs, earlier: dict, in_flight: in
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def run_job(segmenter: Segmenter, job: Job, earlier: dict, segmented=None, turn=None):
+def run_job(segmenter: Segmenter, job: Job, earlier: dict, segmented=None, turn=None,
+            block_progress=None):
     """(PredictionResult, rows) of one image: segmented and written, or (resumed) measured
     from its saved labels; an unusable file gives a result with its error and no rows.
     `segmented`: how a huge image's blocks are segmented (inference.blockwise.segment_blocks);
-    `turn()`: returns when the image's files may be written (see segment_file)."""
+    `turn()`: returns when the image's files may be written; `block_progress`: see
+    segment_file."""
     try:
         if job.done:
             return measure_saved(job.path, job.paths["labels"], earlier,
                                  segmenter.read_options, segmenter.blockwise_pixels)
-        return segment_file(segmenter, job.path, job.paths, segmented=segmented, turn=turn)
+        return segment_file(segmenter, job.path, job.paths, segmented=segmented, turn=turn,
+                            block_progress=block_progress)
     except DataError as error:
         return PredictionResult(job.path, error=str(error)), []
 
