@@ -219,6 +219,17 @@ def test_widget_computation_adds_labels_with_features_and_centroids(engine):
     # a second run replaces the result instead of adding layers
     _results.add_result_layers(viewer, image, result)
     assert len(viewer.layers) == 4
+    # cells grown from the nuclei: a second Labels layer under them, same ids
+    cells = _results.grow_cells(result.labels, 4)
+    _results.add_result_layers(viewer, image, result, cells=cells)
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("fluorescence_df53d0b6 cells") < names.index("fluorescence_df53d0b6 nuclei")
+    nuclei = result.labels > 0
+    np.testing.assert_array_equal(cells[nuclei], result.labels[nuclei])  # each cell has its nucleus
+    assert (cells > 0).sum() > nuclei.sum()
+    assert set(np.unique(cells)) == set(np.unique(result.labels))
+    _results.add_result_layers(viewer, image, result)  # cells off again: their layer goes
+    assert len(viewer.layers) == 4
 
 
 def test_the_widget_finds_what_predict_finds(engine):
@@ -328,6 +339,7 @@ def test_cancel_stops_at_the_next_model_call(engine):
 
 
 def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
+    from nucleiseg.algorithms.instances import instance_options_from
     from nucleiseg.integrations.napari._widget import SegmentNuclei
 
     viewer = viewer_with(_sample_data.fluorescence())
@@ -342,6 +354,11 @@ def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
     count = labels.features.shape[0]
     assert count > 20 and widget._status.value.startswith(f"{count} nuclei")
     assert widget._run.enabled and not widget._cancel.enabled
+    # fields left at the model's values keep its post-processing per image kind
+    assert widget.settings()[1].by_kind == instance_options_from(widget._record).by_kind != {}
+    widget._min_confidence.value = 0.3  # a changed field wins for every kind
+    assert widget.settings()[1].for_kind("histology").min_confidence == pytest.approx(0.3)
+    widget._min_confidence.value = instance_options_from(widget._record).min_confidence
 
     widget._foreground.value = 0.9  # stricter: fewer or smaller nuclei, same layer
     widget.run()

@@ -266,8 +266,8 @@ def test_widgets_add_fine_tune_and_segment_with_the_new_model(qt_app, tmp_path, 
     options, instance_options = segment.settings()
     job = {**layer_inputs(viewer.layers["cells 0"]), "channel": None, "options": options,
            "instance_options": instance_options}
-    result = segment._compute(segment.model_path(), job, Progress())
-    assert result.labels.shape == (64, 64) and str(model) in segment._engines
+    result, cells = segment._compute(segment.model_path(), job, Progress())
+    assert result.labels.shape == (64, 64) and str(model) in segment._engines and cells is None
     # the next fine-tune starts from the fine-tuned model
     assert _train.start_model(widget.model_in_use()) == model
     widget.close()

@@ -39,10 +39,23 @@ def result_layer_name(image_name: str) -> str:
     return f"{image_name} nuclei"
 
 
-def add_result_layers(viewer, layer, result, channel: int | None = None) -> list:
+def grow_cells(labels: np.ndarray, distance: float) -> np.ndarray:
+    """Cells grown from the nuclei of each plane (the last two axes) by up to `distance` px,
+    with the nuclei's ids (nucleiseg.algorithms.cells.expand_nuclei, as `predict --cells`)."""
+    from nucleiseg.algorithms.cells import expand_nuclei
+
+    cells = np.empty_like(labels)
+    for plane in np.ndindex(labels.shape[:-2]):
+        cells[plane] = expand_nuclei(labels[plane], distance)
+    return cells
+
+
+def add_result_layers(viewer, layer, result, channel: int | None = None,
+                      cells: np.ndarray | None = None) -> list:
     """Add (or update, on a second run) the Labels layer '<image> nuclei' with the
-    measurements as features, and a Points layer '<image> centroids' at the nuclei's
-    centroids; both on the image's scale and position. Returns the layers."""
+    measurements as features, a Points layer '<image> centroids' at the nuclei's centroids
+    and, with `cells` (grow_cells), a Labels layer '<image> cells'; all on the image's scale
+    and position. Returns the layers."""
     name = result_layer_name(layer.name)
     dims = result.labels.ndim
     placing = {"scale": tuple(layer.scale)[-dims:], "translate": tuple(layer.translate)[-dims:]}
@@ -56,6 +69,12 @@ def add_result_layers(viewer, layer, result, channel: int | None = None) -> list
                                          opacity=0.5, **placing)
     labels_layer.metadata["nucleiseg"] = {"checks": result.checks, "channel": channel}
     layers = [labels_layer]
+    cells_name = f"{layer.name} cells"
+    if cells_name in viewer.layers:
+        viewer.layers.remove(cells_name)
+    if cells is not None:  # below the nuclei, so both show
+        layers.append(viewer.add_labels(cells, name=cells_name, opacity=0.3, **placing))
+        viewer.layers.move(viewer.layers.index(cells_name), viewer.layers.index(name))
     points_name = f"{layer.name} centroids"
     if points_name in viewer.layers:
         viewer.layers.remove(points_name)

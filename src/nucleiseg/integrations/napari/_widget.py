@@ -13,6 +13,7 @@ import threading
 import weakref
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import (
     ComboBox,
     Container,
@@ -95,6 +96,10 @@ class SegmentNuclei(Container):
         self._min_confidence = FloatSpinBox(label="min confidence", min=0.0, max=1.0, step=0.05,
                                             tooltip="remove nuclei whose mean nucleus "
                                             "probability is below this")
+        self._cells = SpinBox(label="cells: grow (px)", value=0, min=0, max=1000,
+                              tooltip="0: nuclei only; else each nucleus grown outward by up "
+                              "to this many pixels without overlapping its neighbours, as a "
+                              "second Labels layer '<image> cells' (same ids)")
         self._tta = ComboBox(label="test-time augm.", value=1,
                              choices=[("none", 1), ("4 flips", 4), ("8 flips + rotations", 8)])
         self._run = PushButton(text="Segment nuclei")
@@ -104,8 +109,8 @@ class SegmentNuclei(Container):
         self._status = Label(label="result", value="")
         super().__init__(widgets=[
             self._image, self._model, self._model_file, self._channel, self._diameter,
-            self._scale, self._foreground, self._min_size, self._min_confidence, self._tta,
-            self._run, self._cancel, self._progress, self._stage, self._status])
+            self._scale, self._foreground, self._min_size, self._min_confidence, self._cells,
+            self._tta, self._run, self._cancel, self._progress, self._stage, self._status])
 
         self._model.changed.connect(self._model_changed)
         self._model_file.changed.connect(self._model_changed)
@@ -185,11 +190,14 @@ class SegmentNuclei(Container):
         sizing = {"diameter": diameter} if diameter is not None else {
             "diameter": None, "scale": float(self._scale.value)}
         options = options_for(self._record, tta=int(self._tta.value), **sizing)
-        instance_options = instance_options_from(
-            self._record, foreground_threshold=float(self._foreground.value),
-            min_size=int(self._min_size.value),
-            min_confidence=float(self._min_confidence.value))
-        return options, instance_options
+        # a field left at the model's value keeps the model's values per image kind (H&E)
+        tuned = instance_options_from(self._record)
+        changed = {name: value for name, value in (
+            ("foreground_threshold", float(self._foreground.value)),
+            ("min_size", int(self._min_size.value)),
+            ("min_confidence", float(self._min_confidence.value)))
+            if not np.isclose(value, getattr(tuned, name))}
+        return options, instance_options_from(self._record, **changed)
 
     # ------------------------------------------------------------ running
 
@@ -215,10 +223,11 @@ class SegmentNuclei(Container):
             return
         job = {**layer_inputs(layer), "channel": self._channel.value, "options": options,
                "instance_options": instance_options}
+        cells = int(self._cells.value)
         self._cancel_event.clear()
         progress = Progress(report=self._relay.progress.emit,
                             cancelled=self._cancel_event.is_set)
-        self.worker = create_worker(self._compute, model_path, job, progress,
+        self.worker = create_worker(self._compute, model_path, job, progress, cells,
                                     _start_thread=False)
         self.worker.returned.connect(lambda result: self._finished(layer, job, result))
         self.worker.errored.connect(self._failed)
@@ -230,10 +239,12 @@ class SegmentNuclei(Container):
         self._progress.max, self._progress.value = 0, 0
         self.worker.start()
 
-    def _compute(self, model_path, job, progress):
-        """In the worker thread: load the model (once), segment; None when cancelled."""
+    def _compute(self, model_path, job, progress, cells: int = 0):
+        """In the worker thread: load the model (once), segment, grow the cells when asked
+        -> (LayerResult, cells or None); None when cancelled."""
         from nucleiseg.errors import Cancelled
         from nucleiseg.inference.engines import load_engine
+        from nucleiseg.integrations.napari._results import grow_cells
         from nucleiseg.integrations.napari._segment import segment_layer_data
 
         key = str(model_path)
@@ -241,9 +252,10 @@ class SegmentNuclei(Container):
             self._engines[key] = load_engine(model_path)
         engine, record = self._engines[key]
         try:
-            return segment_layer_data(engine=engine, record=record, progress=progress, **job)
+            result = segment_layer_data(engine=engine, record=record, progress=progress, **job)
         except Cancelled:
             return None
+        return result, (grow_cells(result.labels, cells) if cells else None)
 
     def cancel(self, _value=None):
         if self.running:
@@ -259,7 +271,8 @@ class SegmentNuclei(Container):
         if result is None:
             self._status.value = "cancelled"
             return
-        add_result_layers(self.viewer, layer, result, job["channel"])
+        result, cells = result
+        add_result_layers(self.viewer, layer, result, job["channel"], cells=cells)
         self._status.value = result.summary()
         self._done = True
 
