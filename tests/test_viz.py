@@ -31,6 +31,20 @@ def test_overlay_draws_outlines_only():
                                   out)
 
 
+def test_overlay_draws_cells_in_yellow_under_the_nuclei():
+    from nucleiseg.algorithms.cells import expand_nuclei
+
+    image, labels = make_disks(seed=2)
+    cells = expand_nuclei(labels, 3)
+    out = outline_overlay(image, labels, *intensity_range(image), cells=cells)
+    yellow = np.all(out == [255, 220, 0], axis=-1)
+    red = np.all(out == [255, 51, 51], axis=-1)
+    assert yellow.any() and not yellow[cells == 0].any()
+    assert (yellow & (labels == 0)).any()  # the cell edges lie outside the nuclei
+    np.testing.assert_array_equal(red, np.all(
+        outline_overlay(image, labels, *intensity_range(image)) == [255, 51, 51], axis=-1))
+
+
 def test_overlay_outlines_are_green_on_colour_images():
     image, labels = make_disks(seed=2)
     grey = np.round(normalize_image(image) * 255).astype(np.uint8)

@@ -128,13 +128,15 @@ def sample_grid(images, labels, path: Path, names=None, kinds=None) -> None:
 
 OUTLINE_ON_GREY = (255, 51, 51)  # red: stands out on grey fluorescence and bright-field
 OUTLINE_ON_COLOUR = (40, 255, 40)  # green: red is lost on pink and purple H&E
+CELL_OUTLINE = (255, 220, 0)  # yellow, for the cells around the nuclei
 
 
 def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: float,
-                    colour=None, rows: int = 512) -> np.ndarray:
+                    colour=None, rows: int = 512, cells: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB of a raw image (mapped from [low, high] as in normalisation) with the outline
-    of every labelled nucleus drawn (`colour`, default by the image's kind), built strip by
-    strip: no image-sized float arrays."""
+    of every labelled nucleus drawn (`colour`, default by the image's kind) and, with `cells`
+    (same shape), of every cell (CELL_OUTLINE, under the nuclei's), built strip by strip: no
+    image-sized float arrays."""
     from nucleiseg.algorithms.preprocess import (
         apply_intensity_range,
         image_kind,
@@ -160,6 +162,9 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, low: float, high: flo
         else:
             strip = apply_intensity_range(image[top:bottom], low, high)
             out[top:bottom] = np.round(strip * 255).astype(np.uint8)
+        if cells is not None:
+            edge = inner_outlines(cells[above:below])[top - above:top - above + bottom - top]
+            out[top:bottom][edge] = CELL_OUTLINE
         outline = inner_outlines(labels[above:below])[top - above:top - above + bottom - top]
         out[top:bottom][outline] = colour
     return out

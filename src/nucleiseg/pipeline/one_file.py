@@ -122,7 +122,9 @@ def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, 
         mask *= 255
         write_png(paths["mask"], mask)
         del mask
-        write_png(paths["overlay"], outline_overlay(planes[middle], labels[middle], *shown))
+        write_png(paths["overlay"], outline_overlay(
+            planes[middle], labels[middle], *shown,
+            cells=None if cells is None else cells[middle]))
         rows = measured.result()
     if set(EXPORTS) & paths.keys():
         write_exports(paths, labels, rows, axes, shape)
