@@ -1,5 +1,5 @@
 """python -m benchmarks [--data DSB_FOLDER] [--out FOLDER] [--quick] [--only SECTION ...]
-                       [--wsi-size PIXELS]
+                       [--wsi-size PIXELS] [--wsi-outlines]
 
 Runs every benchmark on this machine, one process per case, and writes results.json and
 results.md (the tables docs/performance.md shows) to --out (default benchmarks/results). What
@@ -70,13 +70,14 @@ def render(results: dict) -> str:
                       markdown_table(["method", "images", "MP/s", "foreground IoU", "AP@0.5",
                                       "DSB score"], rows)]
     if results.get("wsi"):
-        rows = [[r["images"], r["engine"], r["megapixels"], r["seconds"],
+        rows = [[r["images"], r["engine"], r.get("exports", "none"), r["megapixels"], r["seconds"],
                  r["megapixels_per_second"], r.get("vs_4096", ""), r["peak_rss_mb"], r["nuclei"],
                  *[r["stages"][s] for s in ("read", "model", "separate", "measure", "write")]]
                 for r in results["wsi"]]
         parts += ["### Whole-slide image, block by block (vs a 4096² image read whole; "
                   "write: labels, stitching and the rest)",
-                  markdown_table(["images", "engine", "MP", "s", "MP/s", "vs 4096²", "peak MB",
+                  markdown_table(["images", "engine", "exports", "MP", "s", "MP/s", "vs 4096²",
+                                  "peak MB",
                                   "nuclei", "read", "model", "separate", "measure", "write"],
                                  rows)]
     if results.get("training"):
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS)
     parser.add_argument("--wsi-size", type=int, default=30000,
                         help="side of the synthetic whole-slide TIFF (default 30000)")
+    parser.add_argument("--wsi-outlines", action="store_true",
+                        help="the slide also with --geojson --imagej-rois")
     args = parser.parse_args(argv)
     data = args.data.resolve() if args.data.is_dir() else None
     if data is None:
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
         results["prediction"] = prediction.run(data, args.quick)
     if "wsi" in args.only:
         print(f"whole-slide image {args.wsi_size}² ...", flush=True)
-        results["wsi"] = prediction.run_wsi(args.wsi_size)
+        results["wsi"] = prediction.run_wsi(args.wsi_size, args.wsi_outlines)
     if "training" in args.only:
         print("training ...", flush=True)
         results["training"] = training.run(data, args.quick)
