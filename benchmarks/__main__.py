@@ -1,5 +1,6 @@
 """python -m benchmarks [--data DSB_FOLDER] [--out FOLDER] [--quick] [--only SECTION ...]
-                       [--wsi-size PIXELS] [--slide-size PIXELS [--slide-shrink 2]]
+                       [--wsi-size PIXELS] [--wsi-outlines]
+                       [--slide-size PIXELS [--slide-shrink 2]]
 
 Runs every benchmark on this machine, one process per case, and writes results.json and
 results.md (the tables docs/performance.md shows) to --out (default benchmarks/results). What
@@ -71,15 +72,15 @@ def render(results: dict) -> str:
                                       "DSB score"], rows)]
     if results.get("wsi"):
         rows = [[r["images"], r["engine"], r.get("diameter", "fixed"), r.get("scale", 1.0),
-                 r["megapixels"], r["seconds"], r["megapixels_per_second"],
-                 r.get("vs_4096", ""), r["peak_rss_mb"], r["nuclei"],
+                 r.get("exports", "none"), r["megapixels"], r["seconds"],
+                 r["megapixels_per_second"], r.get("vs_4096", ""), r["peak_rss_mb"], r["nuclei"],
                  *[r["stages"][s] for s in ("read", "model", "separate", "measure", "write")]]
                 for r in results["wsi"]]
         parts += ["### Whole-slide image, block by block (vs a 4096² image read whole; "
                   "write: labels, stitching and the rest)",
-                  markdown_table(["images", "engine", "diameter", "scale", "MP", "s", "MP/s",
-                                  "vs 4096²", "peak MB", "nuclei", "read", "model", "separate",
-                                  "measure", "write"], rows)]
+                  markdown_table(["images", "engine", "diameter", "scale", "exports", "MP",
+                                  "s", "MP/s", "vs 4096²", "peak MB", "nuclei", "read", "model",
+                                  "separate", "measure", "write"], rows)]
     if results.get("training"):
         rows = [[r["size"], r["sampling"], r["case"], r["batch_size"], r["steps"],
                  r["images_per_second"], r["peak_rss_mb"]] for r in results["training"]]
@@ -101,6 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS)
     parser.add_argument("--wsi-size", type=int, default=30000,
                         help="side of the synthetic whole-slide TIFF (default 30000)")
+    parser.add_argument("--wsi-outlines", action="store_true",
+                        help="the slide also with --geojson --imagej-rois")
     parser.add_argument("--slide-size", type=int, default=None,
                         help="also a slide of this side made of DSB histology images "
                              "(benchmarks.make_slide), with --diameter auto")
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
     if "wsi" in args.only:
         print(f"whole-slide image {args.wsi_size}² ...", flush=True)
         results["wsi"] = prediction.run_wsi(args.wsi_size, args.slide_size, data,
-                                            args.slide_shrink)
+                                            args.slide_shrink, args.wsi_outlines)
     if "training" in args.only:
         print("training ...", flush=True)
         results["training"] = training.run(data, args.quick)

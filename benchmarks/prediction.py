@@ -17,7 +17,8 @@ Optional RUN: "overlapped" (the default: images overlapped in two threads, as `p
 them on two cores or more; their stage seconds add up over both threads) or "one-by-one"
 (overlap=False). Optional DIAMETER: "fixed" (PredictOptions(): scale 1, the default here) or
 "auto" (`predict`'s default --diameter auto: options_for(record), which may predict an image a
-second time at another scale).
+second time at another scale). Optional EXPORTS: "none" (the default) or a comma-separated list
+("geojson,imagej-rois": `predict --geojson --imagej-rois`); the outputs' sizes are reported.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def instrument(watch: Stopwatch):
 
     wholeslide.LargeImage.read = watch.wrap("read", wholeslide.LargeImage.read)
     blocks.NucleusTable.add_block = watch.wrap("measure", blocks.NucleusTable.add_block)
+    import nucleiseg.io.outlines as outlines  # huge images' outlines, nucleus by nucleus
+
+    outlines.OutlineFiles.add = watch.wrap("outlines", outlines.OutlineFiles.add)
 
 
 def is_slide(images: str) -> bool:
@@ -114,7 +118,7 @@ DIAMETERS = ("fixed", "auto")
 
 
 def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "overlapped",
-            diameter: str = "fixed") -> dict:
+            diameter: str = "fixed", exports: str = "none") -> dict:
     from nucleiseg.inference.engines import Engine, import_tensorflow_quietly, load_engine
     from nucleiseg.inference.predict import PredictOptions, options_for
     from nucleiseg.pipeline.run import predict_files
@@ -165,14 +169,19 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
                                 options=options, progress=progress,
                                 overlap=run == "overlapped",
                                 blockwise_pixels=0 if is_slide(images) else
-                                BLOCKWISE_PIXELS)
+                                BLOCKWISE_PIXELS,
+                                exports=() if exports == "none" else tuple(exports.split(",")))
         seconds = time.perf_counter() - started
+        sizes = {path.name: round(path.stat().st_size / 2**20, 1)
+                 for path in sorted((folder / "out").iterdir()) if len(paths) <= 10}
     stages = dict(watch.seconds)
     # Tiled prediction = normalising tiles + the model + blending; blending is the rest.
     stages["blend"] = stages.pop("tiled", 0.0) - stages.get("model", 0.0) - \
         stages.get("normalise", 0.0)
     if is_slide(images):  # labels are written as blocks pass: write = the rest
-        stages["write"] = seconds - sum(stages.get(k, 0.0) for k in STAGES if k != "write")
+        # (0 when the next block, segmented in a thread meanwhile, hides it entirely)
+        stages["write"] = max(0.0, seconds - stages.get("outlines", 0.0) -
+                              sum(stages.get(k, 0.0) for k in STAGES if k != "write"))
     return {"engine": engine.name, "run": run, "diameter": diameter, "images": images,
             "files": len(results), "megapixels": round(megapixels, 2),
             "seconds": round(seconds, 2),
@@ -181,7 +190,8 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
             "nuclei": sum(r.nuclei for r in results),
             "scale": float((results[0].check or {}).get("scale") or 1.0) if results else 1.0,
             "stages": {k: round(stages.get(k, 0.0), 2) for k in STAGES},
-            "rss_samples_mb": samples}
+            "rss_samples_mb": samples, "exports": exports,
+            "outlines_seconds": round(stages.get("outlines", 0.0), 2), "output_mb": sizes}
 
 
 def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
@@ -259,22 +269,25 @@ def classical(data_dir: Path) -> dict:
 
 
 def run_wsi(size: int, slide_size: int | None = None, data_dir: Path | None = None,
-            slide_shrink: int = 1) -> list[dict]:
+            slide_shrink: int = 1, outlines: bool = False) -> list[dict]:
     """A size x size whole-slide TIFF block by block, and a 4096 x 4096 image read whole, with
-    the default engine: MP/s, the ratio of the two, and peak memory. With `slide_size`, also
-    a slide_size² mosaic of DSB histology images (benchmarks.make_slide, shrunk
-    `slide_shrink` times) as `predict` runs it by default (--diameter auto)."""
-    cases = [("synthetic-4096", None, "fixed"), (f"wsi-{size}", None, "fixed")]
+    the default engine: MP/s, the ratio of the two, and peak memory. `outlines`: the slide
+    again with --geojson --imagej-rois. With `slide_size`, also a slide_size² mosaic of DSB
+    histology images (benchmarks.make_slide, shrunk `slide_shrink` times) as `predict` runs
+    it by default (--diameter auto)."""
+    cases = [("synthetic-4096", None, "fixed", "none"), (f"wsi-{size}", None, "fixed", "none")]
+    if outlines:
+        cases.append((f"wsi-{size}", None, "fixed", "geojson,imagej-rois"))
     if slide_size:
         shrunk = f"-shrink{slide_shrink}" if slide_shrink > 1 else ""
-        cases.append((f"slide-{slide_size}{shrunk}", data_dir, "auto"))
+        cases.append((f"slide-{slide_size}{shrunk}", data_dir, "auto", "none"))
     out = []
-    for images, data, diameter in cases:
+    for images, data, diameter, exports in cases:
         result, peak = run_child(["benchmarks.prediction", "auto", images, str(data),
-                                  "overlapped", diameter])
+                                  "overlapped", diameter, exports])
         out.append(result | {"peak_rss_mb": round(peak)})
-        print(f"  {images}: {result['megapixels_per_second']} MP/s, peak {peak:.0f} MB",
-              flush=True)
+        print(f"  {images} ({exports}): {result['megapixels_per_second']} MP/s, "
+              f"peak {peak:.0f} MB", flush=True)
     for row in out[1:]:
         row["vs_4096"] = round(row["megapixels_per_second"] /
                                out[0]["megapixels_per_second"], 3)
@@ -329,5 +342,5 @@ if __name__ == "__main__":
     elif engine_name.startswith("dask-"):
         result = measure_dask(engine_name.removeprefix("dask-"), images, data_dir)
     else:
-        result = measure(engine_name, images, data_dir, *sys.argv[4:6])
+        result = measure(engine_name, images, data_dir, *sys.argv[4:7])
     print(json.dumps(result))

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_image
 from test_exchange import iou, rasterise, roi_rings
 
 from nucleiseg.cli import main
@@ -141,14 +140,3 @@ def test_outlines_are_outputs_for_resume_and_overwrite(tmp_path, capsys):
     (out / f"{stem}.geojson").write_text("stale")
     assert main([*argv, "--overwrite"]) == 0
     assert json.loads((out / f"{stem}.geojson").read_text())["type"] == "FeatureCollection"
-
-
-def test_huge_images_refuse_outlines_in_one_line(tmp_path, capsys):
-    write_image(tmp_path / "in" / "small.png", np.zeros((32, 32), np.uint8))
-    (tmp_path / "in" / "slide.svs").write_bytes(b"not read: refused before")
-    out = tmp_path / "out"
-    assert main(["predict", str(tmp_path / "in"), "--out", str(out), "--geojson"]) == 1
-    err = capsys.readouterr().err
-    assert "slide.svs: huge images (whole-slide TIFF, OME-Zarr) are segmented block by block, " \
-           "without --geojson for now" in err
-    assert (out / "small.geojson").exists() and not (out / "slide.geojson").exists()

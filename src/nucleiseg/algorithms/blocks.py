@@ -288,6 +288,51 @@ class NucleusTable:
         return rows
 
 
+class NucleusMasks:
+    """Per final number: the nucleus's pixels as a boolean mask over its bounding box, put
+    together from the block cores it spans (for its outline), until `take` hands it out: when
+    NucleusTable gives out its row, no later block can reach it. Memory: the nuclei whose rows
+    are not out yet (about two rows of blocks' worth)."""
+
+    def __init__(self):
+        self.held = {}  # number -> (top, left, mask)
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def add_block(self, local: np.ndarray, table: np.ndarray, origin: tuple[int, int]) -> None:
+        """Add one block's core: `local` its labels (block numbers), `table` block number ->
+        final number, `origin` its top-left corner in the image."""
+        from scipy import ndimage
+
+        y0, x0 = origin
+        for index, box in enumerate(ndimage.find_objects(local), start=1):
+            if box is None:
+                continue
+            number = int(table[index])
+            piece = (box[0].start + y0, box[1].start + x0, local[box] == index)
+            earlier = self.held.get(number)
+            self.held[number] = piece if earlier is None else joined(earlier, piece)
+
+    def take(self, number: int) -> tuple[tuple[int, int], np.ndarray]:
+        """((row, column) of the mask's top-left pixel in the image, mask) of a nucleus, no
+        longer held."""
+        top, left, mask = self.held.pop(int(number))
+        return (top, left), mask
+
+
+def joined(a: tuple, b: tuple) -> tuple:
+    """(top, left, mask) of two pieces of one nucleus (from different block cores) together."""
+    top, left = min(a[0], b[0]), min(a[1], b[1])
+    bottom = max(a[0] + a[2].shape[0], b[0] + b[2].shape[0])
+    right = max(a[1] + a[2].shape[1], b[1] + b[2].shape[1])
+    mask = np.zeros((bottom - top, right - left), bool)
+    for ptop, pleft, piece in (a, b):
+        mask[ptop - top:ptop - top + piece.shape[0], pleft - left:pleft - left + piece.shape[1]] \
+            |= piece
+    return top, left, mask
+
+
 # ---------------------------------------------------------------- the single-process loop
 
 
@@ -317,12 +362,13 @@ class Previews:
 
 
 def label_blocks(image, segment, core: int, halo: int = HALO, table=None,
-                 previews: Previews | None = None, on_row=None, segmented=None):
+                 previews: Previews | None = None, on_row=None, segmented=None, masks=None):
     """Segment `image` block by block in raster order; yields (block, final core labels
     uint32). `segment(window pixels) -> block labels` is segment_block with the model and
     the image's intensity range bound. Nuclei are numbered 1..N once across the image.
-    `table` (NucleusTable) and `previews` collect measurements and previews as blocks pass;
-    `on_row(bottom)` is called when the rows above `bottom` are final.
+    `table` (NucleusTable), `previews` and `masks` (NucleusMasks, with a table) collect
+    measurements, previews and the nuclei's pixels as blocks pass; `on_row(bottom)` is called
+    when the rows above `bottom` are final.
 
     `segmented(blocks) -> (core pixels, window labels) per block, in the order given`
     segments the blocks elsewhere (Dask: nucleiseg.integrations.dask), in parallel; without
@@ -346,6 +392,8 @@ def label_blocks(image, segment, core: int, halo: int = HALO, table=None,
             if table is not None:
                 table.add_block(labels[inner], numbers, pixels, block.core[::2],
                                 lowest_rows(labels, block.window[0]))
+            if masks is not None:
+                masks.add_block(labels[inner], numbers, block.core[::2])
             if previews is not None:
                 previews.add(block, pixels, core_labels)
             del pixels, labels

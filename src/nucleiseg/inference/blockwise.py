@@ -95,7 +95,7 @@ class BlockRun:
 def segment_blocks(image, model, config: dict, options: PredictOptions | None = None,
                    instance_options=None, *, core: int | None = None, halo: int = HALO,
                    previews: bool = False, rows_done=None, segmented=None,
-                   scale_model=None) -> BlockRun:
+                   scale_model=None, masks=None) -> BlockRun:
     """Segment `image` (nucleiseg.io.wholeslide.LargeImage: read region by region) block by
     block -> BlockRun. `core`: the block size (default: as block_geometry finds for the tiles
     at the image's scale); `halo`: at the model's scale (block_geometry);
@@ -103,7 +103,8 @@ def segment_blocks(image, model, config: dict, options: PredictOptions | None = 
     as the rows of blocks are done; `segmented(blocks, options, instance_options, intensity)
     -> (core pixels, window labels) per block`: segments the blocks elsewhere (a Dask
     cluster) with the scale and post-processing fixed here; `scale_model`: the model that
-    fixes them (default `model`)."""
+    fixes them (default `model`); `masks` (NucleusMasks): collects each nucleus's pixels, to
+    be taken as its row is given to `rows_done`."""
     options = options or PredictOptions()
     intensity = image.intensity()
     options, instance_options, check = fix_scale(
@@ -125,7 +126,7 @@ def segment_blocks(image, model, config: dict, options: PredictOptions | None = 
                  lambda blocks: segmented(blocks, options, instance_options, intensity))
     on_row = None if rows_done is None else (lambda bottom: rows_done(table.rows(bottom)))
     blocks = label_blocks(image, segment, core, halo, table, shown, on_row=on_row,
-                          segmented=elsewhere)
+                          segmented=elsewhere, masks=masks)
     count = sum(len(row) for row in plan_blocks(*image.shape[:2], core, halo))
     return BlockRun(blocks, table, shown, intensity, options,
                     None if check is None else check.row(), count,

@@ -11,17 +11,22 @@ A nucleus is one polygon, its exterior ring followed by the rings of any holes (
 is one polygon per piece (a GeoJSON MultiPolygon). Exterior rings run counterclockwise and holes
 clockwise with y pointing up (GeoJSON's right-hand rule; in the image, with y down, they look
 the other way round).
+
+Both files are written nucleus by nucleus to a partial file renamed into place when complete
+(GeoJsonFile, RoiZip): a huge image's outlines (OutlineFiles) come as its blocks are done, in
+memory bounded by the blocks, and are the same as for the image read whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.io.runfiles import atomic_write
+from nucleiseg.io.runfiles import PartialFile, naming_full_disk
 
 EXPORTS = ("geojson", "imagej-rois")  # predict --geojson, --imagej-rois
 EXPORT_FILES = {"geojson": "{stem}.geojson", "imagej-rois": "{stem}_rois.zip"}
@@ -93,31 +98,37 @@ def signed_area(ring: np.ndarray) -> float:
     return float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) / 2
 
 
+def mask_polygons(mask: np.ndarray, corner: tuple[int, int] = (0, 0)
+                  ) -> list[list[np.ndarray]]:
+    """One nucleus as polygons along its pixel edges: [polygon, ...], a polygon being
+    [exterior ring, *hole rings], a ring an (n, 2) int array of (x, y) pixel corners. `mask`:
+    the nucleus's pixels over its bounding box, whose top-left pixel is image pixel `corner`
+    (row, column). One polygon per 4-connected piece (one for a nucleus of the usual kind), in
+    raster order."""
+    from scipy import ndimage
+
+    offset = np.array([corner[1], corner[0]])
+    pieces, count = ndimage.label(mask)
+    polygons = []
+    for piece in range(1, count + 1):
+        rings = trace_rings(mask if count == 1 else pieces == piece)
+        exterior = [ring for ring in rings if signed_area(ring) > 0]
+        holes = [ring for ring in rings if signed_area(ring) < 0]
+        polygons.append([ring + offset for ring in exterior + holes])
+    return polygons
+
+
 def outline_polygons(labels: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
-    """Every nucleus of a 2-D label image (0 = background) as polygons along its pixel edges:
-    {label: [polygon, ...]}, a polygon being [exterior ring, *hole rings], a ring an (n, 2) int
-    array of (x, y) pixel corners in image coordinates. One polygon per 4-connected piece of the
-    label (one for a nucleus of the usual kind), in raster order; labels in increasing order."""
+    """Every nucleus of a 2-D label image (0 = background) as mask_polygons in image
+    coordinates: {label: [polygon, ...]}, labels in increasing order."""
     from scipy import ndimage
 
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"expected a 2-D label image, got shape {labels.shape}")
-    outlines = {}
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        offset = np.array([box[1].start, box[0].start])
-        mask = labels[box] == label
-        pieces, count = ndimage.label(mask)
-        polygons = []
-        for piece in range(1, count + 1):
-            rings = trace_rings(mask if count == 1 else pieces == piece)
-            exterior = [ring for ring in rings if signed_area(ring) > 0]
-            holes = [ring for ring in rings if signed_area(ring) < 0]
-            polygons.append([ring + offset for ring in exterior + holes])
-        outlines[label] = polygons
-    return outlines
+    return {label: mask_polygons(labels[box] == label, (box[0].start, box[1].start))
+            for label, box in enumerate(ndimage.find_objects(labels), start=1)
+            if box is not None}
 
 
 # ---------------------------------------------------------------- GeoJSON (QuPath)
@@ -153,35 +164,68 @@ def measurement_values(row: dict) -> dict:
     return values
 
 
-def nucleus_features(labels: np.ndarray, rows=(), where: dict | None = None) -> list[dict]:
-    """GeoJSON Features of a 2-D label image, one per nucleus in label order, as QuPath reads
-    them: objectType "detection", name = the label, classification "Nucleus", measurements =
-    the nucleus's row of `rows` (measure_nuclei rows, or measurements.csv rows: matched by
-    "label"), and the label itself. `where`: a stack plane's {"plane", "t", "z"} (the
+def nucleus_feature(label: int, polygons: list[list[np.ndarray]], row: dict | None = None,
+                    where: dict | None = None) -> dict:
+    """The GeoJSON Feature of one nucleus, as QuPath reads it: objectType "detection", name =
+    the label, classification "Nucleus", measurements = its measurement row's numbers (none
+    without `row`), and the label itself. `where`: a stack plane's {"plane", "t", "z"} (the
     measurement columns; "" where the file has no such axis), added to the properties and as
     the geometry's QuPath plane."""
-    by_label = {int(row["label"]): row for row in rows}
     plane = None
     extra = {}
     if where is not None and where.get("plane", "") != "":
         extra = {key: int(where[key]) for key in ("plane", "t", "z") if where.get(key, "") != ""}
         plane = {"c": -1, "z": extra.get("z", 0), "t": extra.get("t", 0)}
-    features = []
-    for label, polygons in outline_polygons(labels).items():
-        properties = {"objectType": "detection", "name": str(label),
-                      "classification": NUCLEUS_CLASS, "label": label, **extra,
-                      "measurements": measurement_values(by_label.get(label, {}))}
-        features.append({"type": "Feature", "geometry": geojson_geometry(polygons, plane),
-                         "properties": properties})
-    return features
+    properties = {"objectType": "detection", "name": str(label),
+                  "classification": NUCLEUS_CLASS, "label": label, **extra,
+                  "measurements": measurement_values(row or {})}
+    return {"type": "Feature", "geometry": geojson_geometry(polygons, plane),
+            "properties": properties}
+
+
+def nucleus_features(labels: np.ndarray, rows=(), where: dict | None = None) -> list[dict]:
+    """nucleus_feature of every nucleus of a 2-D label image, in label order; `rows`:
+    measure_nuclei rows, or measurements.csv rows, matched by "label"."""
+    by_label = {int(row["label"]): row for row in rows}
+    return [nucleus_feature(label, polygons, by_label.get(label), where)
+            for label, polygons in outline_polygons(labels).items()]
+
+
+class GeoJsonFile:
+    """A GeoJSON FeatureCollection written Feature by Feature, one per line, to a partial file
+    (io.runfiles.PartialFile) that `commit` completes and renames into place: memory stays flat
+    over any number of nuclei, and the file is valid JSON once it is there."""
+
+    HEADER, FOOTER = '{"type":"FeatureCollection","features":[\n', "]}\n"
+
+    def __init__(self, path: Path):
+        self.file = PartialFile(path)
+        self.count = 0
+        self.file.write(self.HEADER)
+
+    def add(self, feature: dict) -> None:
+        text = json.dumps(feature, separators=(",", ":"), allow_nan=False)
+        self.file.write((",\n" if self.count else "") + text)
+        self.count += 1
+
+    def commit(self) -> None:
+        self.file.write(("\n" if self.count else "") + self.FOOTER)
+        self.file.commit()
+
+    def discard(self) -> None:
+        self.file.discard()
 
 
 def write_geojson(path: Path, features) -> None:
     """A GeoJSON FeatureCollection, one Feature per line, written atomically."""
-    lines = [json.dumps(feature, separators=(",", ":"), allow_nan=False) for feature in features]
-    text = ('{"type":"FeatureCollection","features":[\n' + ",\n".join(lines)
-            + ("\n" if lines else "") + "]}\n")
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    collection = GeoJsonFile(path)
+    try:
+        for feature in features:
+            collection.add(feature)
+        collection.commit()
+    except BaseException:
+        collection.discard()
+        raise
 
 
 # ---------------------------------------------------------------- ImageJ ROI set (Fiji)
@@ -228,17 +272,80 @@ def imagej_rois(labels: np.ndarray, position: int = 0) -> list:
             for label, polygons in outline_polygons(labels).items()]
 
 
+class RoiZip:
+    """An ImageJ ROI set (a ZIP of .roi files, as Fiji's ROI Manager saves) written ROI by ROI
+    to a partial file that `commit` renames into place. Past 65,535 ROIs the ZIP is a ZIP64
+    (zipfile switches by itself; Fiji reads it)."""
+
+    def __init__(self, path: Path):
+        import zipfile
+
+        self.file = PartialFile(path, binary=True)
+        self.archive = zipfile.ZipFile(self.file.handle, "w", zipfile.ZIP_DEFLATED)
+
+    def add(self, roi) -> None:
+        with naming_full_disk(self.file.path):
+            self.archive.writestr(f"{roi.name}.roi", roi.tobytes())
+
+    def commit(self) -> None:
+        with naming_full_disk(self.file.path):
+            self.archive.close()
+        self.file.commit()
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):  # the ZIP's central directory is not wanted
+            self.archive.close()
+        self.file.discard()
+
+
 def write_imagej_rois(path: Path, rois) -> None:
-    """An ImageJ ROI set (a ZIP of .roi files, as Fiji's ROI Manager saves), atomically; an
-    image without nuclei gives an empty set."""
-    import zipfile
+    """An ImageJ ROI set written atomically; an image without nuclei gives an empty set."""
+    archive = RoiZip(path)
+    try:
+        for roi in rois:
+            archive.add(roi)
+        archive.commit()
+    except BaseException:
+        archive.discard()
+        raise
 
-    def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-            for roi in rois:
-                archive.writestr(f"{roi.name}.roi", roi.tobytes())
 
-    atomic_write(Path(path), write)
+class OutlineFiles:
+    """The outline exports among `paths` ("geojson", "imagej-rois") of a huge image, written
+    nucleus by nucleus as blocks are done (nucleiseg.algorithms.blocks.NucleusMasks gives the
+    nuclei no later block can reach): the same Features and ROIs as write_exports gives for
+    the image read whole. Nothing is left of them unless `commit` is reached."""
+
+    def __init__(self, paths: dict):
+        self.files = []
+        try:
+            self.geojson = GeoJsonFile(paths["geojson"]) if "geojson" in paths else None
+            self.files.append(self.geojson)
+            self.rois = RoiZip(paths["imagej-rois"]) if "imagej-rois" in paths else None
+            self.files.append(self.rois)
+        except BaseException:
+            self.discard()
+            raise
+
+    def add(self, row: dict, corner: tuple[int, int], mask: np.ndarray) -> None:
+        """One nucleus: its measurement row (its "label" is its id), the image pixel (row,
+        column) of its mask's top-left corner, and its mask over its bounding box."""
+        label = int(row["label"])
+        polygons = mask_polygons(mask, corner)
+        if self.geojson is not None:
+            self.geojson.add(nucleus_feature(label, polygons, row))
+        if self.rois is not None:
+            self.rois.add(imagej_roi(polygons, str(label)))
+
+    def commit(self) -> None:
+        for file in self.files:
+            if file is not None:
+                file.commit()
+
+    def discard(self) -> None:
+        for file in self.files:
+            if file is not None:
+                file.discard()
 
 
 # ---------------------------------------------------------------- what predict writes

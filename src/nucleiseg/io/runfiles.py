@@ -1,5 +1,6 @@
-"""The run's own files: written atomically (a temporary file renamed into place), CSV tables
-streamed row by row, JSON, and the lock that keeps two runs out of one output folder."""
+"""The run's own files: written atomically (a temporary file renamed into place), files and CSV
+tables streamed bit by bit to a partial file, JSON, and the lock that keeps two runs out of one
+output folder."""
 
 from __future__ import annotations
 
@@ -54,6 +55,50 @@ def current_umask() -> int:
     return mask
 
 
+def partial_path(path: Path) -> Path:
+    """Where `path` is written until it is complete: `.<name>.partial` beside it (hidden)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+class PartialFile:
+    """`path` written bit by bit (memory stays flat however long it grows) to its partial_path,
+    renamed into place by `commit`; `discard` (or a failed `with` block) removes it, so a failed
+    run leaves no half-written file. `binary`: bytes, else UTF-8 text. A full disk is an
+    OSError naming `path`."""
+
+    def __init__(self, path: Path, binary: bool = False):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        with naming_full_disk(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = (open(self.partial, "wb") if binary else
+                           open(self.partial, "w", encoding="utf-8", newline=""))
+
+    def write(self, data) -> None:
+        with naming_full_disk(self.path):
+            self.handle.write(data)
+
+    def commit(self) -> None:
+        with naming_full_disk(self.path):
+            self.handle.close()
+            publish(self.partial, self.path)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk cannot flush the buffer: drop it
+            self.handle.close()
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> PartialFile:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
 class CsvStream:
     """A CSV written row by row to a hidden partial file and renamed into place by `commit`:
     memory stays flat over any number of rows, and an interrupted run leaves no half table.
@@ -63,7 +108,7 @@ class CsvStream:
         import csv
 
         self.path = Path(path)
-        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.partial = partial_path(self.path)
         self.handle = open(self.partial, "w", newline="", encoding="utf-8",
                            errors="backslashreplace")
         self.columns = list(columns)

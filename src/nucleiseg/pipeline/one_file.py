@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucleiseg.algorithms.blocks import HALO, NucleusTable, plan_blocks
+from nucleiseg.algorithms.blocks import HALO, NucleusMasks, NucleusTable, plan_blocks
 from nucleiseg.algorithms.cells import cells_from_channel, expand_nuclei
 from nucleiseg.algorithms.instances import in_micrometres, measure_nuclei
 from nucleiseg.algorithms.intensity import (
@@ -34,7 +34,7 @@ from nucleiseg.io.microscopy import (
     channel_index,
     plane_columns,
 )
-from nucleiseg.io.outlines import EXPORTS, write_exports
+from nucleiseg.io.outlines import EXPORTS, OutlineFiles, write_exports
 from nucleiseg.io.wholeslide import (
     BLOCKWISE_PIXELS,
     RowSpool,
@@ -66,7 +66,6 @@ def segment_file(segmenter: Segmenter, path: Path, paths: dict, segmented=None, 
     its blocks as they are done (SlideProgress), or None."""
     if is_large_input(path, segmenter.blockwise_pixels):
         refuse_file_options_for_blocks(path, segmenter.read_options)
-        refuse_exports_for_blocks(path, paths)
         extra = {} if segmented is None else {"segmented": segmented}
         return segment_large_file(segmenter, path, paths, block_progress=block_progress,
                                   **extra)
@@ -172,15 +171,6 @@ def refuse_file_options_for_blocks(path: Path, read_options: ReadOptions | None)
                         "do not apply to them yet")
 
 
-def refuse_exports_for_blocks(path: Path, paths: dict) -> None:
-    """Huge images have no outlines for QuPath or Fiji yet (their labels are written block by
-    block, never held whole)."""
-    asked = sorted(set(EXPORTS) & paths.keys())
-    if asked:
-        raise DataError(f"{path}: huge images (whole-slide TIFF, OME-Zarr) are segmented block "
-                        f"by block, without --{' or --'.join(asked)} for now")
-
-
 def measure_planes(labels: np.ndarray, planes: np.ndarray, axes: str, shape,
                    pixel_size: tuple[float, float] | None, cells: np.ndarray | None = None,
                    channels: tuple[np.ndarray, list[str]] | None = None) -> list[dict]:
@@ -280,7 +270,8 @@ def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int 
     """segment_file for a huge image: (PredictionResult, measurement rows). Labels: a tiled
     BigTIFF at paths['labels'] (TIFF input) or labels/nuclei inside the OME-Zarr input; mask
     and overlay: previews (longest side <= 4096); rows: streamed from a temporary file as they
-    were measured, so memory stays flat however many nuclei. `segmented(blocks, options,
+    were measured, so memory stays flat however many nuclei; with --geojson / --imagej-rois,
+    the outlines are written nucleus by nucleus beside them. `segmented(blocks, options,
     instance_options, intensity)`: segments the blocks elsewhere (segment_blocks), with the
     image's one scale, post-processing and intensity range; the segmenter's engine then only
     fixes those. `block_progress`: a text stream for its progress (SlideProgress), or None."""
@@ -288,12 +279,15 @@ def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int 
     image = open_large(path)
     try:
         spool = RowSpool(Path(paths["mask"]).parent)
+        outlines = OutlineFiles(paths) if set(EXPORTS) & paths.keys() else None
     except BaseException:
         image.close()
         raise
+    masks = None if outlines is None else NucleusMasks()
+    rows_done = rows_and_outlines(spool, outlines, masks)
     try:
         run = segmenter.blocks(image, core=core, halo=halo, previews=True,
-                               rows_done=spool.write, segmented=segmented)
+                               rows_done=rows_done, segmented=segmented, masks=masks)
         blocks = run.blocks
         if block_progress is not None:
             blocks = shown_blocks(run, SlideProgress(
@@ -304,21 +298,25 @@ def segment_large_file(segmenter: Segmenter, path: Path, paths: dict, halo: int 
             try:
                 for block, labels in blocks:
                     writer.add(block, labels)
-                spool.write(run.table.rows())
+                rows_done(run.table.rows())
                 writer.commit()
             except BaseException:
                 writer.discard()
                 raise
         else:
             write_tiff_labels(paths["labels"], image.shape[:2], blocks)
-            spool.write(run.table.rows())
+            rows_done(run.table.rows())
         previews = run.previews
         mask = (previews.labels > 0).astype(np.uint8) * 255
         write_png(paths["mask"], mask)
         write_png(paths["overlay"], outline_overlay(previews.image, previews.labels,
                                                     *run.intensity))
+        if outlines is not None:
+            outlines.commit()
     except BaseException:
         spool.close()
+        if outlines is not None:
+            outlines.discard()
         raise
     finally:
         image.close()
@@ -338,6 +336,19 @@ def shown_blocks(run, progress: SlideProgress):
             yield item
     finally:
         progress.finish()
+
+
+def rows_and_outlines(spool: RowSpool, outlines: OutlineFiles | None, masks):
+    """segment_blocks' `rows_done` for a huge image: the rows go to the spool and, with
+    --geojson or --imagej-rois, each nucleus's outline (its pixels taken from `masks`) to the
+    outline files."""
+    def rows_done(rows):
+        spool.write(rows)
+        if outlines is not None:
+            for row in rows:
+                outlines.add(row, *masks.take(row["label"]))
+
+    return rows_done
 
 
 def measure_saved_large(path: Path, labels_path: Path, earlier: dict, core: int = 4096):

@@ -56,8 +56,8 @@ def predict_files(model, record: dict, inputs, out_dir: Path, overwrite: bool = 
     or a max/mean projection, and overrides the files' pixel size (measurements in µm).
 
     `exports` ("geojson", "imagej-rois"; nucleiseg.io.outlines) adds per image the nuclei's
-    outlines for QuPath (<stem>.geojson) and Fiji (<stem>_rois.zip); huge images (block by
-    block) do not take them yet and are reported as failed.
+    outlines for QuPath (<stem>.geojson) and Fiji (<stem>_rois.zip); those of huge images are
+    written nucleus by nucleus as their blocks are done.
 
     A file that cannot be read is reported and skipped; the others are still processed.
     With `resume`, images whose outputs (the three, and the exports asked for) exist are not
