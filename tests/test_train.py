@@ -129,5 +129,5 @@ def test_time_budget_stops_and_a_fine_tune_takes_its_models_recipe(tmp_path):
     assert record["config"]["sampling"] == "crops" and record["config"]["stain_augment"]
     assert record["config"]["decoder_filters"] == [32, 16, 16, 8]
     assert record["config"]["image_size"] == 64
-    assert record["config"]["learning_rate"] == 1e-4  # a fine-tune's default
+    assert record["config"]["learning_rate"] == 5e-5  # a fine-tune's default
     assert record["init_model"]["path"] == str(first / "model.keras")

@@ -17,6 +17,7 @@ from nucleiseg import __version__
 from nucleiseg.algorithms.instances import InstanceOptions, instance_options_from
 from nucleiseg.config import (
     ENCODER_WEIGHTS,
+    FINE_TUNE_LEARNING_RATE,
     LR_SCHEDULES,
     MONITORS,
     SAMPLINGS,
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-model", type=Path, metavar="MODEL",
                        help="start from this model's weights: fine-tuning. 'bundled' is the "
                        "pretrained model; its architecture and augmentations are taken from "
-                       "the model's record unless given here; learning rate 1e-4 unless given")
+                       "the model's record unless given here; learning rate 5e-5 unless given")
     train.add_argument("--minutes", type=float, metavar="M",
                        help="time budget: stop after the last epoch that ends within M minutes "
                        "of training (a resumed run counts its earlier sessions); the best epoch "
@@ -416,7 +417,6 @@ def run_eda(args) -> int:
     return 0
 
 
-FINE_TUNE_LEARNING_RATE = 1e-4  # --init-model without --learning-rate (docs/training.md)
 
 
 def run_train(args) -> int:

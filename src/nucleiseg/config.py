@@ -12,6 +12,9 @@ TARGETS = {"binary": 2, "boundary": 3}  # target -> number of classes
 SAMPLINGS = ("resize", "crops")
 LR_SCHEDULES = ("constant", "cosine")
 SIZE_MULTIPLE = 32  # the U-Net halves its input five times
+# A fine-tune's learning rate when none is given: 5e-5 gained more on new images and forgot less
+# than 1e-4 in the fine-tune benchmark (docs/training.md).
+FINE_TUNE_LEARNING_RATE = 5e-5
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -67,13 +67,14 @@ class PartialFile:
     run leaves no half-written file. `binary`: bytes, else UTF-8 text. A full disk is an
     OSError naming `path`."""
 
-    def __init__(self, path: Path, binary: bool = False):
+    def __init__(self, path: Path, binary: bool = False, errors: str = "strict"):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         with naming_full_disk(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = (open(self.partial, "wb") if binary else
-                           open(self.partial, "w", encoding="utf-8", newline=""))
+                           open(self.partial, "w", encoding="utf-8", newline="",
+                                errors=errors))
 
     def write(self, data) -> None:
         with naming_full_disk(self.path):
@@ -99,7 +100,7 @@ class PartialFile:
             self.discard()
 
 
-class CsvStream:
+class CsvStream(PartialFile):
     """A CSV written row by row to a hidden partial file and renamed into place by `commit`:
     memory stays flat over any number of rows, and an interrupted run leaves no half table.
     Names that are not valid UTF-8 are written with backslash escapes."""
@@ -107,10 +108,7 @@ class CsvStream:
     def __init__(self, path: Path, columns, grow: bool = False):
         import csv
 
-        self.path = Path(path)
-        self.partial = partial_path(self.path)
-        self.handle = open(self.partial, "w", newline="", encoding="utf-8",
-                           errors="backslashreplace")
+        super().__init__(path, errors="backslashreplace")
         self.columns = list(columns)
         self.grow = grow  # rows may bring columns of their own: added at the end
         self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, restval="")
@@ -143,16 +141,6 @@ class CsvStream:
         self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, restval="")
         self.writer.writeheader()
         self.writer.writerows(rows)
-
-    def commit(self) -> None:
-        with naming_full_disk(self.path):
-            self.handle.close()
-            publish(self.partial, self.path)
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):  # a full disk cannot flush the buffer: drop it
-            self.handle.close()
-        self.partial.unlink(missing_ok=True)
 
 
 class OutputLock:

@@ -45,6 +45,8 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import QObject, Signal
 
+from nucleiseg.config import FINE_TUNE_LEARNING_RATE
+
 TRAINING_FILE = "nucleiseg-training.json"  # the folder's nuclear channel, the pairs' origins
 SAVED_AS = "nucleiseg_training"  # Labels layer metadata: {folder: name} it was saved under
 DEFAULT_FOLDER = Path.home() / "nucleiseg-training"
@@ -355,7 +357,8 @@ def with_callback(run, callback):
 
 
 def fine_tune(folder: Path, init_model: Path | None, minutes: float = 10.0,
-              learning_rate: float = 1e-4, batch_size: int = 4, run_dir: Path | None = None,
+              learning_rate: float = FINE_TUNE_LEARNING_RATE, batch_size: int = 4,
+              run_dir: Path | None = None,
               report=None, cancelled=None, log=None, **overrides) -> dict:
     """Fine-tune the model at `init_model` (None: bundled) on the pairs in `folder`; the run
     goes to `run_dir` (default FOLDER/runs/<time>). Returns {"run_dir", "model" (the new
@@ -485,9 +488,9 @@ class CorrectAndRetrain(Container):
         self._minutes = FloatSpinBox(label="time budget (min)", value=10.0, min=0.5, max=600,
                                      step=0.5, tooltip="training stops after the last epoch "
                                      "that fits; the best epoch is kept")
-        self._learning_rate = FloatSpinBox(label="learning rate", value=1e-4, min=1e-6,
-                                           max=1e-2, step=1e-5,
-                                           tooltip="1e-4 suits a fine-tune: a small step "
+        self._learning_rate = FloatSpinBox(label="learning rate", value=FINE_TUNE_LEARNING_RATE,
+                                           min=1e-6, max=1e-2, step=1e-5,
+                                           tooltip="5e-5 suits a fine-tune: a small step "
                                            "away from the starting model")
         self._batch_size = SpinBox(label="batch size", value=4, min=1, max=64)
         self._start = Label(label="starts from", value="")
