@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument("--weights", choices=("best", "last"), default="best",
                         help="the run's best epoch (model.keras) or its last completed one "
                         "(checkpoints/last.weights.h5)")
+    parser.add_argument("--stain-reference", type=Path, metavar="FOLDER",
+                        help="record the CIELAB statistics of the colour training images in "
+                        "this data folder as the stain colour images are matched to "
+                        "(nucleiseg.algorithms.stain)")
     parser.add_argument("--postprocessing", type=json.loads, default={},
                         help='tuned InstanceOptions as JSON, e.g. \'{"marker_threshold": 0.7}\'')
     args = parser.parse_args()
@@ -73,6 +77,8 @@ def main() -> None:
     report = json.loads(args.evaluation.read_text()) if args.evaluation else None
     if args.postprocessing or (report or {}).get("postprocessing"):  # given, else as evaluated
         record["postprocessing"] = args.postprocessing or report["postprocessing"]
+    if args.stain_reference:
+        record["stain_reference"] = stain_reference(record, args.stain_reference)
     if report:
         record["evaluation"] = {
             "command": report.get("command"), "split": report["split"],
@@ -137,6 +143,11 @@ def main() -> None:
                   "`nucleiseg eda` does: `histology` is any colour image, e.g. H&E; options "
                   "given on the command line win for every kind):", "", "```json",
                   json.dumps(record["postprocessing"], indent=2), "```"]
+    if "stain_reference" in record:
+        lines += ["", "Stain reference (colour images are matched to it before the model, "
+                  "Reinhard's transfer in CIELAB: nucleiseg.algorithms.stain; "
+                  "`--no-stain-normalisation` turns it off):", "", "```json",
+                  json.dumps(record["stain_reference"], indent=2), "```"]
     if "evaluation" in record:
         lines += ["", "Validation (`nucleiseg evaluate`):", "", "```json",
                   json.dumps(record["evaluation"], indent=2), "```"]
@@ -174,6 +185,21 @@ def recorded_split(record: dict) -> dict:
                   if "--group-pattern" in command else None)
     return {**record["split"], "seed": record["config"]["seed"], "kinds": kinds,
             "grouped_by": grouped_by}
+
+
+def stain_reference(record: dict, folder: Path) -> dict:
+    """The stain reference of the colour images of `folder` on the record's training side."""
+    from nucleiseg.algorithms.stain import is_colour, reference_from
+
+    samples, _ = find_samples(folder, skip_bad=True)
+    chosen = [s for s in samples if s.name in set(record["split"]["train"])]
+    images = [image for _, image, _ in load_samples(chosen, skip_bad=True)[0]
+              if is_colour(image)]
+    if not images:
+        raise SystemExit(f"{folder}: no colour training images for a stain reference")
+    return reference_from(images).as_record(
+        f"{len(images)} colour training images of {folder.name} (mean of their per-image "
+        "CIELAB mean and standard deviation)")
 
 
 def training_labels(record: dict) -> list:

@@ -367,7 +367,7 @@ def test_a_huge_image_takes_the_postprocessing_of_its_kind_decided_once():
 
     per_kind = InstanceOptions(min_size=5, by_kind={"histology": {"min_size": 10**6}})
     colour, grey = rgb_disks(), touching_disks()
-    _, for_colour, check = fix_scale(CountingReads(colour), POINTWISE, CONFIG, OPTIONS,
+    _, for_colour, _, check = fix_scale(CountingReads(colour), POINTWISE, CONFIG, OPTIONS,
                                      per_kind, intensity_range(colour))
     assert (for_colour.min_size, for_colour.by_kind, check) == (10**6, {}, None)
     assert CountingReads.reads == 1  # the central window only
@@ -384,3 +384,31 @@ def test_a_huge_image_takes_the_postprocessing_of_its_kind_decided_once():
         return sum(int(labels.max() > 0) for _, labels in run.blocks)
 
     assert nuclei(colour) == 0 and nuclei(grey) > 0  # every block with its image's options
+
+
+def test_a_huge_colour_image_is_stain_matched_once_so_blocks_match_the_whole_image():
+    """The stain match (and the matched intensity range) is decided on the central window and
+    used by every block: with a model that sees each pixel alone, block by block gives the
+    whole image's nuclei (this image is smaller than the window: the same statistics)."""
+    import dataclasses
+
+    from nucleiseg.algorithms.stain import StainReference
+    from nucleiseg.inference.blockwise import segment_blocks
+
+    class WithIntensity(InMemory):
+        def intensity(self):
+            return intensity_range(self.image)
+
+    image = rgb_disks()
+    reference = StainReference((60.0, 20.0, -15.0), (25.0, 10.0, 8.0))
+    options = dataclasses.replace(OPTIONS, stain_reference=reference)
+    run = segment_blocks(WithIntensity(image), POINTWISE, CONFIG, options, core=256, halo=48)
+    labels = np.zeros(image.shape[:2], np.uint32)
+    for block, core_labels in run.blocks:
+        top, bottom, left, right = block.core
+        labels[top:bottom, left:right] = core_labels
+    assert run.options.stain is not None and run.options.stain.target == reference
+    whole = segment_image(POINTWISE, image, CONFIG, options)
+    assert same_nuclei(labels, whole) and labels.max() > 0
+    plain = segment_image(POINTWISE, image, CONFIG, OPTIONS)
+    assert not same_nuclei(plain, whole)  # the match changed what the model saw

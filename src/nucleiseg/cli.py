@@ -296,6 +296,9 @@ def add_prediction_options(parser) -> None:
         group.add_argument(flag, type=kind,
                            help=f"{what} (default: the model's tuned value, else {default})")
     group.add_argument("--no-fill-holes", action="store_true", help="keep holes in nuclei")
+    group.add_argument("--no-stain-normalisation", action="store_true",
+                       help="give colour (H&E) images to the model as they are, not matched "
+                       "to the stain of its H&E training images (when its record has one)")
 
 
 def add_file_options(parser, stacks: bool = False) -> None:
@@ -396,7 +399,8 @@ def prediction_options(args, record: dict | None):
         raise UsageError(f"--min-split-size must be at least 1; got {args.min_split_size}")
     sizing = {"diameter": None, "scale": args.scale} if args.scale is not None else (
         {"diameter": args.diameter} if args.diameter is not None else {})
-    return (options_for(record, tile=args.tile, overlap=args.overlap, tta=args.tta, **sizing),
+    return (options_for(record, stain=not args.no_stain_normalisation, tile=args.tile,
+                        overlap=args.overlap, tta=args.tta, **sizing),
             instance_options_from(record, foreground_threshold=args.foreground_threshold,
                                   marker_threshold=args.marker_threshold, min_size=args.min_size,
                                   split_levels=args.split_levels,

@@ -24,7 +24,12 @@ from nucleiseg.algorithms.blocks import (
     plan_blocks,
 )
 from nucleiseg.errors import file_error
-from nucleiseg.inference.predict import PredictOptions, segment_checked, segment_image
+from nucleiseg.inference.predict import (
+    PredictOptions,
+    segment_checked,
+    segment_image,
+    with_stain,
+)
 
 
 def segment_block(window: np.ndarray, model, config: dict, options=None,
@@ -51,24 +56,28 @@ def central_window(image) -> np.ndarray:
 
 
 def fix_scale(image, model, config: dict, options, instance_options, intensity):
-    """One scale and one post-processing for every block of a huge image (blocks must agree
-    at their seams), decided on its central window as for any image: the post-processing of
-    the window's kind and, with `--diameter auto` or a diameter, the scale (auto: upscaled at
-    most HUGE_UPSCALE_LIMIT) -> (options with that scale fixed, instance options, the
+    """One scale, one stain match and one post-processing for every block of a huge image
+    (blocks must agree at their seams), decided on its central window as for any image: the
+    post-processing of the window's kind, the window's stain match (colour images, when the
+    model has a stain reference; then the intensity range is the matched window's) and, with
+    `--diameter auto` or a diameter, the scale (auto: upscaled at most HUGE_UPSCALE_LIMIT)
+    -> (options with that scale and match fixed, instance options, intensity range, the
     window's ImageCheck or None)."""
-    if options.diameter is None and not (instance_options and instance_options.by_kind):
-        return options, instance_options, None
+    if (options.diameter is None and options.stain_reference is None
+            and not (instance_options and instance_options.by_kind)):
+        return options, instance_options, intensity, None
     window = central_window(image)
     if instance_options is not None:
         instance_options = instance_options.for_image(window)
+    options, intensity = with_stain(window, options, intensity)
     if options.diameter is None:
-        return options, instance_options, None
+        return options, instance_options, intensity, None
     most = ({"max_scaled_pixels": window.shape[0] * window.shape[1] * HUGE_UPSCALE_LIMIT**2}
             if options.diameter == "auto" else {})
     check = segment_checked(model, window, config, options, instance_options, intensity,
                             **most)[2]
     return (dataclasses.replace(options, diameter=None, scale=check.scale), instance_options,
-            check)
+            intensity, check)
 
 
 @dataclasses.dataclass
@@ -107,7 +116,7 @@ def segment_blocks(image, model, config: dict, options: PredictOptions | None = 
     be taken as its row is given to `rows_done`."""
     options = options or PredictOptions()
     intensity = image.intensity()
-    options, instance_options, check = fix_scale(
+    options, instance_options, intensity, check = fix_scale(
         image, model if scale_model is None else scale_model, config, options,
         instance_options, intensity)
     core, halo = block_geometry(options.scale, options.tile, options.overlap, halo,

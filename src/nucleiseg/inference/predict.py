@@ -19,6 +19,7 @@ from nucleiseg.algorithms.preprocess import (
     normalize_image,
     resize_image,
 )
+from nucleiseg.algorithms.stain import StainMatch, StainReference, stain_match
 from nucleiseg.errors import UsageError
 
 
@@ -52,6 +53,9 @@ class PredictOptions:
     `diameter` decides the scale per image: None uses `scale` as given; "auto" estimates the
     image's typical nucleus diameter and resizes it to `training_diameter` (the nucleus size
     in the model's record: nucleiseg.algorithms.scale); a number is the diameter in pixels, known.
+    `stain_reference`: colour images are matched to this stain first (the model's record:
+    nucleiseg.algorithms.stain; None: as they are); `stain`: the match of the image at hand,
+    once decided (a huge image's blocks all use its one match).
     """
 
     tile: int = 512
@@ -61,6 +65,8 @@ class PredictOptions:
     batch_size: int = 1  # tiles per model call: larger is no faster on CPU, and needs more memory
     diameter: float | str | None = None
     training_diameter: float | None = None
+    stain_reference: StainReference | None = None
+    stain: StainMatch | None = None
 
     def __post_init__(self):
         if self.diameter is not None and self.training_diameter is None:
@@ -86,11 +92,14 @@ def parse_diameter(text: str, blank: bool = False) -> float | str | None:
     return value
 
 
-def options_for(record: dict | None, **values) -> PredictOptions:
-    """PredictOptions with the model's training nucleus size from its record; `diameter`
-    defaults to "auto" when the record has that size, else to None (fixed `scale`)."""
+def options_for(record: dict | None, stain: bool = True, **values) -> PredictOptions:
+    """PredictOptions with the model's training nucleus size and stain reference from its
+    record; `diameter` defaults to "auto" when the record has that size, else to None (fixed
+    `scale`); `stain`: False leaves colour images as they are."""
     training = ((record or {}).get("nucleus_size") or {}).get("median_diameter")
     values.setdefault("diameter", "auto" if training else None)
+    if stain:
+        values.setdefault("stain_reference", StainReference.from_record(record))
     return PredictOptions(**values, training_diameter=training)
 
 
@@ -124,6 +133,8 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
 
     options = options or PredictOptions()
     predict_batch = probability_function(model, options.tta)
+    if options.stain is not None:
+        image = options.stain.apply(image)
     normalised = (normalize_image(image) if intensity is None
                   else apply_intensity_range(image, *intensity))
     native_shape = normalised.shape[:2]
@@ -160,12 +171,37 @@ def predict_quantised(model, image: np.ndarray, config: dict,
                                                             intensity))
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image
-    low, high = intensity if intensity is not None else intensity_range(image)
+    stain = options.stain
+    low, high = intensity if intensity is not None else (
+        intensity_range(image) if stain is None else matched_intensity_range(image, stain))
     return predict_tiled(probability_function(model, options.tta), image,
                          model.num_classes, options.tile, options.overlap,
                          options.batch_size,
-                         prepare=lambda crop: apply_intensity_range(crop, low, high),
+                         prepare=lambda crop: apply_intensity_range(
+                             crop if stain is None else stain.apply(crop), low, high),
                          dtype=np.uint8)
+
+
+def matched_intensity_range(image: np.ndarray, stain: StainMatch) -> tuple[float, float]:
+    """intensity_range of the image after its stain match (on the same regular subsample
+    intensity_range takes, so a huge image needs no matched copy)."""
+    from nucleiseg.algorithms.preprocess import EXACT_PIXELS
+
+    step = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / EXACT_PIXELS)))
+    return intensity_range(stain.apply(np.asarray(image)[::step, ::step]))
+
+
+def with_stain(image: np.ndarray, options: PredictOptions, intensity):
+    """(options, intensity) for `image`: with its stain match decided, when the options have
+    a reference and the image has colour and no match yet, and then the intensity range of
+    the matched image (the caller's is of the image as it is)."""
+    if options.stain is not None or options.stain_reference is None:
+        return options, intensity
+    stain = stain_match(image, options.stain_reference)
+    if stain is None:
+        return options, intensity
+    return (dataclasses.replace(options, stain=stain),
+            matched_intensity_range(np.asarray(image), stain))
 
 
 def segment_image(model, image: np.ndarray, config: dict,
@@ -213,14 +249,15 @@ def segment_checked(model, image: np.ndarray, config: dict,
         warning_for,
     )
 
-    options = options or PredictOptions()
+    options, intensity = with_stain(image, options or PredictOptions(), intensity)
     instance_options = (instance_options or InstanceOptions()).for_image(image)
     most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
 
     def run(scale: float):
         at_scale = dataclasses.replace(options, scale=scale)
         probabilities = (predict_quantised(model, image, config, at_scale, intensity) if quantised
-                         else predict_probabilities(model, image, config, at_scale))
+                         else predict_probabilities(model, image, config, at_scale,
+                                                    None if options.stain is None else intensity))
         sizes = scaled_sizes({"min_size": instance_options.min_size,
                               "min_split_size": instance_options.min_split_size}, scale)
         return probabilities, labels_from_probabilities(

@@ -433,7 +433,7 @@ def resume(run_dir: Path, verbose="auto", log=print) -> tuple[Path, dict]:
 # A fine-tuned model predicts as its starting model did unless told otherwise: the same tuned
 # post-processing and the same nucleus size for --diameter auto (the fine-tune's few images
 # would move the size every other image is resized to).
-INHERITED = ("postprocessing", "nucleus_size")
+INHERITED = ("postprocessing", "nucleus_size", "stain_reference")
 
 
 def initial_weights(path: Path, config: TrainConfig) -> tuple[list, dict]:
