@@ -114,3 +114,12 @@ def test_prediction_matches_colour_images_before_the_model():
     np.testing.assert_allclose(seen[0][0], expected[:128, :128], atol=1e-6)
     grey = np.repeat(image[..., :1], 3, axis=-1)
     assert with_stain(grey, options, (0.0, 255.0)) == (options, (0.0, 255.0))
+
+
+def test_the_colour_table_gives_the_converted_pixels():
+    import dataclasses
+
+    image = he_like(seed=4)
+    match = stain_match(image, REFERENCE)
+    np.testing.assert_array_equal(dataclasses.replace(match, tabled=True).apply(image),
+                                  match.apply(image))

@@ -69,7 +69,8 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
     window = central_window(image)
     if instance_options is not None:
         instance_options = instance_options.for_image(window)
-    options, intensity = with_stain(window, options, intensity)
+    options, intensity = with_stain(window, options, intensity,
+                                    pixels=image.shape[0] * image.shape[1])
     if options.diameter is None:
         return options, instance_options, intensity, None
     most = ({"max_scaled_pixels": window.shape[0] * window.shape[1] * HUGE_UPSCALE_LIMIT**2}

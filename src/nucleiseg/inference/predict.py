@@ -191,13 +191,15 @@ def matched_intensity_range(image: np.ndarray, stain: StainMatch) -> tuple[float
     return intensity_range(stain.apply(np.asarray(image)[::step, ::step]))
 
 
-def with_stain(image: np.ndarray, options: PredictOptions, intensity):
+def with_stain(image: np.ndarray, options: PredictOptions, intensity,
+               pixels: int | None = None):
     """(options, intensity) for `image`: with its stain match decided, when the options have
     a reference and the image has colour and no match yet, and then the intensity range of
-    the matched image (the caller's is of the image as it is)."""
+    the matched image (the caller's is of the image as it is). `pixels`: what the match will
+    be applied to, when more than `image` (a huge image's window)."""
     if options.stain is not None or options.stain_reference is None:
         return options, intensity
-    stain = stain_match(image, options.stain_reference)
+    stain = stain_match(image, options.stain_reference, pixels)
     if stain is None:
         return options, intensity
     return (dataclasses.replace(options, stain=stain),
