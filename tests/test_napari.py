@@ -359,6 +359,10 @@ def test_qt_widget_segments_in_a_worker_and_can_be_cancelled(qt_app):
     widget._min_confidence.value = 0.3  # a changed field wins for every kind
     assert widget.settings()[1].for_kind("histology").min_confidence == pytest.approx(0.3)
     widget._min_confidence.value = instance_options_from(widget._record).min_confidence
+    assert widget.settings()[0].stain_reference is not None  # the bundled model's H&E stain
+    widget._stain.value = False
+    assert widget.settings()[0].stain_reference is None
+    widget._stain.value = True
 
     widget._foreground.value = 0.9  # stricter: fewer or smaller nuclei, same layer
     widget.run()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -100,6 +101,9 @@ class SegmentNuclei(Container):
                               tooltip="0: nuclei only; else each nucleus grown outward by up "
                               "to this many pixels without overlapping its neighbours, as a "
                               "second Labels layer '<image> cells' (same ids)")
+        self._stain = CheckBox(text="match H&E stain", value=True,
+                               tooltip="colour images are matched to the stain of the model's "
+                               "H&E training tiles before the model (when its record has one)")
         self._tta = ComboBox(label="test-time augm.", value=1,
                              choices=[("none", 1), ("4 flips", 4), ("8 flips + rotations", 8)])
         self._run = PushButton(text="Segment nuclei")
@@ -110,7 +114,8 @@ class SegmentNuclei(Container):
         super().__init__(widgets=[
             self._image, self._model, self._model_file, self._channel, self._diameter,
             self._scale, self._foreground, self._min_size, self._min_confidence, self._cells,
-            self._tta, self._run, self._cancel, self._progress, self._stage, self._status])
+            self._stain, self._tta, self._run, self._cancel, self._progress, self._stage,
+            self._status])
 
         self._model.changed.connect(self._model_changed)
         self._model_file.changed.connect(self._model_changed)
@@ -189,7 +194,8 @@ class SegmentNuclei(Container):
         diameter = parse_diameter(self._diameter.value) if self._diameter.enabled else None
         sizing = {"diameter": diameter} if diameter is not None else {
             "diameter": None, "scale": float(self._scale.value)}
-        options = options_for(self._record, tta=int(self._tta.value), **sizing)
+        options = options_for(self._record, stain=bool(self._stain.value),
+                              tta=int(self._tta.value), **sizing)
         # a field left at the model's value keeps the model's values per image kind (H&E)
         tuned = instance_options_from(self._record)
         changed = {name: value for name, value in (
