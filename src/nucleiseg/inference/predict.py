@@ -191,6 +191,22 @@ def matched_intensity_range(image: np.ndarray, stain: StainMatch) -> tuple[float
     return intensity_range(stain.apply(np.asarray(image)[::step, ::step]))
 
 
+def matched(image: np.ndarray, options: PredictOptions, intensity):
+    """(image, options, intensity) with the image's stain matched once, for every pass: by
+    `options.stain` when decided (a huge image's block, with the matched image's range as
+    `intensity`), else by the image's own match to `options.stain_reference` (colour images;
+    then `intensity` is the matched image's range, not the caller's)."""
+    stain = options.stain
+    decided_here = stain is None
+    if decided_here:
+        stain = stain_match(image, options.stain_reference)
+    if stain is None:
+        return image, options, intensity
+    image = stain.apply(image)
+    return (image, dataclasses.replace(options, stain=None, stain_reference=None),
+            intensity_range(image) if decided_here else intensity)
+
+
 def with_stain(image: np.ndarray, options: PredictOptions, intensity,
                pixels: int | None = None):
     """(options, intensity) for `image`: with its stain match decided, when the options have
@@ -251,8 +267,8 @@ def segment_checked(model, image: np.ndarray, config: dict,
         warning_for,
     )
 
-    options, intensity = with_stain(image, options or PredictOptions(), intensity)
     instance_options = (instance_options or InstanceOptions()).for_image(image)
+    image, options, intensity = matched(image, options or PredictOptions(), intensity)
     most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
 
     def run(scale: float):
