@@ -84,9 +84,11 @@ def score(segment, images, labels) -> dict:
             "seconds_per_image": sum(seconds) / max(1, len(seconds))}
 
 
-def segmenters(models, engine_name: str, postprocessing: dict | None = None):
+def segmenters(models, engine_name: str, postprocessing: dict | None = None,
+               stain: bool = True):
     """[(name, segment function, record)] for each model and the classical baseline;
-    `postprocessing`: instead of each model's recorded one (trying a tuning before shipping)."""
+    `postprocessing`: instead of each model's recorded one (trying a tuning before shipping);
+    `stain`: False gives colour images to the models unmatched (--no-stain-normalisation)."""
     from nucleiseg.algorithms.instances import instance_options_from
     from nucleiseg.evaluation import classical_segmenter, model_segmenter
     from nucleiseg.inference.engines import load_engine
@@ -97,7 +99,7 @@ def segmenters(models, engine_name: str, postprocessing: dict | None = None):
         engine, record = load_engine(path, engine_name)
         if postprocessing is not None:
             record = {**record, "postprocessing": postprocessing}
-        segment = model_segmenter(engine, record["config"], options_for(record),
+        segment = model_segmenter(engine, record["config"], options_for(record, stain=stain),
                                   instance_options_from(record))
         found.append((f"{path or 'bundled'} ({engine.name})", segment, record))
     found.append(("classical (Otsu + watershed)", classical_segmenter, None))
@@ -115,6 +117,8 @@ def main(argv=None) -> None:
     parser.add_argument("--postprocessing", type=json.loads,
                         help="post-processing as JSON instead of the models' recorded one, "
                         "e.g. '{\"min_confidence\": 0.6, \"by_kind\": {...}}'")
+    parser.add_argument("--no-stain-normalisation", action="store_true",
+                        help="colour images unmatched, as predict --no-stain-normalisation")
     parser.add_argument("--sets", nargs="+", help="only these data sets (names as printed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -122,7 +126,8 @@ def main(argv=None) -> None:
 
     from nucleiseg.model.saving import read_record
 
-    runs = segmenters(args.model or [None], args.engine, args.postprocessing)
+    runs = segmenters(args.model or [None], args.engine, args.postprocessing,
+                      not args.no_stain_normalisation)
     split = runs[0][2]["split"]
     if args.split is not None:
         split = (json.loads(args.split.read_text()) if args.split.suffix == ".json"
