@@ -78,13 +78,19 @@ clean:
 # an interrupted run continues with `nucleiseg train --resume <run>`, then run `make
 # pretrained` again with the same RUN:
 #   make pretrained DSB=../shared/data/dsb2018-stage1-train TNBC=../shared/data/tnbc2018
-# The post-processing values were chosen with scripts/tune_postprocessing.py on 60 training
-# images (docs/design.md); ship_model.py stores in the model the ones the evaluation used.
+# The post-processing values were chosen with scripts/tune_postprocessing.py on training images
+# (docs/design.md; the histology ones on TNBC and DSB histology training images:
+# docs/results.md); ship_model.py stores them in the model, with the stain reference of the
+# TNBC training tiles that colour images are matched to.
 DSB ?= ../shared/data/dsb2018-stage1-train
 TNBC ?= ../shared/data/tnbc2018
 RUN ?= runs/pretrained-$(shell date +%Y%m%d-%H%M%S)
-POSTPROCESSING := --foreground-threshold 0.6 --marker-threshold 0.5 --min-size 30 \
-  --split-levels 0.8,0.9 --min-split-size 80 --min-confidence 0.8
+POSTPROCESSING := {"foreground_threshold": 0.6, "marker_threshold": 0.5, "min_size": 30, \
+  "fill_holes": true, "split_levels": [0.8, 0.9], "min_split_size": 80, "min_confidence": 0.8, \
+  "by_kind": {"histology": {"foreground_threshold": 0.5, "marker_threshold": 0.3, \
+  "min_confidence": 0.7}}}
+SHIP = $(PY) scripts/ship_model.py $(RUN)/histology --weights last \
+  --postprocessing '$(POSTPROCESSING)' --stain-reference $(TNBC)
 COMMON := --sampling crops --image-size 256 --target boundary --boundary-weight 2 \
   --contact-weight 3 --decoder-filters 256,128,64,32 --batch-size 8 --steps-per-epoch 100 \
   --lr-schedule cosine --val-fraction 0.15 --patience 20 --intensity-augment
@@ -98,9 +104,8 @@ pretrained: $(INSTALLED)
 	  --data $(TNBC) --group-pattern '^[^_]+' $(COMMON) --out $(RUN)/histology \
 	  --init-model $(RUN)/robust/model.keras --epochs 36 $(ROBUST)
 	# the last epoch is shipped (the mixed validation loss chose an early one: docs/results.md),
-	# evaluated as shipped, then shipped again with its evaluation and post-processing
-	$(PY) scripts/ship_model.py $(RUN)/histology --weights last
-	$(VENV)/bin/nucleiseg evaluate --data $(DSB) --split val $(POSTPROCESSING) --json \
+	# evaluated as shipped, then shipped again with its evaluation
+	$(SHIP)
+	$(VENV)/bin/nucleiseg evaluate --data $(DSB) --split val --json \
 	  > $(RUN)/histology/evaluation.json
-	$(PY) scripts/ship_model.py $(RUN)/histology --weights last \
-	  --evaluation $(RUN)/histology/evaluation.json
+	$(SHIP) --evaluation $(RUN)/histology/evaluation.json
