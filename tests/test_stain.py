@@ -59,6 +59,7 @@ def test_grey_images_and_no_reference_are_left_alone():
     assert stain_match(grey, REFERENCE) is None
     assert stain_match(grey[..., 0], REFERENCE) is None
     assert stain_match(he_like(), None) is None
+    assert stain_match(he_like().astype(np.float32), REFERENCE) is None  # range unknown
 
 
 def test_16_bit_and_rgba_match_like_8_bit():

@@ -98,12 +98,14 @@ def colour_table(match: StainMatch) -> np.ndarray:
 
 
 def is_colour(image: np.ndarray) -> bool:
-    """Whether an image has colour (an RGB image whose channels differ): what is matched.
-    Grey images, and colour images whose channels are equal, are left as they are."""
+    """Whether an image is 8/16-bit colour (an RGB image whose channels differ): what is
+    matched. Grey images, colour images whose channels are equal and float images (whose
+    range is unknown) are left as they are."""
     from nucleiseg.algorithms.preprocess import image_kind
 
     image = np.asarray(image)
-    return image.ndim == 3 and image.shape[-1] in (3, 4) and image_kind(image) == "histology"
+    return (image.ndim == 3 and image.shape[-1] in (3, 4) and image.dtype in (np.uint8, np.uint16)
+            and image_kind(image) == "histology")
 
 
 def to_lab(image: np.ndarray) -> np.ndarray:
