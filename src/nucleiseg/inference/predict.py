@@ -294,22 +294,23 @@ def segment_checked(model, image: np.ndarray, config: dict,
     confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
     guard_note, unsure = "", False
     if options.diameter == "auto":
-        # an unsure first pass (unknown stain, fragments) is weak evidence of the size
-        unsure = is_unsure(confidence, uncertain)
+        # an unsure pass (unknown stain, fragments) is weak evidence of the size: its
+        # upscaling is limited; a sure pass at the scale reached decides on (tiny nuclei)
+        unsure = pass_unsure = is_unsure(confidence, uncertain)
         for _ in range(2):
             probe = labels
             if diameter is None:  # maybe nuclei under min_size at this scale: look again
                 probe = labels_from_probabilities(probabilities, dataclasses.replace(
                     instance_options, min_size=1, min_confidence=0.0, split_levels=()))
-            wanted, _, note = guarded_scale(probe, training, unsure, most)
+            wanted, _, guard_note = guarded_scale(probe, training, pass_unsure, most)
             if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):  # settled
                 break
-            guard_note = note or guard_note
             scale = wanted
             probabilities, labels = run(scale)
             diameter, count = typical_diameter(labels)
             confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
-            unsure = unsure or is_unsure(confidence, uncertain)
+            pass_unsure = is_unsure(confidence, uncertain)
+            unsure = unsure or pass_unsure
     check = ImageCheck(diameter, scale, confidence, uncertain, unsure=unsure)
     warning = "; ".join(filter(None, [warning_for(check, training, int(labels.max())),
                                       guard_note]))
