@@ -214,3 +214,28 @@ def test_segmenting_with_an_unsure_model_keeps_a_sane_scale():
                                        options, POST)
     assert check.scale == UNSURE_UPSCALE_LIMIT and labels.shape == image.shape[:2]
     assert "first pass unsure" in check.warning and "unsure" in check.warning
+
+
+def test_a_sure_pass_after_an_unsure_one_decides_on():
+    """Tiny nuclei the 'model' is unsure of at their own size but sure of once enlarged: the
+    unsure first pass upscales only to the guard, and the sure pass there sets the scale."""
+    from scipy import ndimage
+
+    image, _ = disks(3, count=20)
+
+    def predict_logits(tiles):
+        bright = tiles.mean(axis=-1) > 0.5
+        p = np.full(bright.shape, 0.0, np.float32)
+        for i, tile in enumerate(bright):
+            blobs, _ = ndimage.label(tile)
+            areas = np.bincount(blobs.ravel())
+            areas[0] = 0
+            p[i] = np.where(tile, np.where(areas[blobs] >= 45, 0.97, 0.6), 0.0)
+        nucleus = np.log(np.clip(p, 1e-4, 1 - 1e-4) / np.clip(1 - p, 1e-4, 1))
+        return np.stack([np.zeros_like(nucleus), nucleus], axis=-1)
+
+    options = PredictOptions(tile=128, overlap=32, diameter="auto", training_diameter=24.0)
+    _, _, check = segment_checked(Engine("size-shy", predict_logits, 2), image, CONFIG,
+                                  options, POST)
+    assert check.scale > 2 * UNSURE_UPSCALE_LIMIT  # not stopped at the guard
+    assert check.unsure and "first pass unsure" not in (check.warning or "")
