@@ -543,8 +543,10 @@ def fit_run(run_dir: Path, config: TrainConfig, by_name: dict, kinds: dict, trai
         build_without_peeking(model, strategy, train_ds.element_spec)
     checkpoints = run_dir / "checkpoints"
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        # Built here, eagerly: built inside the first traced train step, its ~300 variables
+        # took ~9 s to create and made TensorFlow trace the step twice (~30 s before epoch 1)
+        model.optimizer.build(model.trainable_variables)
         if state:
-            model.optimizer.build(model.trainable_variables)
             model.load_weights(checkpoints / "last.weights.h5")
             truncate_history(run_dir / "history.csv", epochs_done)
         elif initial_weights is not None:
