@@ -4,6 +4,7 @@ import pytest
 from nucleiseg.algorithms.tiling import (
     gaussian_weights,
     predict_tiled,
+    tile_layout,
     tile_starts,
     with_test_time_augmentation,
 )
@@ -17,6 +18,17 @@ def test_tiles_cover_the_image_and_the_last_is_flush(length, tile, overlap):
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
     if length > tile:  # the fewest tiles that can overlap enough
         assert len(starts) == -(-(length - overlap) // (tile - overlap))
+
+
+def test_tiles_are_fitted_to_the_image_so_the_model_computes_little_beyond_it():
+    """A 520 x 696 DSB image took four 512² tiles (2.9x its pixels): now one row of 544 and
+    two columns of 384 (1.15x)."""
+    assert tile_layout(520, 512, 64) == (320, [0, 200])  # two shortened tiles, not 2 x 512
+    assert tile_layout(520, 640, 64) == (544, [0])  # one tile, padded to a multiple of 32
+    assert tile_layout(256, 512, 64) == (256, [0])
+    assert tile_layout(4096, 512, 64) == (512, tile_starts(4096, 512, 64))  # already fitted
+    size, starts = tile_layout(696, 640, 64)
+    assert size == 384 and starts == [0, 312]
 
 
 def test_gaussian_weights_peak_in_the_centre_and_never_reach_zero():

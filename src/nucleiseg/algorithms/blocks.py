@@ -58,19 +58,23 @@ class Block:
 def choose_core(tile: int = 512, overlap: int = 64, halo: int = HALO, shape=None,
                 smallest: int = 2048, largest: int = 4096) -> int:
     """The block core (a multiple of ALIGN) for which the model's tiles over all windows
-    (core + halo) are fewest, then the windows smallest: the halo's extra work kept small
-    (about 10-20% more tiles than the image read whole). `shape` (height, width): for that
-    image; without it, per core pixel of an endless image."""
-    from nucleiseg.algorithms.tiling import tile_starts
+    (core + halo) cover the fewest pixels, then the windows are smallest: the halo's extra
+    work kept small (about 10-20% more tiles than the image read whole). `shape` (height,
+    width): for that image; without it, per core pixel of an endless image."""
+    from nucleiseg.algorithms.tiling import tile_layout
 
     def along(length, core):  # (tiles, window pixels) along one axis
         windows = [min(start + core + halo, length) - max(start - halo, 0)
                    for start in range(0, length, core)]
-        return sum(len(tile_starts(w, tile, overlap)) for w in windows), sum(windows)
+        return sum(model_pixels(w) for w in windows), sum(windows)
+
+    def model_pixels(length):  # along one axis
+        size, starts = tile_layout(length, tile, overlap)
+        return size * len(starts)
 
     def cost(core):
         if shape is None:
-            return len(tile_starts(core + 2 * halo, tile, overlap)) ** 2 / core**2, 0
+            return model_pixels(core + 2 * halo) ** 2 / core**2, 0
         (tiles_y, pixels_y), (tiles_x, pixels_x) = along(shape[0], core), along(shape[1], core)
         return tiles_y * tiles_x, pixels_y * pixels_x
 

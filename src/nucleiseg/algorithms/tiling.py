@@ -1,6 +1,8 @@
 """Tiled prediction at native resolution: a splitter (tile positions) and a blender.
 
-Tiles overlap; the last tile of a row or column sits flush with the image edge. Each tile's
+Tiles overlap, and are fitted to the image: as few as the largest tile size allows, each as
+short as covering the image then needs (a 520 px side is one 544 px tile, not two of 512
+overlapping by 504); the last tile of a row or column sits flush with the image edge. Each tile's
 class probabilities are weighted by a Gaussian that is highest at the tile centre and never
 reaches zero (nnU-Net's choice), so seams vanish. Rows of tiles are blended into a rolling
 accumulator one tile high: working memory grows with the tile size and the image width, not
@@ -25,6 +27,19 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     count = math.ceil((length - overlap) / max(1, tile - overlap))
     count = max(count, 2)
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def tile_layout(length: int, tile: int = 512, overlap: int = 64) -> tuple[int, list[int]]:
+    """(tile length, start offsets) along an axis of `length` pixels: one tile padded to a
+    multiple of SIZE_MULTIPLE when that fits in `tile`; else the fewest tiles of at most
+    `tile` that overlap by at least `overlap`, each shortened (in SIZE_MULTIPLE steps) as far
+    as that allows, so that the model computes little beyond the image."""
+    padded = round_up(length)
+    if padded <= tile:
+        return padded, [0]
+    count = max(2, math.ceil((length - overlap) / max(1, tile - overlap)))
+    size = min(tile, round_up(math.ceil((length + (count - 1) * overlap) / count)))
+    return size, tile_starts(length, size, overlap)
 
 
 def gaussian_weights(tile: int, sigma_fraction: float = 1 / 8, floor: float = 1e-3) -> np.ndarray:
@@ -66,12 +81,10 @@ def predict_tiled(predict_batch, image: np.ndarray, num_classes: int, tile: int 
     prepare = prepare or (lambda crop: crop)
     finish = quantise_probabilities if dtype == np.uint8 else (lambda p: p)
     height, width = image.shape[:2]
-    tile_h = min(tile, round_up(height))
-    tile_w = min(tile, round_up(width))
+    tile_h, rows = tile_layout(height, tile, overlap)
+    tile_w, cols = tile_layout(width, tile, overlap)
     padded = pad_image(image, max(height, tile_h), max(width, tile_w))
     full_h, full_w = padded.shape[:2]
-    rows = tile_starts(full_h, tile_h, overlap)
-    cols = tile_starts(full_w, tile_w, overlap)
     weight = gaussian_weights(max(tile_h, tile_w))
     top_w, left_w = (weight.shape[0] - tile_h) // 2, (weight.shape[1] - tile_w) // 2
     weight = weight[top_w:top_w + tile_h, left_w:left_w + tile_w, None]

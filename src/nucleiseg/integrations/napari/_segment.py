@@ -92,7 +92,7 @@ class Progress:
 def model_calls(shape, config: dict, options) -> int:
     """How many model calls one pass over a (H, W) plane takes (as predict_tiled tiles it),
     at the scale `options` fixes (1 when the diameter is estimated: the first pass)."""
-    from nucleiseg.algorithms.tiling import round_up, tile_starts
+    from nucleiseg.algorithms.tiling import tile_layout
 
     if config.get("sampling", "resize") == "resize":
         return options.tta
@@ -100,9 +100,8 @@ def model_calls(shape, config: dict, options) -> int:
     if options.diameter not in (None, "auto") and options.training_diameter:
         scale = options.training_diameter / float(options.diameter)
     height, width = (max(1, round(n * scale)) for n in shape[:2])
-    tile_h, tile_w = min(options.tile, round_up(height)), min(options.tile, round_up(width))
-    rows = tile_starts(max(height, tile_h), tile_h, options.overlap)
-    cols = tile_starts(max(width, tile_w), tile_w, options.overlap)
+    tile_h, rows = tile_layout(height, options.tile, options.overlap)
+    tile_w, cols = tile_layout(width, options.tile, options.overlap)
     views = options.tta if tile_h == tile_w else min(options.tta, 4)  # as TTA does
     return len(rows) * len(cols) * views
 
