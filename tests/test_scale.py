@@ -239,3 +239,44 @@ def test_a_sure_pass_after_an_unsure_one_decides_on():
                                   options, POST)
     assert check.scale > 2 * UNSURE_UPSCALE_LIMIT  # not stopped at the guard
     assert check.unsure and "first pass unsure" not in (check.warning or "")
+
+
+def counting(engine: Engine) -> tuple[Engine, list]:
+    """The engine, and a list of the pixels each of its calls was given."""
+    seen = []
+
+    def predict_logits(tiles):
+        seen.append(tiles.shape[0] * tiles.shape[1] * tiles.shape[2])
+        return engine.predict_logits(tiles)
+
+    return Engine(engine.name, predict_logits, engine.num_classes), seen
+
+
+def test_large_nuclei_are_sized_on_a_quarter_size_probe_not_a_full_pass():
+    """Nuclei twice the training size: the half-size probe sees them at the training size and
+    stands for the full-size first pass, so the model sees about a quarter of the pixels (the
+    full pass and then the shrunk one: 1.25x)."""
+    from nucleiseg.algorithms.scale import PROBE_MIN_PIXELS, PROBE_SCALE
+
+    image, truth = disks(24, shape=(512, 512), count=30)
+    assert image.shape[0] * image.shape[1] >= PROBE_MIN_PIXELS
+    engine, seen = counting(threshold_engine())
+    options = PredictOptions(tile=256, overlap=32, diameter="auto", training_diameter=24.0)
+    labels, _, check = segment_checked(engine, image, CONFIG, options, POST)
+    assert check.scale == PROBE_SCALE and sum(seen) <= 0.3 * image.shape[0] * image.shape[1]
+    assert labels.max() == truth.max()
+
+
+def test_a_probe_that_finds_nothing_to_shrink_leaves_the_result_as_without_it(monkeypatch):
+    """Nuclei at the training size: the probe is thrown away, the full-size pass decides, and
+    the labels are those the full-size pass alone gives."""
+    import nucleiseg.algorithms.scale as scale
+
+    image, _ = disks(12, shape=(400, 400), count=40)
+    options = PredictOptions(tile=256, overlap=32, diameter="auto", training_diameter=24.0)
+    engine, seen = counting(threshold_engine())
+    labels, _, check = segment_checked(engine, image, CONFIG, options, POST)
+    assert check.scale == 1.0 and sum(seen) > image.shape[0] * image.shape[1]  # probe + full
+    monkeypatch.setattr(scale, "PROBE_MIN_PIXELS", 10**9)
+    unprobed, _, unprobed_check = segment_checked(engine, image, CONFIG, options, POST)
+    assert np.array_equal(labels, unprobed) and unprobed_check == check
