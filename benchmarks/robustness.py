@@ -34,11 +34,15 @@ CONDITIONS = ("native", *(f"scale {s:g}x" for s in SCALES), "pale stain", "dim a
 
 
 def rescaled(image: np.ndarray, labels: np.ndarray, factor: float):
-    """Image resized bilinear (anti-aliased when shrinking), labels nearest, same dtype."""
-    from nucleiseg.algorithms.preprocess import resize_image, resize_labels
+    """Image resized bilinear (anti-aliased when shrinking; skimage, as the copies have always
+    been made, whatever the library resizes with), labels nearest, same dtype."""
+    from skimage.transform import resize
+
+    from nucleiseg.algorithms.preprocess import resize_labels
 
     shape = tuple(max(8, round(n * factor)) for n in labels.shape)
-    resized = resize_image(image.astype(np.float32), shape)
+    resized = resize(image.astype(np.float32), (*shape, *image.shape[2:]), order=1,
+                     anti_aliasing=factor < 1, preserve_range=True, mode="reflect")
     if np.issubdtype(image.dtype, np.integer):
         resized = np.clip(np.round(resized), 0, np.iinfo(image.dtype).max).astype(image.dtype)
     return resized, resize_labels(labels, shape)

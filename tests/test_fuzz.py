@@ -21,9 +21,9 @@ from nucleiseg.algorithms.instances import (
     measure_nuclei,
 )
 from nucleiseg.algorithms.metrics import instance_ious, match_instances, pixel_counts
-from nucleiseg.algorithms.preprocess import normalize_image, to_rgb
+from nucleiseg.algorithms.preprocess import normalize_image, percentiles, to_rgb
 from nucleiseg.algorithms.targets import labels_to_classes
-from nucleiseg.algorithms.tiling import gaussian_weights, tile_starts
+from nucleiseg.algorithms.tiling import gaussian_weights, tile_layout, tile_starts
 from nucleiseg.errors import DataError
 from nucleiseg.io.images import merge_instance_masks, read_image, read_label_mask
 
@@ -300,6 +300,24 @@ def test_tiles_are_sorted_in_range_flush_and_overlap_enough(length, tile_overlap
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
 
 
+@settings(FUZZ, max_examples=200)
+@given(st.integers(1, 5000), st.integers(1, 20).flatmap(
+    lambda tile: st.tuples(st.just(32 * tile), st.integers(0, 32 * tile - 1))))
+def test_fitted_tiles_cover_the_image_overlap_enough_and_are_fewest(length, tile_overlap):
+    tile, overlap = tile_overlap
+    size, starts = tile_layout(length, tile, overlap)
+    assert size % 32 == 0 and size <= tile and starts[0] == 0
+    if len(starts) == 1:
+        assert length <= size < length + 32
+    else:
+        assert starts[-1] + size == length
+        assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))
+        assert len(starts) == max(2, -(-(length - overlap) // (tile - overlap)))
+        # one multiple of 32 shorter would no longer cover the image with that overlap
+        shorter = size - 32
+        assert len(starts) * shorter - (len(starts) - 1) * overlap < length
+
+
 @settings(FUZZ, max_examples=60)
 @given(st.integers(1, 300), st.floats(0.01, 2), st.floats(1e-6, 0.5))
 def test_gaussian_weights_are_positive_bounded_and_symmetric(tile, sigma_fraction, floor):
@@ -308,3 +326,15 @@ def test_gaussian_weights_are_positive_bounded_and_symmetric(tile, sigma_fractio
     assert weights.min() >= np.float32(floor) > 0 and weights.max() == pytest.approx(1.0)
     np.testing.assert_allclose(weights, weights[::-1, ::-1], rtol=1e-6)
     np.testing.assert_allclose(weights, weights.T, rtol=1e-6)
+
+
+@settings(FUZZ, max_examples=100)
+@given(st.sampled_from([np.uint8, np.uint16]), st.integers(1, 3000), st.integers(0, 2**32 - 1),
+       st.lists(st.floats(0, 100), min_size=1, max_size=4))
+def test_histogram_percentiles_are_numpys(dtype, count, seed, qs):
+    """8/16-bit percentiles from the histogram equal np.percentile's linear interpolation."""
+    rng = np.random.default_rng(seed)
+    top = int(rng.integers(1, np.iinfo(dtype).max + 1))
+    values = rng.integers(0, top, count, endpoint=True).astype(dtype)
+    np.testing.assert_allclose(percentiles(values, qs),
+                               np.percentile(values.astype(np.float64), qs), rtol=1e-9)

@@ -26,17 +26,20 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 EXACT_PIXELS = 1 << 22  # percentiles over every pixel up to 4 MP, a regular subsample above
 
 
-def intensity_range(image: np.ndarray, percentiles=PERCENTILES) -> tuple[float, float]:
+def intensity_range(image: np.ndarray, percentile_pair=PERCENTILES) -> tuple[float, float]:
     """The (low, high) per-image percentiles (over all channels, so colours keep their
     balance) that normalisation maps to 0 and 1. Above EXACT_PIXELS they are taken on a regular
     grid of about that many pixels, so large images need no image-sized float copy."""
     image = np.asarray(image)
     step = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / EXACT_PIXELS)))
-    sample = to_rgb(image[::step, ::step]).astype(np.float32)
+    sample = to_rgb(image[::step, ::step])
+    if sample.dtype in (np.uint8, np.uint16) and sample.size:
+        return tuple(percentiles(sample, percentile_pair))
+    sample = sample.astype(np.float32)
     values = sample[np.isfinite(sample)]
     if values.size == 0:
         return 0.0, 0.0
-    low, high = (float(v) for v in np.percentile(values, percentiles))
+    low, high = (float(v) for v in np.percentile(values, percentile_pair))
     return low, high
 
 
@@ -82,15 +85,24 @@ def normalize_image(image: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize (anti-aliased when shrinking) of a float image to `shape` (H, W)."""
-    from skimage.transform import resize
+    """Bilinear resize of an (H, W) or (H, W, C) image to `shape` (H, W) as float32, plane by
+    plane with Pillow, anti-aliased when shrinking (its bilinear filter widens with the
+    reduction). 8-15x faster than skimage.transform.resize, which interpolated the channel
+    axis too (docs/performance.md); the same values inside the image when enlarging."""
+    from PIL import Image
 
+    image = np.asarray(image, dtype=np.float32)
     if image.shape[:2] == tuple(shape):
-        return image.astype(np.float32, copy=False)
-    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
-    out = resize(image, (*shape, *image.shape[2:]), order=1, anti_aliasing=shrink,
-                 preserve_range=True, mode="reflect")
-    return out.astype(np.float32)
+        return image
+    size = (int(shape[1]), int(shape[0]))
+
+    def plane(values):
+        return np.asarray(Image.fromarray(np.ascontiguousarray(values)).resize(
+            size, Image.Resampling.BILINEAR))
+
+    if image.ndim == 2:
+        return np.array(plane(image))
+    return np.stack([plane(image[..., c]) for c in range(image.shape[-1])], axis=-1)
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -106,12 +118,31 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def image_kind(image: np.ndarray) -> str:
     """Classify an image as 'fluorescence' (grey, dark background), 'brightfield' (grey,
     bright background) or 'histology' (colour, e.g. H&E)."""
-    rgb = to_rgb(np.asarray(image)).astype(np.float32)
-    if np.abs(rgb - rgb[..., :1]).max() > 0.02 * max(float(rgb.max()), 1.0):
+    image = np.asarray(image)
+    rgb = to_rgb(image)
+    exact = np.int32 if rgb.dtype in (np.uint8, np.uint16) else np.float32
+    first = rgb[..., 0].astype(exact)
+    colour = max(float(np.abs(rgb[..., c].astype(exact) - first).max()) for c in (1, 2))
+    if colour > 0.02 * max(float(rgb.max()), 1.0):
         return "histology"
-    grey = rgb[..., 0]
-    low, high = np.percentile(grey, (1, 99))
-    full_scale = 255.0 if np.asarray(image).dtype == np.uint8 else max(float(grey.max()), 1e-6)
-    median = float(np.median(grey))
+    low, median, high = percentiles(rgb[..., 0], (1, 50, 99))
+    full_scale = 255.0 if image.dtype == np.uint8 else max(float(first.max()), 1e-6)
     bright = median > (low + high) / 2 and median > 0.25 * full_scale
     return "brightfield" if bright else "fluorescence"
+
+
+def percentiles(values: np.ndarray, qs) -> list[float]:
+    """np.percentile(values, qs) (linear interpolation) as floats; for 8- and 16-bit values
+    from their histogram, without sorting or a float copy (5x faster on a megapixel)."""
+    values = np.asarray(values)
+    if values.dtype not in (np.uint8, np.uint16):
+        return [float(v) for v in np.percentile(values.astype(np.float32), qs)]
+    cumulative = np.cumsum(np.bincount(values.ravel()))
+    count = int(cumulative[-1])
+    found = []
+    for q in qs:
+        index = q / 100 * (count - 1)
+        below = math.floor(index)
+        at = np.searchsorted(cumulative, [below, min(below + 1, count - 1)], side="right")
+        found.append(float(at[0] + (at[1] - at[0]) * (index - below)))
+    return found
