@@ -85,10 +85,11 @@ def score(segment, images, labels) -> dict:
 
 
 def segmenters(models, engine_name: str, postprocessing: dict | None = None,
-               stain: bool = True):
+               stain: bool = True, tta: int = 1):
     """[(name, segment function, record)] for each model and the classical baseline;
     `postprocessing`: instead of each model's recorded one (trying a tuning before shipping);
-    `stain`: False gives colour images to the models unmatched (--no-stain-normalisation)."""
+    `stain`: False gives colour images to the models unmatched (--no-stain-normalisation);
+    `tta`: test-time augmentation of the models (1, 4 or 8), as predict --tta."""
     from nucleiseg.algorithms.instances import instance_options_from
     from nucleiseg.evaluation import classical_segmenter, model_segmenter
     from nucleiseg.inference.engines import load_engine
@@ -99,8 +100,8 @@ def segmenters(models, engine_name: str, postprocessing: dict | None = None,
         engine, record = load_engine(path, engine_name)
         if postprocessing is not None:
             record = {**record, "postprocessing": postprocessing}
-        segment = model_segmenter(engine, record["config"], options_for(record, stain=stain),
-                                  instance_options_from(record))
+        options = options_for(record, stain=stain, tta=tta)
+        segment = model_segmenter(engine, record["config"], options, instance_options_from(record))
         found.append((f"{path or 'bundled'} ({engine.name})", segment, record))
     found.append(("classical (Otsu + watershed)", classical_segmenter, None))
     return found
@@ -119,6 +120,8 @@ def main(argv=None) -> None:
                         "e.g. '{\"min_confidence\": 0.6, \"by_kind\": {...}}'")
     parser.add_argument("--no-stain-normalisation", action="store_true",
                         help="colour images unmatched, as predict --no-stain-normalisation")
+    parser.add_argument("--tta", type=int, choices=(1, 4, 8), default=1,
+                        help="test-time augmentation of the models, as predict --tta")
     parser.add_argument("--sets", nargs="+", help="only these data sets (names as printed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -127,7 +130,7 @@ def main(argv=None) -> None:
     from nucleiseg.model.saving import read_record
 
     runs = segmenters(args.model or [None], args.engine, args.postprocessing,
-                      not args.no_stain_normalisation)
+                      not args.no_stain_normalisation, args.tta)
     split = runs[0][2]["split"]
     if args.split is not None:
         split = (json.loads(args.split.read_text()) if args.split.suffix == ".json"
