@@ -338,3 +338,22 @@ def test_histogram_percentiles_are_numpys(dtype, count, seed, qs):
     values = rng.integers(0, top, count, endpoint=True).astype(dtype)
     np.testing.assert_allclose(percentiles(values, qs),
                                np.percentile(values.astype(np.float64), qs), rtol=1e-9)
+
+
+@settings(FUZZ, max_examples=60)
+@given(st.integers(1, 90), st.integers(1, 90), st.integers(1, 90), st.integers(1, 90),
+       st.sampled_from([(), (1,), (3,)]), st.integers(0, 2**32 - 1))
+def test_resize_is_skimages_bilinear_resize(height, width, out_h, out_w, channels, seed):
+    """The sparse-matrix resize gives skimage's order-1 resize (anti-aliased when shrinking,
+    reflect mode), to float32 precision, for any sizes either way."""
+    from skimage.transform import resize
+
+    from nucleiseg.algorithms.preprocess import resize_image
+
+    image = np.random.default_rng(seed).random((height, width, *channels)).astype(np.float32)
+    shrink = out_h < height or out_w < width
+    expected = resize(image, (out_h, out_w, *channels), order=1, anti_aliasing=shrink,
+                      preserve_range=True, mode="reflect")
+    got = resize_image(image, (out_h, out_w))
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)

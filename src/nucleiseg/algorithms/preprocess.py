@@ -85,24 +85,58 @@ def normalize_image(image: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an (H, W) or (H, W, C) image to `shape` (H, W) as float32, plane by
-    plane with Pillow, anti-aliased when shrinking (its bilinear filter widens with the
-    reduction). 8-15x faster than skimage.transform.resize, which interpolated the channel
-    axis too (docs/performance.md); the same values inside the image when enlarging."""
-    from PIL import Image
-
+    """Bilinear resize (anti-aliased when shrinking) of an (H, W) or (H, W, C) image to `shape`
+    (H, W), as float32: skimage.transform.resize(order=1, mode="reflect", anti_aliasing when
+    shrinking) to 1e-6, one sparse matrix product per axis (4-16x faster than skimage, which
+    interpolates the channel axis too; docs/performance.md)."""
     image = np.asarray(image, dtype=np.float32)
-    if image.shape[:2] == tuple(shape):
+    height, width = image.shape[:2]
+    rest = image.shape[2:]
+    out_h, out_w = (int(n) for n in shape)
+    if (height, width) == (out_h, out_w):
         return image
-    size = (int(shape[1]), int(shape[0]))
+    if out_h != height:
+        image = (resize_matrix(height, out_h) @ image.reshape(height, -1)).reshape(
+            out_h, width, *rest)
+    if out_w != width:
+        across = np.moveaxis(image, 1, 0).reshape(width, -1)
+        image = np.moveaxis((resize_matrix(width, out_w) @ across).reshape(
+            out_w, out_h, *rest), 0, 1)
+    return np.ascontiguousarray(image, dtype=np.float32)
 
-    def plane(values):
-        return np.asarray(Image.fromarray(np.ascontiguousarray(values)).resize(
-            size, Image.Resampling.BILINEAR))
 
-    if image.ndim == 2:
-        return np.array(plane(image))
-    return np.stack([plane(image[..., c]) for c in range(image.shape[-1])], axis=-1)
+def resize_matrix(length: int, size: int):
+    """(size, length) sparse matrix that resizes an axis as skimage's order-1 resize does:
+    a Gaussian of sigma (factor - 1) / 2 first when shrinking (anti-aliasing), then linear
+    interpolation between pixel centres, both mirrored at the edges (numpy's "reflect")."""
+    from scipy import sparse
+
+    factor = length / size
+    position = (np.arange(size) + 0.5) * factor - 0.5
+    low = np.floor(position).astype(np.intp)
+    weight = position - low
+    rows = np.repeat(np.arange(size), 2)
+    cols = mirrored(np.stack([low, low + 1], 1).ravel(), length)
+    data = np.stack([1 - weight, weight], 1).ravel()
+    if factor > 1:
+        sigma = (factor - 1) / 2
+        radius = int(4.0 * sigma + 0.5)  # scipy.ndimage's truncate=4
+        offsets = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel /= kernel.sum()
+        rows = np.repeat(rows, offsets.size)
+        data = (data[:, None] * kernel[None]).ravel()
+        cols = mirrored((cols[:, None] + offsets[None]).ravel(), length)
+    return sparse.csr_matrix((data.astype(np.float32), (rows, cols)), shape=(size, length))
+
+
+def mirrored(index: np.ndarray, length: int) -> np.ndarray:
+    """Indices reflected into [0, length) about the edge pixels (d c b | a b c d | c b a)."""
+    if length == 1:
+        return np.zeros_like(index)
+    period = 2 * (length - 1)
+    index = np.abs(index) % period
+    return np.where(index >= length, period - index, index)
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
