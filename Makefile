@@ -48,12 +48,13 @@ docs: $(INSTALLED)
 docs-serve: $(INSTALLED)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
-# The napari widget's test runs Qt offscreen: no display needed.
+# The napari widget's test runs Qt offscreen: no display needed. -n auto: one pytest worker per
+# core (pytest-xdist); the tests that train or start processes dominate.
 test: lint docs
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -n auto
 
 test-fast: $(INSTALLED)
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -n auto -m "not slow"
 
 # `pip install nucleiseg` without extras, in a fresh venv (not .venv): no TensorFlow, the bundled
 # sample segmented, outlines for QuPath and Fiji written (1 to 2 minutes; needs PyPI)

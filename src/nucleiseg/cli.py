@@ -267,7 +267,8 @@ def add_prediction_options(parser) -> None:
     defaults, instance_defaults = PredictOptions(), InstanceOptions()
     group = parser.add_argument_group("prediction")
     group.add_argument("--tile", type=int, default=defaults.tile,
-                       help="tile size for native-resolution models (default %(default)s)")
+                       help="largest tile side for native-resolution models; tiles are fitted to "
+                       "the image, a smaller one is one tile (default %(default)s)")
     group.add_argument("--overlap", type=int, default=defaults.overlap,
                        help="overlap of neighbouring tiles in pixels (default %(default)s)")
     group.add_argument("--diameter", type=parse_diameter,
