@@ -30,13 +30,6 @@ HIGH_UNCERTAINTY = 0.5  # share of the likely-nucleus pixels (P >= 0.25) below P
 # e.g. pale H&E), its diameter estimate is weak evidence: upscaling is limited to this, and
 # the diameter is taken area-weighted, so that many small fragments do not outvote the rest.
 UNSURE_UPSCALE_LIMIT = 2 ** 0.5
-# --diameter auto first looks at an image of at least PROBE_MIN_PIXELS at PROBE_SCALE (a
-# quarter of the model's work): nuclei large enough to be shrunk show there as well as at
-# full size, and that pass then stands for the full-size one (which is thrown away when the
-# image is shrunk). When the probe finds nothing to shrink, or is unsure, the full-size pass
-# runs as before: a quarter more work on images already at the training size.
-PROBE_SCALE = 0.5
-PROBE_MIN_PIXELS = 100_000
 
 
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:

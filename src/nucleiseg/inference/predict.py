@@ -248,18 +248,14 @@ def segment_checked(model, image: np.ndarray, config: dict,
 
     With `options.diameter` "auto", the image is first segmented as it is; if its typical
     nucleus diameter is not within the tolerances of the training size (scale_for), it is
-    resized to that size, predicted again and checked again (at most twice). An image of
-    PROBE_MIN_PIXELS or more is first looked at at PROBE_SCALE: when that pass is sure and
-    finds nuclei to shrink, it stands for the full-size first pass. Probabilities
+    resized to that size, predicted again and checked again (at most twice). Probabilities
     come back at the image's own size and are separated there, with the size thresholds tuned
     at the training size rescaled to match. On images already at the right scale the estimate
-    costs one median (and the probe, on larger images).
+    costs one median.
     `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
     `max_scaled_pixels`: the image is upscaled to at most this many pixels (upscale_limit).
     """
     from nucleiseg.algorithms.scale import (
-        PROBE_MIN_PIXELS,
-        PROBE_SCALE,
         SCALE_LIMITS,
         SCALE_TOLERANCE,
         ImageCheck,
@@ -276,36 +272,28 @@ def segment_checked(model, image: np.ndarray, config: dict,
     most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
 
     def run(scale: float):
-        """(probabilities, labels, diameter, confidence, uncertain) of a pass at `scale`."""
         at_scale = dataclasses.replace(options, scale=scale)
         probabilities = (predict_quantised(model, image, config, at_scale, intensity) if quantised
                          else predict_probabilities(model, image, config, at_scale,
                                                     None if options.stain is None else intensity))
         sizes = scaled_sizes({"min_size": instance_options.min_size,
                               "min_split_size": instance_options.min_split_size}, scale)
-        labels = labels_from_probabilities(probabilities,
-                                           dataclasses.replace(instance_options, **sizes))
-        return (probabilities, labels, typical_diameter(labels)[0],
-                *confidence_figures(quantise_probabilities(probabilities)))
+        return probabilities, labels_from_probabilities(
+            probabilities, dataclasses.replace(instance_options, **sizes))
 
     training = options.training_diameter
-    auto = options.diameter == "auto"
     if options.diameter is None:
         scale = options.scale
-    elif auto:
+    elif options.diameter == "auto":
         scale = 1.0
     else:
         scale = float(np.clip(training / float(options.diameter), *SCALE_LIMITS))
     scale = min(scale, most)
-    done = None
-    if auto and image.shape[0] * image.shape[1] >= PROBE_MIN_PIXELS:
-        probe = run(PROBE_SCALE)
-        if (probe[2] is not None and not is_unsure(*probe[3:])
-                and guarded_scale(probe[1], training, False, most)[0] < 1.0):
-            scale, done = PROBE_SCALE, probe  # nuclei to shrink: the probe stands
-    probabilities, labels, diameter, confidence, uncertain = done or run(scale)
+    probabilities, labels = run(scale)
+    diameter, count = typical_diameter(labels)
+    confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
     guard_note, unsure = "", False
-    if auto:
+    if options.diameter == "auto":
         # an unsure pass (unknown stain, fragments) is weak evidence of the size: its
         # upscaling is limited; a sure pass at the scale reached decides on (tiny nuclei)
         unsure = pass_unsure = is_unsure(confidence, uncertain)
@@ -318,7 +306,9 @@ def segment_checked(model, image: np.ndarray, config: dict,
             if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):  # settled
                 break
             scale = wanted
-            probabilities, labels, diameter, confidence, uncertain = run(scale)
+            probabilities, labels = run(scale)
+            diameter, count = typical_diameter(labels)
+            confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
             pass_unsure = is_unsure(confidence, uncertain)
             unsure = unsure or pass_unsure
     check = ImageCheck(diameter, scale, confidence, uncertain, unsure=unsure)
