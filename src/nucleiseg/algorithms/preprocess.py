@@ -26,7 +26,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 EXACT_PIXELS = 1 << 22  # percentiles over every pixel up to 4 MP, a regular subsample above
 
 
-def intensity_range(image: np.ndarray, percentile_pair=PERCENTILES) -> tuple[float, float]:
+def intensity_range(image: np.ndarray, percentiles=PERCENTILES) -> tuple[float, float]:
     """The (low, high) per-image percentiles (over all channels, so colours keep their
     balance) that normalisation maps to 0 and 1. Above EXACT_PIXELS they are taken on a regular
     grid of about that many pixels, so large images need no image-sized float copy."""
@@ -34,12 +34,12 @@ def intensity_range(image: np.ndarray, percentile_pair=PERCENTILES) -> tuple[flo
     step = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / EXACT_PIXELS)))
     sample = to_rgb(image[::step, ::step])
     if sample.dtype in (np.uint8, np.uint16) and sample.size:
-        return tuple(percentiles(sample, percentile_pair))
+        return tuple(exact_percentiles(sample, percentiles))
     sample = sample.astype(np.float32)
     values = sample[np.isfinite(sample)]
     if values.size == 0:
         return 0.0, 0.0
-    low, high = (float(v) for v in np.percentile(values, percentile_pair))
+    low, high = (float(v) for v in np.percentile(values, percentiles))
     return low, high
 
 
@@ -159,13 +159,13 @@ def image_kind(image: np.ndarray) -> str:
     colour = max(float(np.abs(rgb[..., c].astype(exact) - first).max()) for c in (1, 2))
     if colour > 0.02 * max(float(rgb.max()), 1.0):
         return "histology"
-    low, median, high = percentiles(rgb[..., 0], (1, 50, 99))
+    low, median, high = exact_percentiles(rgb[..., 0], (1, 50, 99))
     full_scale = 255.0 if image.dtype == np.uint8 else max(float(first.max()), 1e-6)
     bright = median > (low + high) / 2 and median > 0.25 * full_scale
     return "brightfield" if bright else "fluorescence"
 
 
-def percentiles(values: np.ndarray, qs) -> list[float]:
+def exact_percentiles(values: np.ndarray, qs) -> list[float]:
     """np.percentile(values, qs) (linear interpolation) as floats; for 8- and 16-bit values
     from their histogram, without sorting or a float copy (5x faster on a megapixel)."""
     values = np.asarray(values)

@@ -1,7 +1,7 @@
 """Tiled prediction at native resolution: a splitter (tile positions) and a blender.
 
 Tiles overlap, and are fitted to the image: as few as the largest tile size allows, each as
-short as covering the image then needs (a 520 px side is one 544 px tile, not two of 512
+short as covering the image then needs (a 520 px side is two tiles of 320, not two of 512
 overlapping by 504); the last tile of a row or column sits flush with the image edge. Each tile's
 class probabilities are weighted by a Gaussian that is highest at the tile centre and never
 reaches zero (nnU-Net's choice), so seams vanish. Rows of tiles are blended into a rolling
