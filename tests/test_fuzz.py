@@ -357,3 +357,16 @@ def test_resize_is_skimages_bilinear_resize(height, width, out_h, out_w, channel
     got = resize_image(image, (out_h, out_w))
     assert got.dtype == np.float32 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@FUZZ
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=5),
+                  elements=st.floats(-80, 80, width=32)))
+def test_softmax_equals_the_textbook_formula_on_any_logits(logits):
+    from nucleiseg.inference.predict import softmax
+
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    expected = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+    found = softmax(logits)
+    assert found.dtype == np.float32 and found.shape == logits.shape
+    np.testing.assert_allclose(found, expected, atol=1e-6)

