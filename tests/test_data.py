@@ -10,6 +10,7 @@ from nucleiseg.training.data import (
     make_train_dataset,
     make_val_dataset,
     name_clusters,
+    pale_nuclei,
     prepare_arrays,
     random_blur_noise,
     random_crops,
@@ -302,3 +303,28 @@ def test_data_shares_are_checked(tmp_path):
     with pytest.raises(UsageError, match="2 data shares for 1 --data folders"):
         train(config, [folder], tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def he_tile(haematoxylin: dict, labels: np.ndarray) -> np.ndarray:
+    """An H&E-like RGB crop: eosin everywhere, each nucleus's haematoxylin amount as given."""
+    from skimage.color import hed2rgb
+
+    hed = np.zeros(labels.shape + (3,))
+    hed[..., 1] = 0.05
+    for nucleus, amount in haematoxylin.items():
+        hed[labels == nucleus, 0] = amount
+    return hed2rgb(hed).astype(np.float32)
+
+
+def test_pale_nuclei_are_the_paler_half_of_a_colour_crop_and_weighted_in_its_loss():
+    labels = np.zeros((64, 64), np.int32)
+    labels[4:16, 4:16], labels[30:42, 30:42], labels[46:58, 4:16], labels[4:16, 46:58] = 1, 2, 3, 4
+    image = he_tile({1: 0.25, 2: 0.05, 3: 0.3, 4: 0.08}, labels)
+    pale = pale_nuclei(image, labels)
+    assert set(np.unique(labels[pale])) == {2, 4} and not pale[labels == 0].any()
+    grey = np.repeat(image.mean(-1, keepdims=True), 3, -1)  # no colour, no stain to judge
+    assert not pale_nuclei(grey, labels).any()
+    assert not pale_nuclei(image, np.where(labels == 1, 1, 0)).any()  # one nucleus: no half
+    x, y, w = next(random_crops([image], [labels], 64, seed=0, target="boundary",
+                                pale_weight=3.0))
+    assert np.array_equal(w == 3.0, pale) and set(np.unique(w)) == {1.0, 3.0}

@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --sampling crops: loss weight of pixels within 2 px of two "
                        "different nuclei, where touching nuclei must be split (default "
                        "%(default)s: no extra weight)")
+    train.add_argument("--pale-weight", type=float, default=DEFAULTS.pale_weight,
+                       help="with --sampling crops: loss weight of the paler half of the nuclei "
+                       "in a colour (H&E) crop, by haematoxylin (default %(default)s: no extra "
+                       "weight)")
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                        help="images per training step, split among the --devices "
                        "(default %(default)s)")
@@ -439,7 +443,7 @@ def run_train(args) -> int:
     fields = dict(
         image_size=args.image_size, sampling=args.sampling, target=args.target,
         boundary_weight=args.boundary_weight, contact_weight=args.contact_weight,
-        lr_schedule=args.lr_schedule,
+        pale_weight=args.pale_weight, lr_schedule=args.lr_schedule,
         encoder_weights=args.encoder_weights,
         freeze_encoder=args.freeze_encoder, freeze_batchnorm=args.freeze_batchnorm,
         encoder_alpha=args.encoder_alpha,

@@ -68,6 +68,7 @@ class TrainConfig:
     stain_augment: bool = False  # random haematoxylin/eosin amounts (colour crops)
     blur_noise_augment: bool = False  # random Gaussian blur and noise
     he_render_augment: bool = False  # a share of grey crops drawn as H&E-stained tissue
+    pale_weight: float = 1.0  # loss weight of the paler half of a colour crop's nuclei
     data_shares: tuple[float, ...] | None = None  # share of the crops per --data folder
     early_stopping_monitor: str = "val_loss"
     early_stopping_patience: int = 5
@@ -91,12 +92,14 @@ class TrainConfig:
             raise UsageError(f"steps_per_epoch must be at least 1; got {self.steps_per_epoch}")
         if self.zoom_augment < 1.0:
             raise UsageError(f"zoom_augment must be at least 1 (1: off); got {self.zoom_augment}")
-        if self.contact_weight <= 0:
-            raise UsageError(f"contact_weight must be positive; got {self.contact_weight}")
+        for name in ("contact_weight", "pale_weight"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive; got {getattr(self, name)}")
         if self.sampling != "crops" and (self.zoom_augment != 1.0 or self.intensity_augment
                                          or self.stain_augment or self.blur_noise_augment
                                          or self.he_render_augment
-                                         or self.contact_weight != 1.0):
+                                         or self.contact_weight != 1.0
+                                         or self.pale_weight != 1.0):
             raise UsageError("zoom, intensity, stain, H&E, blur and noise augmentation and contact "
                              "weights work on random crops: add --sampling crops")
         if self.minutes is not None and not self.minutes > 0:
@@ -140,7 +143,8 @@ class TrainConfig:
 # otherwise: the architecture (else the weights do not fit) and how its inputs were made.
 RECIPE_FIELDS = ("image_size", "sampling", "target", "boundary_weight", "contact_weight",
                  "encoder_alpha", "decoder_filters", "dropout", "bn_momentum", "augment",
-                 "zoom_augment", "intensity_augment", "stain_augment", "blur_noise_augment")
+                 "zoom_augment", "intensity_augment", "stain_augment", "blur_noise_augment",
+                 "pale_weight")
 
 
 def option_name(field: str) -> str:

@@ -97,10 +97,27 @@ def crop_weights(shapes, kinds, crop: int, power: float = 0.5, sources=None,
     return weights / weights.sum()
 
 
+def pale_nuclei(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Pixels of the paler half of the nuclei in a colour (H&E) crop: nuclei whose mean
+    haematoxylin optical density (skimage's rgb2hed) is under the median of the crop's nuclei.
+    All False for a grey crop or one with fewer than two nuclei."""
+    from scipy import ndimage
+    from skimage.color import rgb2hed
+
+    pale = np.zeros(labels.shape, bool)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if len(ids) < 2 or image.ndim != 3 or np.ptp(image - image.mean(axis=-1, keepdims=True)) < 1e-3:
+        return pale
+    haematoxylin = rgb2hed(np.clip(image, 0.0, 1.0))[..., 0]
+    means = np.asarray(ndimage.mean(haematoxylin, labels, ids))
+    return np.isin(labels, ids[means < np.median(means)])
+
+
 def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: str = "binary",
                  zoom: float = 1.0, intensity: bool = False, stain: bool = False,
                  blur_noise: bool = False, he_render: bool = False,
-                 contact_weight: float = 1.0):
+                 contact_weight: float = 1.0, pale_weight: float = 1.0):
     """Endless generator of (image crop, class-target crop) at native resolution.
 
     Crops are cut from the images and their instance `labels`, optionally zoomed by a random
@@ -108,9 +125,9 @@ def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: 
     then each crop's `target` classes are made from its labels (so boundaries stay one pixel
     wide at any zoom). Appearance changes, in this order: `he_render` (render_as_he),
     `stain` (random_stain), `intensity` (random_intensity), `blur_noise` (random_blur_noise).
-    A `contact_weight`
-    other than 1 adds a third item, the per-pixel loss weight: `contact_weight` on
-    contact_pixels, 1 elsewhere.
+    A `contact_weight` or `pale_weight` other than 1 adds a third item, the per-pixel loss
+    weight: `contact_weight` on contact_pixels, times `pale_weight` on pale_nuclei (colour
+    crops), 1 elsewhere.
     """
     rng = np.random.default_rng(seed)
     log_zoom = math.log(max(zoom, 1.0))
@@ -127,9 +144,11 @@ def random_crops(images, labels, crop: int, seed: int, weights=None, *, target: 
             image_crop = resize_image(image_crop, (crop, crop))
             target_crop = resize_labels(target_crop, (crop, crop))
         pixel_weights = None
-        if contact_weight != 1.0:
+        if contact_weight != 1.0 or pale_weight != 1.0:
             pixel_weights = np.where(contact_pixels(target_crop), np.float32(contact_weight),
                                      np.float32(1.0))
+            if pale_weight != 1.0:
+                pixel_weights[pale_nuclei(image_crop, target_crop)] *= np.float32(pale_weight)
         target_crop = labels_to_classes(target_crop, target)
         if he_render and rng.random() < HE_RENDER_SHARE:
             image_crop = render_as_he(image_crop, rng)
@@ -273,11 +292,12 @@ def make_crop_dataset(images, labels, crop: int, batch_size: int, seed: int,
     """Random native-resolution crops: generate -> batch -> augment -> prefetch (endless).
 
     `crop_options` go to random_crops (target, zoom, stain, intensity, blur_noise,
-    contact_weight)."""
+    contact_weight, pale_weight)."""
     import tensorflow as tf
 
     signature = (tf.TensorSpec((crop, crop, 3), tf.float32), tf.TensorSpec((crop, crop), tf.uint8))
-    if crop_options.get("contact_weight", 1.0) != 1.0:  # (image, target, pixel weights)
+    if (crop_options.get("contact_weight", 1.0) != 1.0
+            or crop_options.get("pale_weight", 1.0) != 1.0):  # (image, target, pixel weights)
         signature += (tf.TensorSpec((crop, crop), tf.float32),)
     dataset = tf.data.Dataset.from_generator(
         lambda: random_crops(images, labels, crop, seed, weights, **crop_options),

@@ -250,7 +250,7 @@ def make_datasets(config: TrainConfig, by_name: dict, kinds: dict, train_names, 
             zoom=config.zoom_augment, intensity=config.intensity_augment,
             stain=config.stain_augment, blur_noise=config.blur_noise_augment,
             he_render=config.he_render_augment,
-            contact_weight=config.contact_weight)
+            contact_weight=config.contact_weight, pale_weight=config.pale_weight)
         steps = max(1, round(sum(im.shape[0] * im.shape[1] for im in train_images)
                              / config.image_size**2 / config.batch_size))
         validation = centre_crops(
