@@ -239,3 +239,41 @@ def test_a_sure_pass_after_an_unsure_one_decides_on():
                                   options, POST)
     assert check.scale > 2 * UNSURE_UPSCALE_LIMIT  # not stopped at the guard
     assert check.unsure and "first pass unsure" not in (check.warning or "")
+
+
+def counting(engine: Engine):
+    """The engine, and a list of the pixels of each tile it is given."""
+    seen = []
+
+    def predict_logits(tiles):
+        seen.extend([tiles.shape[1] * tiles.shape[2]] * len(tiles))
+        return engine.predict_logits(tiles)
+
+    return Engine(engine.name, predict_logits, engine.num_classes), seen
+
+
+def test_auto_on_an_image_of_several_tiles_left_at_scale_1_costs_no_more_model_work():
+    image, labels = disks(12, shape=(256, 384))  # nuclei of the training size: scale 1
+    engine, seen = counting(threshold_engine())
+    fixed = PredictOptions(tile=128, overlap=32)
+    expected, _, _ = segment_checked(engine, image, CONFIG, fixed, POST)
+    tiles_fixed = list(seen)
+    seen.clear()
+    auto = PredictOptions(tile=128, overlap=32, diameter="auto", training_diameter=24.0)
+    found, _, check = segment_checked(engine, image, CONFIG, auto, POST)
+    assert check.scale == 1.0 and len(tiles_fixed) > 1
+    assert sorted(seen) == sorted(tiles_fixed)  # the central tile, judged first, not twice
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_auto_goes_from_the_central_tile_straight_to_the_scale_it_asks_for():
+    image, labels = disks(6, shape=(256, 256))  # nuclei half the training size: scale 2
+    engine, seen = counting(threshold_engine())
+    auto = PredictOptions(tile=128, overlap=32, diameter="auto", training_diameter=24.0)
+    found, _, check = segment_checked(engine, image, CONFIG, auto, POST)
+    assert check.scale == pytest.approx(2.0, rel=0.1) and found.max() == labels.max()
+    at_scale = PredictOptions(tile=128, overlap=32, scale=check.scale)
+    engine_at_scale, seen_at_scale = counting(threshold_engine())
+    segment_checked(engine_at_scale, image, CONFIG, at_scale, POST)
+    # one tile at scale 1 (the central one), then the image at its scale: no full pass at 1
+    assert sum(seen) == sum(seen_at_scale) + seen[0] and seen[0] <= 128 * 128
