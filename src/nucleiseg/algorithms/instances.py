@@ -61,6 +61,11 @@ def instance_options_from(record: dict | None, **overrides) -> InstanceOptions:
     return InstanceOptions(**values, by_kind={k: v for k, v in by_kind.items() if v})
 
 
+# Connectivity 1 (4-connected pixels), as scipy.ndimage.label's default, given so that it is
+# not built again on each of the thousands of calls for a large image (a tenth of their time).
+FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
 def quantise_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """Float probabilities in [0, 1] -> uint8 in [0, 255] (uint8 input is returned as is).
     Post-processing works on these: a quarter of the memory of float32, same decisions up to
@@ -89,7 +94,7 @@ def labels_from_probabilities(probabilities: np.ndarray,
     foreground = probabilities[..., 0] < 255 - round(options.foreground_threshold * 255)
     if options.fill_holes:
         foreground = fill_holes(foreground)
-    labels, count = ndimage.label(foreground, output=np.int32)  # connectivity 1
+    labels, count = ndimage.label(foreground, FOUR, output=np.int32)
     del foreground
     marker_level = round(options.marker_threshold * 255)
     split_levels = [round(level * 255) for level in options.split_levels]
@@ -125,7 +130,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     foreground), by labelling the background once instead of dilating step by step."""
     from scipy import ndimage
 
-    background, count = ndimage.label(~mask, output=np.int32)
+    background, count = ndimage.label(~mask, FOUR, output=np.int32)
     is_hole = np.ones(count + 1, bool)
     is_hole[0] = False  # the mask itself
     is_hole[background[0]] = is_hole[background[-1]] = False  # touches the border
@@ -144,13 +149,13 @@ def split_region(inside: np.ndarray, interior: np.ndarray, marker_level: int,
     from scipy import ndimage
     from skimage.segmentation import watershed
 
-    markers, count = ndimage.label(inside & (interior > marker_level), output=np.int32)
+    markers, count = ndimage.label(inside & (interior > marker_level), FOUR, output=np.int32)
     if split_levels and count and np.count_nonzero(markers) >= 2 * min_split_size:
         markers, count = split_markers(markers, count, interior, split_levels, min_split_size)
     if count <= 1:
         return inside.astype(np.int32)
     nuclei = watershed(-interior.astype(np.int16), markers, mask=inside)
-    orphans, extra = ndimage.label(inside & (nuclei == 0), output=np.int32)
+    orphans, extra = ndimage.label(inside & (nuclei == 0), FOUR, output=np.int32)
     if extra:
         nuclei = np.where(orphans > 0, orphans + count, nuclei)
     return nuclei.astype(np.int32, copy=False)
@@ -165,7 +170,7 @@ def split_markers(markers: np.ndarray, count: int, interior: np.ndarray, levels,
     from scipy import ndimage
 
     for level in levels:
-        cores, found = ndimage.label((markers > 0) & (interior > level), output=np.int32)
+        cores, found = ndimage.label((markers > 0) & (interior > level), FOUR, output=np.int32)
         if found < 2:
             continue
         big = np.bincount(cores.ravel(), minlength=found + 1) >= max(min_size, 1)
@@ -178,7 +183,7 @@ def split_markers(markers: np.ndarray, count: int, interior: np.ndarray, levels,
             continue
         keep = (markers > 0) & ~split[markers]
         keep |= big[cores] & split[owner[cores]]
-        markers, count = ndimage.label(keep, output=np.int32)  # markers stay 4-apart
+        markers, count = ndimage.label(keep, FOUR, output=np.int32)  # markers stay 4-apart
     return markers, count
 
 
