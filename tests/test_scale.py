@@ -266,14 +266,22 @@ def test_auto_on_an_image_of_several_tiles_left_at_scale_1_costs_no_more_model_w
     np.testing.assert_array_equal(found, expected)
 
 
-def test_auto_goes_from_the_central_tile_straight_to_the_scale_it_asks_for():
-    image, labels = disks(6, shape=(256, 256))  # nuclei half the training size: scale 2
+@pytest.mark.parametrize("count", [60, 6])
+def test_auto_goes_from_the_central_tile_straight_to_the_scale_it_asks_for(count):
+    """Nuclei half the training size: scale 2. A central tile with enough whole nuclei (60 in
+    the image) decides at once; one with too few (6 in the image) decides nothing, and the
+    whole image is first predicted at scale 1, that tile included, as before."""
+    image, labels = disks(6, shape=(256, 256), count=count)
     engine, seen = counting(threshold_engine())
     auto = PredictOptions(tile=128, overlap=32, diameter="auto", training_diameter=24.0)
     found, _, check = segment_checked(engine, image, CONFIG, auto, POST)
     assert check.scale == pytest.approx(2.0, rel=0.1) and found.max() == labels.max()
-    at_scale = PredictOptions(tile=128, overlap=32, scale=check.scale)
-    engine_at_scale, seen_at_scale = counting(threshold_engine())
-    segment_checked(engine_at_scale, image, CONFIG, at_scale, POST)
-    # one tile at scale 1 (the central one), then the image at its scale: no full pass at 1
-    assert sum(seen) == sum(seen_at_scale) + seen[0] and seen[0] <= 128 * 128
+    passes = []
+    for scale in (1.0, check.scale):
+        engine_at_scale, seen_at_scale = counting(threshold_engine())
+        segment_checked(engine_at_scale, image, CONFIG,
+                        PredictOptions(tile=128, overlap=32, scale=scale), POST)
+        passes.append(sum(seen_at_scale))
+    # decided: one tile at scale 1 (the central one), then the image at its scale
+    expected = passes[1] + seen[0] if count == 60 else passes[0] + passes[1]
+    assert sum(seen) == expected and seen[0] <= 160 * 160
