@@ -152,8 +152,13 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
         started = time.perf_counter()
         engine, record = load_engine(model_path, "auto" if model_path else engine_name)
         load_seconds = time.perf_counter() - started
-        engine = Engine(engine.name, watch.wrap("model", engine.predict_logits),
-                        engine.num_classes)
+        model_pixels = [0]
+
+        def counted(tiles, predict_logits=watch.wrap("model", engine.predict_logits)):
+            model_pixels[0] += tiles.shape[0] * tiles.shape[1] * tiles.shape[2]
+            return predict_logits(tiles)
+
+        engine = Engine(engine.name, counted, engine.num_classes)
         instrument(watch)
         samples, done = [], [0]
 
@@ -186,6 +191,7 @@ def measure(engine_name: str, images: str, data_dir: Path | None, run: str = "ov
             "files": len(results), "megapixels": round(megapixels, 2),
             "seconds": round(seconds, 2),
             "megapixels_per_second": round(megapixels / seconds, 3),
+            "model_megapixels": round(model_pixels[0] / 1e6, 2),  # what the model saw
             "load_seconds": round(load_seconds, 2),
             "nuclei": sum(r.nuclei for r in results),
             "scale": float((results[0].check or {}).get("scale") or 1.0) if results else 1.0,
@@ -223,6 +229,7 @@ def measure_dask(where: str, images: str, data_dir: Path | None) -> dict:
             "images": images, "files": len(results), "megapixels": round(megapixels, 2),
             "seconds": round(seconds, 2),
             "megapixels_per_second": round(megapixels / seconds, 3),
+            "model_megapixels": round(model_pixels[0] / 1e6, 2),  # what the model saw
             "load_seconds": round(start_seconds, 2),
             "nuclei": sum(r.nuclei for r in results),
             "worker_peak_rss_mb": sorted(round(mb) for mb in workers.values()),
@@ -264,6 +271,7 @@ def classical(data_dir: Path) -> dict:
         seconds = time.perf_counter() - started  # segmentation + metrics
         rows.append({"method": method, "images": len(images),
                      "megapixels_per_second": round(megapixels / seconds, 3),
+            "model_megapixels": round(model_pixels[0] / 1e6, 2),  # what the model saw
                      **{k: round(report[k], 4) for k in ("foreground_iou", "ap_50", "dsb_score")}})
     return {"rows": rows}
 
