@@ -2,10 +2,8 @@ import numpy as np
 import pytest
 
 from nucleiseg.algorithms.tiling import (
-    central_tile,
     gaussian_weights,
     predict_tiled,
-    tile_grid,
     tile_layout,
     tile_starts,
     with_test_time_augmentation,
@@ -109,29 +107,3 @@ def test_probabilities_come_back_at_the_image_size_whatever_the_scale(sampling):
                                               PredictOptions(tile=64, overlap=16, scale=scale))
         assert probabilities.shape == (70, 130, 3)
         np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-4)
-
-
-def test_a_known_central_tile_is_not_predicted_again_and_changes_nothing():
-    image = np.random.default_rng(2).random((300, 470, 3)).astype(np.float32)
-    predicted = []
-
-    def position_dependent(tiles):  # where a pixel sits in its tile matters: seams would show
-        predicted.append(len(tiles))
-        ramp = np.linspace(0, 1, tiles.shape[2], dtype=np.float32)[None, None, :, None]
-        e = np.exp(tiles * [1.0, 2.0, 3.0] + ramp)
-        return e / e.sum(-1, keepdims=True)
-
-    expected = predict_tiled(position_dependent, image, 3, tile=128, overlap=32, batch_size=3)
-    every = sum(predicted)
-    tile_h, tile_w, rows, cols = tile_grid(300, 470, 128, 32)
-    (row, col), tile = central_tile(image, 128, 32)
-    assert tile.shape == (tile_h, tile_w, 3) and every == len(rows) * len(cols)
-    assert row == min(rows, key=lambda r: abs(r + tile_h / 2 - 150))
-    assert col == min(cols, key=lambda c: abs(c + tile_w / 2 - 235))
-    known = {(row, col): position_dependent(tile[None])[0]}
-    predicted.clear()
-    got = predict_tiled(position_dependent, image, 3, tile=128, overlap=32, batch_size=3,
-                        known=known)
-    assert sum(predicted) == every - 1
-    np.testing.assert_array_equal(got, expected)
-    assert central_tile(image[:100, :120], 128, 32) is None  # one tile: nothing to spare

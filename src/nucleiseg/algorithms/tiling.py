@@ -65,48 +65,24 @@ def pad_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return image
 
 
-def tile_grid(height: int, width: int, tile: int = 512,
-              overlap: int = 64) -> tuple[int, int, list[int], list[int]]:
-    """(tile height, tile width, row starts, column starts) of predict_tiled's tiles."""
-    tile_h, rows = tile_layout(height, tile, overlap)
-    tile_w, cols = tile_layout(width, tile, overlap)
-    return tile_h, tile_w, rows, cols
-
-
-def central_tile(image: np.ndarray, tile: int = 512, overlap: int = 64, prepare=None):
-    """((row, col), tile) of the tile predict_tiled cuts nearest the image centre, made as it
-    makes it (padded, then `prepare`d); None when the image is a single tile. Its prediction,
-    given back to predict_tiled as `known`, is not computed again."""
-    height, width = image.shape[:2]
-    tile_h, tile_w, rows, cols = tile_grid(height, width, tile, overlap)
-    if len(rows) * len(cols) == 1:
-        return None
-    row = min(rows, key=lambda start: abs(2 * start + tile_h - height))
-    col = min(cols, key=lambda start: abs(2 * start + tile_w - width))
-    # (an axis of one tile is padded whole, as predict_tiled pads the image; others need none)
-    crop = pad_image(image[row:row + tile_h, col:col + tile_w], tile_h, tile_w)
-    return (row, col), (prepare or (lambda c: c))(crop)
-
-
 def predict_tiled(predict_batch, image: np.ndarray, num_classes: int, tile: int = 512,
                   overlap: int = 64, batch_size: int = 4, prepare=None,
-                  dtype=np.float32, known: dict | None = None) -> np.ndarray:
+                  dtype=np.float32) -> np.ndarray:
     """Class probabilities (H, W, num_classes) for an (H, W, C) image.
 
     `predict_batch(tiles)` maps (N, t, t, 3) float32 to (N, t, t, num_classes) probabilities.
     `prepare(crop)`, if given, turns each raw crop into a normalised float32 (t, t, 3) tile, so a
     large image is never normalised (copied as float32) whole. With dtype uint8 the result is
     quantised to 0..255 (a quarter of float32's memory). An image no larger than a tile is
-    predicted whole (padded to a multiple of 32). `known`: {(row, col): probabilities} of
-    tiles predicted already (central_tile), used instead of predicting them again.
+    predicted whole (padded to a multiple of 32).
     """
     from nucleiseg.algorithms.instances import quantise_probabilities
 
     prepare = prepare or (lambda crop: crop)
-    known = known or {}
     finish = quantise_probabilities if dtype == np.uint8 else (lambda p: p)
     height, width = image.shape[:2]
-    tile_h, tile_w, rows, cols = tile_grid(height, width, tile, overlap)
+    tile_h, rows = tile_layout(height, tile, overlap)
+    tile_w, cols = tile_layout(width, tile, overlap)
     padded = pad_image(image, max(height, tile_h), max(width, tile_w))
     full_h, full_w = padded.shape[:2]
     weight = gaussian_weights(max(tile_h, tile_w))
@@ -116,26 +92,20 @@ def predict_tiled(predict_batch, image: np.ndarray, num_classes: int, tile: int 
     out = np.empty((full_h, full_w, num_classes), dtype)
     acc = np.zeros((tile_h, full_w, num_classes), np.float32)
     acc_weight = np.zeros((tile_h, full_w, 1), np.float32)
-    wanted = {row: [col for col in cols if (row, col) not in known] for row in rows}
-    batches = [(row, wanted[row][start:start + batch_size]) for row in rows
-               for start in range(0, len(wanted[row]), batch_size)]
+    batches = [(row, cols[start:start + batch_size]) for row in rows
+               for start in range(0, len(cols), batch_size)]
     tiles = (np.stack([prepare(padded[row:row + tile_h, col:col + tile_w]) for col in chunk])
              for row, chunk in batches)
-    predictions = zip(batches, predicted_ahead(predict_batch, tiles))
     top = 0
-    for row in rows:
+    for (row, chunk), predicted in zip(batches, predicted_ahead(predict_batch, tiles)):
         shift = row - top
         if shift:  # rows [top, row) receive no more tiles: finish them, roll the window down
             out[top:row] = finish(acc[:shift] / acc_weight[:shift])
             acc[:-shift], acc[-shift:] = acc[shift:], 0.0
             acc_weight[:-shift], acc_weight[-shift:] = acc_weight[shift:], 0.0
             top = row
-        found = {col: known[row, col] for col in cols if (row, col) in known}
-        for _ in range(math.ceil(len(wanted[row]) / batch_size)):
-            (_, chunk), predicted = next(predictions)
-            found.update(zip(chunk, predicted))
-        for col in cols:
-            acc[:, col:col + tile_w] += found[col] * weight
+        for col, probabilities in zip(chunk, predicted):
+            acc[:, col:col + tile_w] += probabilities * weight
             acc_weight[:, col:col + tile_w] += weight
     out[top:] = finish(acc[:full_h - top] / acc_weight[:full_h - top])
     return out[:height, :width]

@@ -129,16 +129,14 @@ def probability_function(model, tta: int = 1):
 
 def predict_probabilities(model, image: np.ndarray, config: dict,
                           options: PredictOptions | None = None,
-                          intensity: tuple[float, float] | None = None,
-                          known: dict | None = None) -> np.ndarray:
+                          intensity: tuple[float, float] | None = None) -> np.ndarray:
     """Class probabilities (H, W, C) at the image's own size.
 
     A model trained on resized whole images ('resize' sampling) sees the image resized to its
     training size; a model trained on native-resolution crops predicts in overlapping tiles.
     `options.scale` resizes the input first (e.g. 0.5 for nuclei twice the training size).
     `intensity`: the intensity_range to normalise with (a block of a huge image: the whole
-    image's), else the image's own. `known`: tiles predicted already at scale 1
-    (central_probe).
+    image's), else the image's own.
     """
     from nucleiseg.algorithms.tiling import predict_tiled
     from nucleiseg.inference.engines import as_engine
@@ -160,8 +158,7 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
     else:
         num_classes = as_engine(model).num_classes
         probabilities = predict_tiled(predict_batch, normalised, num_classes, options.tile,
-                                      options.overlap, options.batch_size,
-                                      known=known if options.scale == 1.0 else None)
+                                      options.overlap, options.batch_size)
     if options.scale != 1.0:
         probabilities = resize_image(probabilities, native_shape)
     return probabilities
@@ -169,13 +166,11 @@ def predict_probabilities(model, image: np.ndarray, config: dict,
 
 def predict_quantised(model, image: np.ndarray, config: dict,
                       options: PredictOptions | None = None,
-                      intensity: tuple[float, float] | None = None,
-                      known: dict | None = None) -> np.ndarray:
+                      intensity: tuple[float, float] | None = None) -> np.ndarray:
     """predict_probabilities as uint8 (0..255), in bounded memory for native-resolution models:
     tiles are normalised one by one with the image's intensity range, and the blended
     probabilities are stored quantised. What `predict` and `segment_image` use. `intensity`:
-    the image's intensity_range, when the caller has it already; `known`: tiles predicted
-    already at scale 1 (central_probe)."""
+    the image's intensity_range, when the caller has it already."""
     from nucleiseg.algorithms.tiling import predict_tiled
     from nucleiseg.inference.engines import as_engine
 
@@ -186,45 +181,15 @@ def predict_quantised(model, image: np.ndarray, config: dict,
                                                             intensity))
     image = np.asarray(image)
     image = image[..., None] if image.ndim == 2 else image
-    return predict_tiled(probability_function(model, options.tta), image,
-                         model.num_classes, options.tile, options.overlap,
-                         options.batch_size, prepare=tile_preparation(image, options, intensity),
-                         dtype=np.uint8, known=known)
-
-
-def tile_preparation(image: np.ndarray, options: PredictOptions, intensity=None):
-    """The function that makes a raw crop of `image` a model-ready tile: its stain match when
-    decided (options.stain), then the image's intensity range (`intensity`, else its own)."""
     stain = options.stain
     low, high = intensity if intensity is not None else (
         intensity_range(image) if stain is None else matched_intensity_range(image, stain))
-    return lambda crop: apply_intensity_range(crop if stain is None else stain.apply(crop),
-                                              low, high)
-
-
-def central_probe(model, image: np.ndarray, config: dict, options: PredictOptions,
-                  intensity: tuple[float, float] | None = None):
-    """The model's probabilities on the central tile of an image of several tiles at scale 1
-    (tiling.central_tile) -> (box, uint8 probabilities of the box, known); `known` given to
-    predict_quantised spares that tile a second prediction. None for an image of one tile or
-    a model of resized whole images. What --diameter auto first looks at on a large image."""
-    from nucleiseg.algorithms.tiling import central_tile
-    from nucleiseg.inference.engines import as_engine
-
-    if config.get("sampling", "resize") == "resize":
-        return None
-    image = np.asarray(image)
-    image = image[..., None] if image.ndim == 2 else image
-    found = central_tile(image, options.tile, options.overlap,
-                         tile_preparation(image, options, intensity))
-    if found is None:
-        return None
-    (row, col), tile = found
-    probabilities = probability_function(as_engine(model), options.tta)(tile[None])[0]
-    box = (slice(row, min(row + tile.shape[0], image.shape[0])),
-           slice(col, min(col + tile.shape[1], image.shape[1])))
-    inside = probabilities[:box[0].stop - row, :box[1].stop - col]
-    return box, quantise_probabilities(inside), {(row, col): probabilities}
+    return predict_tiled(probability_function(model, options.tta), image,
+                         model.num_classes, options.tile, options.overlap,
+                         options.batch_size,
+                         prepare=lambda crop: apply_intensity_range(
+                             crop if stain is None else stain.apply(crop), low, high),
+                         dtype=np.uint8)
 
 
 def matched_intensity_range(image: np.ndarray, stain: StainMatch) -> tuple[float, float]:
@@ -275,11 +240,6 @@ def segment_image(model, image: np.ndarray, config: dict,
     return segment_checked(model, image, config, options, instance_options, intensity)[0]
 
 
-# The central tile of an image decides its scale for --diameter auto only when it holds at
-# least this many whole nuclei (docs/performance.md: with none to count, 3x copies of sparse
-# images were sized on the fragments its edges cut; DSB validation model pixels 26.7 MP
-# without the tile, 24.0 / 24.7 / 25.1 with 3 / 5 / 10 nuclei asked).
-PROBE_MIN_NUCLEI = 5
 MAX_SCALED_PIXELS = 1 << 26  # an upscaled image is kept under 64 MP (memory)
 
 
@@ -287,16 +247,6 @@ def upscale_limit(pixels: int, max_scaled_pixels: int = MAX_SCALED_PIXELS) -> fl
     """The most an image of `pixels` pixels is upscaled: to at most `max_scaled_pixels`
     pixels, but never less than 1 (an image already larger is not shrunk for it)."""
     return max(1.0, math.sqrt(max_scaled_pixels / pixels))
-
-
-def without_cut_nuclei(labels: np.ndarray, box, shape) -> np.ndarray:
-    """`labels` of a window `box` (two slices) of an image of `shape`, without the nuclei
-    that touch a side of the window inside the image (cut by it: too small to count)."""
-    cut = [labels[0] if box[0].start > 0 else (), labels[-1] if box[0].stop < shape[0] else (),
-           labels[:, 0] if box[1].start > 0 else (),
-           labels[:, -1] if box[1].stop < shape[1] else ()]
-    ids = np.unique(np.concatenate([np.ravel(side) for side in cut]))
-    return np.where(np.isin(labels, ids[ids > 0]), 0, labels)
 
 
 def segment_checked(model, image: np.ndarray, config: dict,
@@ -308,10 +258,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
 
     With `options.diameter` "auto", the image is first segmented as it is; if its typical
     nucleus diameter is not within the tolerances of the training size (scale_for), it is
-    resized to that size, predicted again and checked again (at most twice). An image of
-    several tiles is first judged on its central tile alone (central_probe): the whole image
-    is then predicted at the scale that tile asks for, and at scale 1 that tile is not
-    predicted again, so auto costs no model work on images at the right size. Probabilities
+    resized to that size, predicted again and checked again (at most twice). Probabilities
     come back at the image's own size and are separated there, with the size thresholds tuned
     at the training size rescaled to match. On images already at the right scale the estimate
     costs one median.
@@ -333,32 +280,16 @@ def segment_checked(model, image: np.ndarray, config: dict,
     instance_options = (instance_options or InstanceOptions()).for_image(image)
     image, options, intensity = matched(image, options or PredictOptions(), intensity)
     most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
-    float_intensity = None if options.stain is None else intensity
 
-    def run(scale: float, known=None):
+    def run(scale: float):
         at_scale = dataclasses.replace(options, scale=scale)
-        probabilities = (predict_quantised(model, image, config, at_scale, intensity, known)
-                         if quantised else
-                         predict_probabilities(model, image, config, at_scale,
-                                               float_intensity, known))
-        return probabilities, separate(probabilities, scale)
-
-    def separate(probabilities, scale):
+        probabilities = (predict_quantised(model, image, config, at_scale, intensity) if quantised
+                         else predict_probabilities(model, image, config, at_scale,
+                                                    None if options.stain is None else intensity))
         sizes = scaled_sizes({"min_size": instance_options.min_size,
                               "min_split_size": instance_options.min_split_size}, scale)
-        return labels_from_probabilities(
+        return probabilities, labels_from_probabilities(
             probabilities, dataclasses.replace(instance_options, **sizes))
-
-    def wanted_scale(probabilities, labels, diameter, unsure):
-        """guarded_scale from a pass's result (its nuclei; with none big enough to count,
-        everything it called nucleus, however small: maybe nuclei under min_size)."""
-        if diameter is None:
-            labels = labels_from_probabilities(probabilities, dataclasses.replace(
-                instance_options, min_size=1, min_confidence=0.0, split_levels=()))
-        return guarded_scale(labels, training, unsure, most)
-
-    def settled(wanted, scale):
-        return abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE)
 
     training = options.training_diameter
     if options.diameter is None:
@@ -368,36 +299,21 @@ def segment_checked(model, image: np.ndarray, config: dict,
     else:
         scale = float(np.clip(training / float(options.diameter), *SCALE_LIMITS))
     scale = min(scale, most)
-    guard_note, unsure, passes_left, known = "", False, 2, None
-    probe = (central_probe(model, image, config, options,
-                           intensity if quantised else float_intensity)
-             if options.diameter == "auto" and scale == 1.0 else None)
-    if probe is not None:
-        # An image of several tiles: its central tile decides whether the whole image is
-        # predicted at scale 1 first (that tile then not again), or at once at another scale.
-        # Too few whole nuclei in it (sparse or large nuclei) decide nothing: the whole image
-        # is then predicted at scale 1 as before, that tile included.
-        box, tile_probabilities, known = probe
-        tile_labels = without_cut_nuclei(separate(tile_probabilities, 1.0), box, image.shape)
-        tile_diameter, tile_count = typical_diameter(tile_labels)
-        if tile_count >= PROBE_MIN_NUCLEI:
-            tile_unsure = is_unsure(*confidence_figures(tile_probabilities))
-            wanted, _, note = wanted_scale(tile_probabilities, tile_labels, tile_diameter,
-                                           tile_unsure)
-            if not settled(wanted, scale):
-                scale, passes_left, known = wanted, 1, None
-                unsure, guard_note = tile_unsure, note
-    probabilities, labels = run(scale, known)
+    probabilities, labels = run(scale)
     diameter, count = typical_diameter(labels)
     confidence, uncertain = confidence_figures(quantise_probabilities(probabilities))
+    guard_note, unsure = "", False
     if options.diameter == "auto":
         # an unsure pass (unknown stain, fragments) is weak evidence of the size: its
         # upscaling is limited; a sure pass at the scale reached decides on (tiny nuclei)
-        pass_unsure = is_unsure(confidence, uncertain)
-        unsure = unsure or pass_unsure
-        for _ in range(passes_left):
-            wanted, _, guard_note = wanted_scale(probabilities, labels, diameter, pass_unsure)
-            if settled(wanted, scale):
+        unsure = pass_unsure = is_unsure(confidence, uncertain)
+        for _ in range(2):
+            probe = labels
+            if diameter is None:  # maybe nuclei under min_size at this scale: look again
+                probe = labels_from_probabilities(probabilities, dataclasses.replace(
+                    instance_options, min_size=1, min_confidence=0.0, split_levels=()))
+            wanted, _, guard_note = guarded_scale(probe, training, pass_unsure, most)
+            if abs(math.log(wanted / scale)) < math.log(SCALE_TOLERANCE):  # settled
                 break
             scale = wanted
             probabilities, labels = run(scale)
