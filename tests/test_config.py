@@ -24,6 +24,8 @@ def test_round_trips_through_json(tmp_path):
     ({"sampling": "crops", "zoom_augment": 0.5}, "zoom_augment must be at least 1"),
     ({"zoom_augment": 1.5}, "work on random crops: add --sampling crops"),
     ({"intensity_augment": True}, "work on random crops"),
+    ({"pale_weight": 3.0}, "pale weights work on random crops"),
+    ({"sampling": "crops", "pale_weight": 0.0}, "pale_weight must be positive"),
 ])
 def test_bad_values_name_the_choices(changes, message):
     with pytest.raises(UsageError, match=message):

@@ -101,7 +101,7 @@ class TrainConfig:
                                          or self.contact_weight != 1.0
                                          or self.pale_weight != 1.0):
             raise UsageError("zoom, intensity, stain, H&E, blur and noise augmentation and contact "
-                             "weights work on random crops: add --sampling crops")
+                             "and pale weights work on random crops: add --sampling crops")
         if self.minutes is not None and not self.minutes > 0:
             raise UsageError(f"minutes must be positive; got {self.minutes}")
         for name in ("epochs", "batch_size", "devices", "early_stopping_patience"):
