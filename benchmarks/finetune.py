@@ -67,7 +67,8 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=4, help="images to fine-tune on")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     parser.add_argument("--seed", type=int, default=0, help="which images are chosen")
-    parser.add_argument("--model", default="bundled", help="model to start from")
+    parser.add_argument("--model", default="bundled", help="model to start from: a .keras "
+                        "file, bundled (the general model) or bundled-he (the H&E one)")
     parser.add_argument("--dsb", type=Path, default=DEFAULT_DATA, help="DSB data folder")
     parser.add_argument("--replay", type=int, default=0, metavar="N",
                         help="also train on N of the starting model's own DSB training images "
@@ -76,9 +77,18 @@ def main(argv=None) -> None:
     args = parser.parse_args(own)
 
     from nucleiseg.io.images import find_samples
-    from nucleiseg.model.saving import bundled_model_path
+    from nucleiseg.model.saving import (
+        BUNDLED_NAMES,
+        bundled_model_path,
+        read_record,
+        resolve_model_path,
+    )
 
-    start_model = bundled_model_path() if args.model == "bundled" else Path(args.model)
+    start_model = resolve_model_path(Path(args.model))
+    # forgetting is measured on the DSB images the general model never trained on (the
+    # H&E model's own split holds none of them out)
+    dsb_held = read_record(bundled_model_path() if args.model in BUNDLED_NAMES
+                           else start_model)["split"]["val"]
     names = [s.name for s in find_samples(args.data, skip_bad=True)[0]]
     if args.images >= len(names):
         raise SystemExit(f"{args.data}: {len(names)} images; --images must leave some to score")
@@ -89,8 +99,6 @@ def main(argv=None) -> None:
         train_data = copy_samples(args.data, tuned_on, work / "data")
         replay = []
         if args.replay:
-            from nucleiseg.model.saving import read_record
-
             seen = read_record(start_model)["split"]["train"]
             dsb_names = [s.name for s in find_samples(args.dsb, skip_bad=True)[0]
                          if s.name in set(seen)]
@@ -105,10 +113,10 @@ def main(argv=None) -> None:
         wall = time.perf_counter() - started
         tuned_model = work / "run" / "model.keras"
 
-        start_segment, start_record = scorer(start_model)
+        start_segment, _ = scorer(start_model)
         tuned_segment, tuned_record = scorer(tuned_model)
         held_images, held_labels = load(args.data, set(rest))
-        dsb = load(args.dsb, set(start_record["split"]["val"])) if args.dsb.is_dir() else None
+        dsb = load(args.dsb, set(dsb_held)) if args.dsb.is_dir() else None
         results, rows = {}, []
         for set_name, (images, labels) in {f"{args.data.name} other {len(rest)}":
                                            (held_images, held_labels),

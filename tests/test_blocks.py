@@ -386,6 +386,49 @@ def test_a_huge_image_takes_the_postprocessing_of_its_kind_decided_once():
     assert nuclei(colour) == 0 and nuclei(grey) > 0  # every block with its image's options
 
 
+def no_nuclei_logits(tiles):
+    """A fake model that finds nothing."""
+    return np.stack([np.full(tiles.shape[:3], 9.0, np.float32), *[np.zeros(tiles.shape[:3],
+                     np.float32)] * 2], -1)
+
+
+def test_colour_images_run_on_the_colour_engine_and_a_huge_one_decides_once():
+    """The bundled models (Engine.colour): a colour image runs on the colour engine, a grey one
+    on the other; a huge image's blocks all run on its central window's choice, also through
+    wrappers (a lock, a counter) and on blocks segmented elsewhere (options.kind)."""
+    import dataclasses
+
+    from nucleiseg.inference.blockwise import fix_scale, segment_blocks
+
+    routed = dataclasses.replace(POINTWISE, colour=Engine("nothing", no_nuclei_logits, 3))
+    colour, grey = rgb_disks(), touching_disks()
+    assert segment_image(POINTWISE, colour, CONFIG, OPTIONS).max() > 0  # colour alone finds
+    assert segment_image(routed, colour, CONFIG, OPTIONS).max() == 0
+    assert segment_image(routed, grey, CONFIG, OPTIONS).max() > 0
+    calls = []
+
+    def counted(predict_logits):
+        return lambda tiles: calls.append(len(tiles)) or predict_logits(tiles)
+
+    wrapped = routed.wrapped(counted)
+    assert segment_image(wrapped, colour, CONFIG, OPTIONS).max() == 0 and calls
+
+    class WithIntensity(InMemory):
+        def intensity(self):
+            return intensity_range(self.image)
+
+    options = fix_scale(InMemory(colour), routed, CONFIG, OPTIONS, None,
+                        intensity_range(colour))[0]
+    assert options.kind == "histology"
+    mixed = np.repeat(grey[..., None], 3, -1)  # grey but for its colour centre
+    mixed[250:450, 350:550] = colour[250:450, 350:550]
+    assert segment_image(routed, mixed[:256, :256], CONFIG, OPTIONS).max() > 0  # a grey corner
+    run = segment_blocks(WithIntensity(mixed), routed, CONFIG, OPTIONS, None, core=256, halo=48)
+    assert all(labels.max() == 0 for _, labels in run.blocks)  # its blocks: the colour engine
+    assert segment_blocks(WithIntensity(grey), routed, CONFIG, OPTIONS, None, core=256,
+                          halo=48).options.kind == "fluorescence"
+
+
 def test_a_huge_colour_image_is_stain_matched_once_so_blocks_match_the_whole_image():
     """The stain match (and the matched intensity range) is decided on the central window and
     used by every block: with a model that sees each pixel alone, block by block gives the

@@ -1,5 +1,7 @@
 """Engines (nucleiseg.inference.engines): what runs the model, and on how many threads."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,23 @@ def test_load_engine_picks_the_fastest_up_to_date_export_and_refuses_unknown_eng
     assert record["config"]["target"] == "boundary"
     with pytest.raises(UsageError, match="--engine must be one of"):
         load_engine(None, "gpu")
+
+
+def test_the_bundled_models_run_colour_images_on_the_he_one_unless_one_is_named():
+    from nucleiseg.model.saving import BUNDLED_HE_MODEL, bundled_he_model_path
+
+    if bundled_he_model_path() is None:
+        pytest.skip("no bundled H&E model in this tree")
+    engine, _ = load_engine(None, threads=1)
+    assert engine.colour is not None and engine.colour.name == engine.name
+    assert engine.for_kind("histology") is engine.colour
+    assert engine.for_kind("fluorescence") is engine.for_kind("brightfield") is engine
+    for name in ("bundled-general", "bundled-he", str(bundled_model_path())):
+        assert load_engine(Path(name), threads=1)[0].colour is None, name
+    from nucleiseg.model.saving import resolve_model_path
+
+    assert resolve_model_path(Path("bundled-he")).name == BUNDLED_HE_MODEL
+    assert resolve_model_path(Path("bundled")) == bundled_model_path()
 
 
 def test_export_names_and_engines_match():

@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-bad", action="store_true", help="skip unusable samples, list them")
     train.add_argument("--init-model", type=Path, metavar="MODEL",
                        help="start from this model's weights: fine-tuning. 'bundled' is the "
-                       "pretrained model; its architecture and augmentations are taken from "
-                       "the model's record unless given here; learning rate 5e-5 unless given")
+                       "general pretrained model, 'bundled-he' the H&E one; its architecture "
+                       "and augmentations are taken from the model's record unless given "
+                       "here; learning rate 5e-5 unless given")
     train.add_argument("--minutes", type=float, metavar="M",
                        help="time budget: stop after the last epoch that ends within M minutes "
                        "of training (a resumed run counts its earlier sessions); the best epoch "
@@ -206,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled folder")
     evaluate.add_argument("--model", type=Path,
-                          help="a model.keras file (default: the bundled pretrained model)")
+                          help="a model.keras file, or bundled-general / bundled-he: one "
+                          "bundled model on every image (default: the bundled models as "
+                          "predict runs them)")
     evaluate.add_argument("--data", type=Path,
                           help="labelled data folder (default: the bundled test sample)")
     evaluate.add_argument("--classical", action="store_true",
@@ -226,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                          help="image files or folders")
     predict.add_argument("--model", type=Path,
-                         help="a model.keras file (default: the bundled pretrained model)")
+                         help="a model file (.keras, .onnx, .tflite), or bundled-general / "
+                         "bundled-he: one bundled model on every image (default: the bundled "
+                         "models, colour (H&E) images on the H&E one, the others on the "
+                         "general one)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--resume", action="store_true",
@@ -251,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a model as SavedModel, ONNX or TFLite, "
                                  "or as a bioimage.io model package")
     export.add_argument("--model", type=Path,
-                        help="a model.keras file (default: the bundled pretrained model)")
+                        help="a model.keras file, or bundled-he (default: the bundled general "
+                        "model)")
     export.add_argument("--format", required=True,
                         choices=("savedmodel", "onnx", "onnx-int8", "tflite", "bioimageio"),
                         help="onnx-int8: quantised to int8 for fast CPU inference; "
@@ -465,10 +472,10 @@ def run_train(args) -> int:
     init_model = args.init_model
     if init_model is not None:
         from nucleiseg.config import recipe_fields
-        from nucleiseg.model.saving import bundled_model_path, read_record
+        from nucleiseg.model.saving import BUNDLED_NAMES, read_record, resolve_model_path
 
-        if str(init_model) == "bundled" and not init_model.exists():
-            init_model = bundled_model_path()
+        if str(init_model) in BUNDLED_NAMES and not init_model.exists():
+            init_model = resolve_model_path(init_model)
         given = {a.split("=")[0] for a in args.argv if a.startswith("--")}
         # checked as one: e.g. --stain-augment given, --sampling crops from the record
         fields.update(recipe_fields(read_record(init_model).get("config", {}), given))
@@ -549,7 +556,8 @@ def run_predict(args) -> int:
     if args.blockwise_pixels < 0:
         raise UsageError(f"--blockwise-pixels must not be negative; got {args.blockwise_pixels}")
     model, record = load_engine(args.model, args.engine, args.threads)
-    print(f"engine: {model.name}")
+    print(f"engine: {model.name}" + (" (colour images: the bundled H&E model)"
+                                     if model.colour is not None else ""))
     options, instance_options = prediction_options(args, record)
     reading, exports = read_options(args), outline_exports(args)
     if args.dask is None:

@@ -93,8 +93,8 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
                    options: PredictOptions | None = None,
                    instance_options: InstanceOptions | None = None,
                    classical: bool = False, channel: int | str | None = None) -> dict:
-    """Evaluate a saved model (None: the bundled one), or the classical baseline, on a
-    labelled folder; optionally draw test_predictions.
+    """Evaluate a saved model (None: the bundled ones, as predict runs them), or the
+    classical baseline, on a labelled folder; optionally draw test_predictions.
 
     `split` 'val' or 'train' keeps only the images the model's record lists on that side of
     its training split (to re-evaluate a run on its own validation images); 'all' keeps all.
@@ -102,6 +102,7 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
     `channel` picks the nuclear channel of multi-channel images (index or OME name).
     """
     from nucleiseg.errors import DataError
+    from nucleiseg.inference.engines import load_engine
     from nucleiseg.io.images import find_samples, load_samples
     from nucleiseg.model.saving import load_model, read_record
 
@@ -109,7 +110,9 @@ def evaluate_model(model_path: Path | None, data_dir: Path, figure_path: Path | 
         record = read_record(model_path) if model_path is not None else None
         segment, target, method = classical_segmenter, "binary", "classical Otsu + watershed"
     else:
-        model, record = load_model(model_path)
+        # the bundled models (None) as predict runs them: colour images on the H&E one
+        model, record = (load_engine(None, "keras") if model_path is None
+                         else load_model(model_path))
         instance_options = instance_options or instance_options_from(record)
         options = options or options_for(record)
         segment = model_segmenter(model, record["config"], options, instance_options)

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from nucleiseg.algorithms.preprocess import image_kind
+from nucleiseg.algorithms.preprocess import sampled_kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +43,7 @@ class InstanceOptions:
         """These options as they apply to `image` (its kind judged on at most ~1 MP of it)."""
         if not self.by_kind:
             return self
-        image = np.asarray(image)
-        step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 1e6)))
-        return self.for_kind(image_kind(image[::step, ::step]))
+        return self.for_kind(sampled_kind(image))
 
 
 def instance_options_from(record: dict | None, **overrides) -> InstanceOptions:

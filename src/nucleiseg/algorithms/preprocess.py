@@ -165,6 +165,13 @@ def image_kind(image: np.ndarray) -> str:
     return "brightfield" if bright else "fluorescence"
 
 
+def sampled_kind(image: np.ndarray, pixels: float = 1e6) -> str:
+    """image_kind judged on a regular subsample of at most about `pixels` pixels."""
+    image = np.asarray(image)
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / pixels)))
+    return image_kind(image[::step, ::step])
+
+
 def exact_percentiles(values: np.ndarray, qs) -> list[float]:
     """np.percentile(values, qs) (linear interpolation) as floats; for 8- and 16-bit values
     from their histogram, without sorting or a float copy (5x faster on a megapixel)."""

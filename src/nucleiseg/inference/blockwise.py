@@ -23,7 +23,9 @@ from nucleiseg.algorithms.blocks import (
     label_blocks,
     plan_blocks,
 )
+from nucleiseg.algorithms.preprocess import sampled_kind
 from nucleiseg.errors import file_error
+from nucleiseg.inference.engines import as_engine
 from nucleiseg.inference.predict import (
     PredictOptions,
     segment_checked,
@@ -58,15 +60,19 @@ def central_window(image) -> np.ndarray:
 def fix_scale(image, model, config: dict, options, instance_options, intensity):
     """One scale, one stain match and one post-processing for every block of a huge image
     (blocks must agree at their seams), decided on its central window as for any image: the
-    post-processing of the window's kind, the window's stain match (colour images, when the
-    model has a stain reference; then the intensity range is the matched window's) and, with
+    post-processing and engine of the window's kind, the window's stain match (colour images,
+    when the model has a stain reference; then the intensity range is the matched window's),
+    and, with
     `--diameter auto` or a diameter, the scale (auto: upscaled at most HUGE_UPSCALE_LIMIT)
     -> (options with that scale and match fixed, instance options, intensity range, the
     window's ImageCheck or None)."""
-    if (options.diameter is None and options.stain_reference is None
+    routed = as_engine(model).colour is not None
+    if (options.diameter is None and options.stain_reference is None and not routed
             and not (instance_options and instance_options.by_kind)):
         return options, instance_options, intensity, None
     window = central_window(image)
+    if routed:  # every block runs on the engine of the window's kind (Engine.colour)
+        options = dataclasses.replace(options, kind=sampled_kind(window))
     if instance_options is not None:
         instance_options = instance_options.for_image(window)
     options, intensity = with_stain(window, options, intensity,

@@ -38,9 +38,24 @@ TENSORFLOW_MODULES = ("tensorflow", "keras", "tensorboard")  # what the 'train' 
 
 @dataclasses.dataclass(frozen=True)
 class Engine:
+    """`predict_logits`: normalised tiles (N, H, W, 3) float32 -> logits (N, H, W, C).
+    `colour`: another engine that colour (H&E) images run on instead (the bundled models:
+    nucleiseg.inference.predict.segment_checked picks by the image's kind)."""
+
     name: str
     predict_logits: Callable[[np.ndarray], np.ndarray]
     num_classes: int
+    colour: Engine | None = None
+
+    def for_kind(self, kind: str) -> Engine:
+        """The engine an image of `kind` (preprocess.image_kind) runs on."""
+        return self.colour if self.colour is not None and kind == "histology" else self
+
+    def wrapped(self, wrap: Callable) -> Engine:
+        """This engine (and its colour one) with each predict_logits replaced by
+        wrap(predict_logits): a lock, a counter, a check for Cancel."""
+        return Engine(self.name, wrap(self.predict_logits), self.num_classes,
+                      None if self.colour is None else self.colour.wrapped(wrap))
 
 
 @contextlib.contextmanager
@@ -236,6 +251,22 @@ def matching_export(keras_path: Path, engine: str, threads: int | None = None) -
 
 def load_engine(model_path: Path | None = None, engine: str = "auto",
                 threads: int | None = None) -> tuple[Engine, dict]:
+    """(engine, model record) for a .keras model or an export; None: the bundled models,
+    the general one with the H&E one for colour images (Engine.colour), on the same engine;
+    `threads`: for ONNX Runtime and TFLite (None: every core this process may use)."""
+    from nucleiseg.model.saving import bundled_he_model_path
+
+    opened, record = load_one_engine(model_path, engine, threads)
+    he_model = bundled_he_model_path() if model_path is None else None
+    if he_model is not None:
+        colour = load_one_engine(he_model, "keras" if opened.name == "keras" else opened.name,
+                                 threads)[0]
+        opened = dataclasses.replace(opened, colour=colour)
+    return opened, record
+
+
+def load_one_engine(model_path: Path | None = None, engine: str = "auto",
+                    threads: int | None = None) -> tuple[Engine, dict]:
     """(engine, model record) for a .keras model (None: the bundled one) or an export;
     `threads`: for ONNX Runtime and TFLite (None: every core this process may use)."""
     from nucleiseg.model.saving import read_record, resolve_model_path

@@ -65,7 +65,9 @@ class PredictOptions:
     in the model's record: nucleiseg.algorithms.scale); a number is the diameter in pixels, known.
     `stain_reference`: colour images are matched to this stain first (the model's record:
     nucleiseg.algorithms.stain; None: as they are); `stain`: the match of the image at hand,
-    once decided (a huge image's blocks all use its one match).
+    once decided (a huge image's blocks all use its one match). `kind`: the image's kind
+    (preprocess.image_kind), once decided, for the engine that runs it (Engine.colour: a huge
+    image's blocks all run on its window's).
     """
 
     tile: int = 512
@@ -77,6 +79,7 @@ class PredictOptions:
     training_diameter: float | None = None
     stain_reference: StainReference | None = None
     stain: StainMatch | None = None
+    kind: str | None = None
 
     def __post_init__(self):
         if self.diameter is not None and self.training_diameter is None:
@@ -265,6 +268,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
     `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
     `max_scaled_pixels`: the image is upscaled to at most this many pixels (upscale_limit).
     """
+    from nucleiseg.algorithms.preprocess import sampled_kind
     from nucleiseg.algorithms.scale import (
         SCALE_LIMITS,
         SCALE_TOLERANCE,
@@ -276,9 +280,14 @@ def segment_checked(model, image: np.ndarray, config: dict,
         typical_diameter,
         warning_for,
     )
+    from nucleiseg.inference.engines import as_engine
 
+    options = options or PredictOptions()
+    model = as_engine(model)
+    if model.colour is not None:  # the bundled models: colour images run on the H&E one
+        model = model.for_kind(options.kind or sampled_kind(image))
     instance_options = (instance_options or InstanceOptions()).for_image(image)
-    image, options, intensity = matched(image, options or PredictOptions(), intensity)
+    image, options, intensity = matched(image, options, intensity)
     most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
 
     def run(scale: float):

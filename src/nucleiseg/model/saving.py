@@ -49,23 +49,35 @@ def read_record(path: Path) -> dict:
     return record
 
 
-BUNDLED_MODEL = "nuclei_dsb2018.keras"
+BUNDLED_MODEL = "nuclei_dsb2018.keras"  # the general model: every image without colour
+BUNDLED_HE_MODEL = "nuclei_he.keras"  # the H&E model: colour images (docs/models.md)
+# --model / --init-model names of the bundled models, when no file of that name exists
+BUNDLED_NAMES = {"bundled": BUNDLED_MODEL, "bundled-general": BUNDLED_MODEL,
+                 "bundled-he": BUNDLED_HE_MODEL}
 
 
-def bundled_model_path() -> Path:
-    """The pretrained model shipped inside the package."""
+def bundled_model_path(name: str = BUNDLED_MODEL) -> Path:
+    """A pretrained model shipped inside the package (default: the general one)."""
     from importlib import resources
 
-    return Path(str(resources.files("nucleiseg") / "pretrained" / BUNDLED_MODEL))
+    return Path(str(resources.files("nucleiseg") / "pretrained" / name))
+
+
+def bundled_he_model_path() -> Path | None:
+    """The bundled H&E model colour images run on, or None if this installation lacks it."""
+    path = bundled_model_path(BUNDLED_HE_MODEL)
+    return path if path.is_file() else None
 
 
 def resolve_model_path(path: Path | None) -> Path:
-    """`path`, or with None the bundled pretrained model (a clear error if there is none)."""
-    if path is not None:
+    """`path`, or with None the bundled pretrained model (a clear error if there is none);
+    the names 'bundled', 'bundled-general' and 'bundled-he' (BUNDLED_NAMES) give one bundled
+    model on every image."""
+    if path is not None and not (str(path) in BUNDLED_NAMES and not Path(path).exists()):
         return Path(path)
-    path = bundled_model_path()
+    path = bundled_model_path(BUNDLED_NAMES.get(str(path), BUNDLED_MODEL))
     if not path.is_file():
-        raise file_error(path, "this installation has no bundled pretrained model; "
+        raise file_error(path, "this installation has no such bundled pretrained model; "
                          "give one with --model")
     return path
 

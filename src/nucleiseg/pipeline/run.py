@@ -18,7 +18,7 @@ from nucleiseg.algorithms.instances import (
     instance_options_from,
 )
 from nucleiseg.errors import Cancelled, DataError, UsageError
-from nucleiseg.inference.engines import Engine, as_engine, usable_cores
+from nucleiseg.inference.engines import as_engine, usable_cores
 from nucleiseg.inference.predict import PredictOptions, options_for
 from nucleiseg.inference.segmenter import Segmenter
 from nucleiseg.io.images import find_images
@@ -183,13 +183,16 @@ def shared_engine(engine, turns: Turns):
     once the run has stopped."""
     lock = threading.Lock()
 
-    def predict_logits(tiles):
-        with lock:
-            if turns.stopped:
-                raise Cancelled
-            return engine.predict_logits(tiles)
+    def one_at_a_time(predict_logits):
+        def predict(tiles):
+            with lock:
+                if turns.stopped:
+                    raise Cancelled
+                return predict_logits(tiles)
 
-    return Engine(engine.name, predict_logits, engine.num_classes)
+        return predict
+
+    return engine.wrapped(one_at_a_time)
 
 
 IN_FLIGHT = 2  # images segmented at once: one in the model while the other is not

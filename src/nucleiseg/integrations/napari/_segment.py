@@ -80,13 +80,16 @@ class Progress:
     def engine(self, engine: Engine) -> Engine:
         """`engine` checking for Cancel before, and counting, every model call."""
 
-        def predict(tiles):
-            self.check()
-            logits = engine.predict_logits(tiles)
-            self.step()
-            return logits
+        def counting(predict_logits):
+            def predict(tiles):
+                self.check()
+                logits = predict_logits(tiles)
+                self.step()
+                return logits
 
-        return Engine(engine.name, predict, engine.num_classes)
+            return predict
+
+        return engine.wrapped(counting)
 
 
 def model_calls(shape, config: dict, options) -> int:
@@ -221,7 +224,7 @@ def _segment_blocks(plane, segmenter, levels, progress, core=None):
     image = LargeImage(Path("layer"), "napari", arrays, axes)
     progress.start(0, "intensity range and nucleus size")
     engine = segmenter.engine
-    counting = Engine(engine.name, _checked(engine.predict_logits, progress), engine.num_classes)
+    counting = engine.wrapped(lambda predict_logits: _checked(predict_logits, progress))
     run = segmenter.blocks(image, model=counting, core=core,
                            scale_model=progress.engine(engine))
     labels = np.zeros(image.shape[:2], np.uint32)

@@ -78,8 +78,9 @@ class SegmentNuclei(Container):
         _INSTANCES.add(self)
 
         self._image = ComboBox(label="image", choices=self._image_layers, nullable=True)
-        self._model = ComboBox(label="model", choices=[("bundled (DSB 2018, int8 ONNX)", BUNDLED),
-                                                       ("model file", "file")], value=BUNDLED)
+        self._model = ComboBox(label="model", value=BUNDLED,
+                               choices=[("bundled (general + H&E, int8 ONNX)", BUNDLED),
+                                        ("model file", "file")])
         self._model_file = FileEdit(label="model file", filter="*.keras *.onnx *.tflite",
                                     visible=False)
         self._channel = ComboBox(label="channel", choices=self._channels)
