@@ -2,6 +2,7 @@
 
     python scripts/ship_model.py RUN_DIR [--evaluation EVAL.json]
     python scripts/ship_model.py --bundled --postprocessing JSON    # re-tuned, same weights
+    python scripts/ship_model.py RUN_DIR --he    # as the H&E model colour images run on
 
 Saves the run's best model without optimizer state (smaller, inference only), keeping its
 record (config, data, split, metrics, command), and writes pretrained/MODEL.md describing it.
@@ -25,7 +26,13 @@ from nucleiseg.algorithms.scale import training_nucleus_size
 from nucleiseg.config import TrainConfig
 from nucleiseg.export.exporter import export_model
 from nucleiseg.io.images import find_samples, load_samples
-from nucleiseg.model.saving import bundled_model_path, load_model, save_model
+from nucleiseg.model.saving import (
+    BUNDLED_HE_MODEL,
+    BUNDLED_MODEL,
+    bundled_model_path,
+    load_model,
+    save_model,
+)
 from nucleiseg.training.fit import build_model
 
 SUMMARY_KEYS = ("images", "pixel_accuracy", "foreground_iou", "dice", "ap_50", "ap_75",
@@ -37,6 +44,9 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, nargs="?")
     parser.add_argument("--bundled", action="store_true",
                         help="the bundled model again instead of a run (e.g. re-tuned)")
+    parser.add_argument("--he", action="store_true",
+                        help="ship as the bundled H&E model (nuclei_he.keras, MODEL_HE.md) "
+                        "that colour images run on, not the general one")
     parser.add_argument("--evaluation", type=Path, help="a `nucleiseg evaluate --json` report")
     parser.add_argument("--command", help="the training command, if the record lacks it")
     parser.add_argument("--init-command", help="the command that trained the --init-model this "
@@ -54,8 +64,8 @@ def main() -> None:
     if args.bundled == (args.run_dir is not None):
         parser.error("give a RUN_DIR or --bundled")
 
-    model, record = load_model(args.run_dir / "model.keras" if args.run_dir else
-                               bundled_model_path())
+    path = bundled_model_path(BUNDLED_HE_MODEL if args.he else BUNDLED_MODEL)
+    model, record = load_model(args.run_dir / "model.keras" if args.run_dir else path)
     inference = keras.Model.from_config(model.get_config())
     if args.bundled:
         inference.set_weights(model.get_weights())
@@ -86,7 +96,6 @@ def main() -> None:
             "by_kind": {kind: {k: row[k] for k in SUMMARY_KEYS}
                         for kind, row in report["by_kind"].items()},
         }
-    path = bundled_model_path()
     save_model(inference, path, record)
     # Its ONNX exports beside it: what `nucleiseg predict` runs when onnxruntime is installed.
     export_model(path, "onnx", path.with_suffix(".onnx"), overwrite=True)
@@ -110,7 +119,10 @@ def main() -> None:
     count = lambda names: ", ".join(f"{k} {sum(kinds[n] == k for n in names)}"
                                     for k in sorted(set(kinds.values())))
     lines = [
-        "# The bundled pretrained model", "",
+        "# The bundled H&E model" if args.he else "# The bundled pretrained model", "",
+        *(["Colour (H&E) images run on it instead of the general model (`MODEL.md`), with the "
+           "general model's options, post-processing, nucleus size and stain reference, "
+           "which it inherited (docs/models.md).", ""] if args.he else []),
         f"`{path.name}` ({path.stat().st_size / 2**20:.1f} MB): made by nucleiseg "
         f"{record['nucleiseg_version']} on {record['created']}.", "",
         *recipe_lines(record),
@@ -151,11 +163,14 @@ def main() -> None:
     if "evaluation" in record:
         lines += ["", "Validation (`nucleiseg evaluate`):", "", "```json",
                   json.dumps(record["evaluation"], indent=2), "```"]
-    (path.parent / "MODEL.md").write_text("\n".join(lines) + "\n")
+    (path.parent / ("MODEL_HE.md" if args.he else "MODEL.md")).write_text("\n".join(lines) + "\n")
     print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
 DATA_CREDITS = {
+    "dsb-colour-train": "the colour images on the general model's training side of DSB 2018 "
+    "stage 1 (BBBC038, Caicedo et al., Nature Methods 2019; links made by "
+    "scripts/colour_subset.py), CC0.",
     "dsb2018-stage1-train": "DSB 2018 stage 1 training images (BBBC038, Caicedo et al., Nature "
     "Methods 2019), CC0.",
     "tnbc2018": "TNBC, 50 H&E tiles at 40x of 11 breast-cancer patients: Naylor P., Laé M., "

@@ -24,6 +24,25 @@ def test_record_says_how_it_was_made():
     assert bundled_model_path().stat().st_size < 25 * 2**20
 
 
+def test_the_he_model_predicts_as_the_general_one_does():
+    """Colour images run on the H&E model with the general model's record (options, tuned
+    post-processing, nucleus size, stain reference): they must be the same in both."""
+    from nucleiseg.model.saving import bundled_he_model_path
+
+    he_path = bundled_he_model_path()
+    assert he_path is not None and he_path.stat().st_size < 25 * 2**20
+    general, he = read_record(bundled_model_path()), read_record(he_path)
+    for key in ("config", "postprocessing", "nucleus_size", "stain_reference"):
+        if key == "config":
+            keys = ("sampling", "image_size", "target", "decoder_filters", "encoder_alpha")
+            assert {k: he[key][k] for k in keys} == {k: general[key][k] for k in keys}
+        else:
+            assert he[key] == general[key], key
+    # trained only on colour images of the general model's training side: none of its
+    # held-out images
+    assert not set(he["split"]["train"]) & set(general["split"]["val"])
+
+
 def test_predict_without_model_on_mixed_sizes_and_depths(tmp_path, capsys):
     import tifffile
 
@@ -37,6 +56,7 @@ def test_predict_without_model_on_mixed_sizes_and_depths(tmp_path, capsys):
     write_image(tmp_path / "in" / "rgba.png",
                 np.dstack([rgba] * 3 + [np.full(rgba.shape, 255, np.uint8)]))
     assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 0
+    assert "(colour images: the bundled H&E model)" in capsys.readouterr().out
     for stem, shape in (("small", (64, 64)), ("deep", (300, 200)), ("rgba", (100, 120))):
         labels = tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif")
         assert labels.shape == shape and labels.dtype == np.uint16
