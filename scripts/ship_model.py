@@ -31,6 +31,7 @@ from nucleiseg.model.saving import (
     BUNDLED_MODEL,
     bundled_model_path,
     load_model,
+    read_record,
     save_model,
 )
 from nucleiseg.training.fit import build_model
@@ -99,12 +100,16 @@ def main() -> None:
     save_model(inference, path, record)
     # Its ONNX exports beside it: what `nucleiseg predict` runs when onnxruntime is installed.
     export_model(path, "onnx", path.with_suffix(".onnx"), overwrite=True)
-    with tempfile.TemporaryDirectory() as calibration:  # int8 ranges from training images only
+    # int8 ranges from training images only; the H&E model's from the general model's (DSB of
+    # every kind and TNBC): measured closer to its Keras results than its own colour images
+    # (docs/models.md)
+    ranges_from = read_record(bundled_model_path(BUNDLED_MODEL)) if args.he else record
+    with tempfile.TemporaryDirectory() as calibration:
         chosen = []
-        folders = data_folders(record)
+        folders = data_folders(ranges_from)
         for folder in folders:  # each folder in an equal share: H&E ranges count too
             samples, _ = find_samples(folder, skip_bad=True)
-            own = [s for s in samples if s.name in set(record["split"]["train"])]
+            own = [s for s in samples if s.name in set(ranges_from["split"]["train"])]
             random.Random(0).shuffle(own)
             chosen += own[:64 // len(folders)]
         for sample in chosen:
@@ -139,7 +144,8 @@ def main() -> None:
         "Training:", "", "```json", json.dumps(record["metrics"], indent=2), "```", "",
         f"`{path.with_suffix('.onnx').name}` is its ONNX export and "
         f"`{path.stem}.int8.onnx` its int8 quantisation (calibrated on crops of 64 training "
-        "images, each data folder in an equal share), both made by `nucleiseg export` and "
+        f"images{' of the general model' if args.he else ''}, each data folder in an equal "
+        "share), both made by `nucleiseg export` and "
         "checked against it; `nucleiseg predict` "
         "runs the int8 one with ONNX Runtime when that is installed (docs/performance.md).",
     ]

@@ -228,16 +228,18 @@ def write_sample_tensors(files: Path, image: np.ndarray, logits: np.ndarray) -> 
 
 def model_name(record: dict, source: Path) -> str:
     """A bioimage.io name (letters, digits, _+- () only, 5 to 64 characters)."""
-    from nucleiseg.model.saving import BUNDLED_MODEL
+    from nucleiseg.model.saving import BUNDLED_HE_MODEL, BUNDLED_MODEL
 
     if source.name == BUNDLED_MODEL:
         return "nucleiseg nuclei U-Net (DSB 2018)"
+    if source.name == BUNDLED_HE_MODEL:
+        return "nucleiseg nuclei U-Net (HE histology)"
     stem = re.sub(r"[^A-Za-z0-9_+\- ()]+", "-", source.stem).strip("-")[:40]
     return f"nucleiseg U-Net {stem}".strip()
 
 
-def trained_on_dsb(record: dict) -> bool:
-    return "dsb2018" in str(record.get("data", "")).lower()
+def trained_on_dsb(record: dict) -> bool:  # dsb2018-stage1-train, or a subset of it
+    return "dsb" in str(record.get("data", "")).lower()
 
 
 def trained_on_tnbc(record: dict) -> bool:
