@@ -472,10 +472,9 @@ def run_train(args) -> int:
     init_model = args.init_model
     if init_model is not None:
         from nucleiseg.config import recipe_fields
-        from nucleiseg.model.saving import BUNDLED_NAMES, read_record, resolve_model_path
+        from nucleiseg.model.saving import read_record, resolve_model_path
 
-        if str(init_model) in BUNDLED_NAMES and not init_model.exists():
-            init_model = resolve_model_path(init_model)
+        init_model = resolve_model_path(init_model)  # a file, or a bundled model's name
         given = {a.split("=")[0] for a in args.argv if a.startswith("--")}
         # checked as one: e.g. --stain-augment given, --sampling crops from the record
         fields.update(recipe_fields(read_record(init_model).get("config", {}), given))

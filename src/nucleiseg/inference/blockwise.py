@@ -62,8 +62,7 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
     (blocks must agree at their seams), decided on its central window as for any image: the
     post-processing and engine of the window's kind, the window's stain match (colour images,
     when the model has a stain reference; then the intensity range is the matched window's),
-    and, with
-    `--diameter auto` or a diameter, the scale (auto: upscaled at most HUGE_UPSCALE_LIMIT)
+    and, with `--diameter auto` or a diameter, the scale (auto: upscaled at most HUGE_UPSCALE_LIMIT)
     -> (options with that scale and match fixed, instance options, intensity range, the
     window's ImageCheck or None)."""
     routed = as_engine(model).colour is not None
@@ -71,10 +70,11 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
             and not (instance_options and instance_options.by_kind)):
         return options, instance_options, intensity, None
     window = central_window(image)
+    kind = sampled_kind(window)
     if routed:  # every block runs on the engine of the window's kind (Engine.colour)
-        options = dataclasses.replace(options, kind=sampled_kind(window))
+        options = dataclasses.replace(options, kind=kind)
     if instance_options is not None:
-        instance_options = instance_options.for_image(window)
+        instance_options = instance_options.for_kind(kind)
     options, intensity = with_stain(window, options, intensity,
                                     pixels=image.shape[0] * image.shape[1])
     if options.diameter is None:

@@ -282,11 +282,12 @@ def segment_checked(model, image: np.ndarray, config: dict,
     )
     from nucleiseg.inference.engines import as_engine
 
-    options = options or PredictOptions()
+    options, instance_options = options or PredictOptions(), instance_options or InstanceOptions()
     model = as_engine(model)
-    if model.colour is not None:  # the bundled models: colour images run on the H&E one
-        model = model.for_kind(options.kind or sampled_kind(image))
-    instance_options = (instance_options or InstanceOptions()).for_image(image)
+    if model.colour is not None or instance_options.by_kind:  # judged once, used by both
+        kind = options.kind or sampled_kind(image)
+        # the bundled models: colour images run on the H&E one
+        model, instance_options = model.for_kind(kind), instance_options.for_kind(kind)
     image, options, intensity = matched(image, options, intensity)
     most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
 
