@@ -259,9 +259,8 @@ def load_engine(model_path: Path | None = None, engine: str = "auto",
     opened, record = load_one_engine(model_path, engine, threads)
     he_model = bundled_he_model_path() if model_path is None else None
     if he_model is not None:
-        colour = load_one_engine(he_model, "keras" if opened.name == "keras" else opened.name,
-                                 threads)[0]
-        opened = dataclasses.replace(opened, colour=colour)
+        opened = dataclasses.replace(opened, colour=load_one_engine(he_model, opened.name,
+                                                                    threads)[0])
     return opened, record
 
 

@@ -73,8 +73,8 @@ def resolve_model_path(path: Path | None) -> Path:
     """`path`, or with None the bundled pretrained model (a clear error if there is none);
     the names 'bundled', 'bundled-general' and 'bundled-he' (BUNDLED_NAMES) give one bundled
     model on every image."""
-    if path is not None and not (str(path) in BUNDLED_NAMES and not Path(path).exists()):
-        return Path(path)
+    if path is not None and (str(path) not in BUNDLED_NAMES or Path(path).exists()):
+        return Path(path)  # a file (a file named like a bundled model wins)
     path = bundled_model_path(BUNDLED_NAMES.get(str(path), BUNDLED_MODEL))
     if not path.is_file():
         raise file_error(path, "this installation has no such bundled pretrained model; "
