@@ -8,6 +8,7 @@ images (never trained on) it builds shifted copies, each with its true labels mo
   pale stain                  colour images: haematoxylin halved, eosin x1.5 (rgb2hed space)
   dim and noisy               intensities at 15% of their range, Gaussian noise, 8-bit
   inverted                    grey images inverted: dark nuclei on a bright background
+  colour composite            grey images as blue (DAPI-like) with a dim green copy, RGB
   MoNuSeg H&E                 13 40x tiles of seven organs (other labs; measuring only)
 
 and scores the model on each (AP@0.5, DSB score, foreground IoU) with a fixed scale of 1 and
@@ -30,7 +31,7 @@ from benchmarks.common import DEFAULT_DATA, markdown_table
 MONUSEG = DEFAULT_DATA.parent / "monuseg2018-train-subset"
 SCALES = (0.33, 0.5, 2.0, 3.0)
 CONDITIONS = ("native", *(f"scale {s:g}x" for s in SCALES), "pale stain", "dim and noisy",
-              "inverted", "MoNuSeg H&E")
+              "inverted", "colour composite", "MoNuSeg H&E")
 
 
 def rescaled(image: np.ndarray, labels: np.ndarray, factor: float):
@@ -80,6 +81,18 @@ def inverted(image: np.ndarray) -> np.ndarray | None:
     return (255 - image[..., :3]).astype(np.uint8)
 
 
+def colour_composite(image: np.ndarray) -> np.ndarray | None:
+    """Grey fluorescence images as an RGB composite: the nuclei blue (DAPI-like), a third of
+    them green (a second stain); None for the others."""
+    from nucleiseg.algorithms.preprocess import image_kind
+
+    if image_kind(image) != "fluorescence":
+        return None
+    composite = np.zeros((*image.shape[:2], 3), np.uint8)
+    composite[..., 2], composite[..., 1] = image[..., 0], image[..., 0] // 3
+    return composite
+
+
 def shifted_copies(condition: str, images, labels):
     """(images, labels) of one condition; images a condition does not apply to are left out."""
     if condition == "native":
@@ -94,6 +107,8 @@ def shifted_copies(condition: str, images, labels):
         made = [dim_and_noisy(image, seed) for seed, image in enumerate(images)]
     elif condition == "inverted":
         made = [inverted(image) for image in images]
+    elif condition == "colour composite":
+        made = [colour_composite(image) for image in images]
     else:
         raise ValueError(condition)
     kept = [i for i, image in enumerate(made) if image is not None]

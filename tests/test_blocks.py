@@ -17,7 +17,7 @@ from nucleiseg.algorithms.blocks import (
     stitch,
 )
 from nucleiseg.algorithms.instances import measure_nuclei
-from nucleiseg.algorithms.preprocess import intensity_range
+from nucleiseg.algorithms.preprocess import image_kind, intensity_range
 from nucleiseg.errors import DataError
 from nucleiseg.inference.blockwise import segment_block
 from nucleiseg.inference.engines import Engine
@@ -171,6 +171,12 @@ def test_previews_of_a_large_image_are_downsampled():
 def rgb_disks(seed=3):
     grey = touching_disks(seed=seed).astype(np.uint16)
     return np.stack([grey, grey * 3 // 4, grey // 2], -1).astype(np.uint8)
+
+
+def he_disks(seed=3):
+    """H&E-like colour uint8: purple disks on a near-white background."""
+    grey = touching_disks(seed=seed).astype(np.float32)
+    return np.stack([255 - grey * 0.45, 255 - grey * 0.8, 255 - grey * 0.35], -1).astype(np.uint8)
 
 
 def write_pyramid(path, image, tile=128, levels=2):
@@ -366,7 +372,7 @@ def test_a_huge_image_takes_the_postprocessing_of_its_kind_decided_once():
             return super().read(*window)
 
     per_kind = InstanceOptions(min_size=5, by_kind={"histology": {"min_size": 10**6}})
-    colour, grey = rgb_disks(), touching_disks()
+    colour, grey = he_disks(), touching_disks()
     _, for_colour, _, check = fix_scale(CountingReads(colour), POINTWISE, CONFIG, OPTIONS,
                                      per_kind, intensity_range(colour))
     assert (for_colour.min_size, for_colour.by_kind, check) == (10**6, {}, None)
@@ -401,7 +407,7 @@ def test_colour_images_run_on_the_colour_engine_and_a_huge_one_decides_once():
     from nucleiseg.inference.blockwise import fix_scale, segment_blocks
 
     routed = dataclasses.replace(POINTWISE, colour=Engine("nothing", no_nuclei_logits, 3))
-    colour, grey = rgb_disks(), touching_disks()
+    colour, grey = he_disks(), touching_disks()
     assert segment_image(POINTWISE, colour, CONFIG, OPTIONS).max() > 0  # colour alone finds
     assert segment_image(routed, colour, CONFIG, OPTIONS).max() == 0
     assert segment_image(routed, grey, CONFIG, OPTIONS).max() > 0
@@ -420,13 +426,50 @@ def test_colour_images_run_on_the_colour_engine_and_a_huge_one_decides_once():
     options = fix_scale(InMemory(colour), routed, CONFIG, OPTIONS, None,
                         intensity_range(colour))[0]
     assert options.kind == "histology"
-    mixed = np.repeat(grey[..., None], 3, -1)  # grey but for its colour centre
+    mixed = np.repeat(255 - grey[..., None], 3, -1)  # grey (bright-field) but for its centre
     mixed[250:450, 350:550] = colour[250:450, 350:550]
     assert segment_image(routed, mixed[:256, :256], CONFIG, OPTIONS).max() > 0  # a grey corner
     run = segment_blocks(WithIntensity(mixed), routed, CONFIG, OPTIONS, None, core=256, halo=48)
     assert all(labels.max() == 0 for _, labels in run.blocks)  # its blocks: the colour engine
     assert segment_blocks(WithIntensity(grey), routed, CONFIG, OPTIONS, None, core=256,
                           halo=48).options.kind == "fluorescence"
+
+
+def test_colour_fluorescence_runs_on_the_general_engine_as_grey():
+    """A colour composite on a dark background (blue DAPI, or with a dim second stain) is
+    fluorescence: the bundled general engine gets it as grey (its brightest channel), as it
+    gets a grey image; a huge one's blocks too, with the grey's intensity range."""
+    import dataclasses
+
+    from nucleiseg.inference.blockwise import segment_blocks
+
+    seen = []
+
+    def recorded(tiles):
+        seen.append(tiles)
+        return pointwise_logits(tiles)
+
+    routed = Engine("general", recorded, 3, colour=Engine("nothing", no_nuclei_logits, 3))
+    grey = touching_disks()
+    composite = np.zeros((*grey.shape, 3), np.uint8)
+    composite[..., 2], composite[..., 1] = grey, grey // 3
+    assert image_kind(composite) == "fluorescence"
+    labels = segment_image(routed, composite, CONFIG, OPTIONS)
+    assert all(np.array_equal(t[..., 0], t[..., 2]) for t in seen) and labels.max() > 0
+    assert same_nuclei(labels, segment_image(POINTWISE, grey, CONFIG, OPTIONS))
+
+    class WithIntensity(InMemory):
+        def intensity(self):
+            return intensity_range(self.image)  # of the colour image, as a slide's sample
+
+    run = segment_blocks(WithIntensity(composite), dataclasses.replace(routed), CONFIG,
+                         OPTIONS, None, core=256, halo=48)
+    blocks = np.zeros(grey.shape, np.uint32)
+    for block, core_labels in run.blocks:
+        top, bottom, left, right = block.core
+        blocks[top:bottom, left:right] = core_labels
+    assert run.options.kind == "fluorescence" and run.intensity == intensity_range(grey)
+    assert same_nuclei(blocks, labels)
 
 
 def test_a_huge_colour_image_is_stain_matched_once_so_blocks_match_the_whole_image():
@@ -442,7 +485,7 @@ def test_a_huge_colour_image_is_stain_matched_once_so_blocks_match_the_whole_ima
         def intensity(self):
             return intensity_range(self.image)
 
-    image = rgb_disks()
+    image = he_disks()
     reference = StainReference((60.0, 20.0, -15.0), (25.0, 10.0, 8.0))
     options = dataclasses.replace(OPTIONS, stain_reference=reference)
     run = segment_blocks(WithIntensity(image), POINTWISE, CONFIG, options, core=256, halo=48)

@@ -97,7 +97,7 @@ def test_postprocessing_per_image_kind_and_overrides_win_for_every_kind():
     tuned = instance_options_from(record)
     grey = np.zeros((64, 64), np.uint8)
     grey[20:40, 20:40] = 200
-    colour = np.stack([grey, grey // 2, grey // 3], -1)  # an H&E-like colour image
+    colour = 255 - np.stack([grey // 2, grey, grey // 3], -1)  # purple on white: H&E-like
     assert tuned.for_image(grey).min_confidence == 0.8
     for_colour = tuned.for_image(colour)
     assert (for_colour.min_confidence, for_colour.foreground_threshold) == (0.6, 0.4)

@@ -60,6 +60,7 @@ def test_resize_image_is_smooth():
 
 @pytest.mark.parametrize("bright,colour,expected", [
     (False, False, "fluorescence"), (True, False, "brightfield"), (True, True, "histology"),
+    (False, True, "fluorescence"),  # a colour composite on a dark background
 ])
 def test_image_kind(bright, colour, expected):
     image, _ = make_disks(seed=8, bright_background=bright)
@@ -67,6 +68,17 @@ def test_image_kind(bright, colour, expected):
     if colour:
         image[..., 1] = image[..., 1] // 2
     assert image_kind(image) == expected
+
+
+def test_fluorescence_grey_is_the_brightest_channel_of_a_composite():
+    from nucleiseg.algorithms.preprocess import fluorescence_grey
+
+    image, _ = make_disks(seed=8)
+    composite = np.zeros((*image.shape, 4), image.dtype)  # RGBA: blue nuclei, dim green
+    composite[..., 2], composite[..., 1], composite[..., 3] = image, image // 3, 255
+    assert image_kind(composite) == "fluorescence"
+    assert np.array_equal(fluorescence_grey(composite), image)
+    assert fluorescence_grey(image) is image
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

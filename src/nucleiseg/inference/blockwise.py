@@ -23,7 +23,12 @@ from nucleiseg.algorithms.blocks import (
     label_blocks,
     plan_blocks,
 )
-from nucleiseg.algorithms.preprocess import sampled_kind
+from nucleiseg.algorithms.preprocess import (
+    fluorescence_grey,
+    has_colour,
+    intensity_range,
+    sampled_kind,
+)
 from nucleiseg.errors import file_error
 from nucleiseg.inference.engines import as_engine
 from nucleiseg.inference.predict import (
@@ -73,6 +78,8 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
     kind = sampled_kind(window)
     if routed:  # every block runs on the engine of the window's kind (Engine.colour)
         options = dataclasses.replace(options, kind=kind)
+        if kind == "fluorescence" and has_colour(window):  # a colour composite: run as grey
+            intensity = intensity_range(fluorescence_grey(window))
     if instance_options is not None:
         instance_options = instance_options.for_kind(kind)
     options, intensity = with_stain(window, options, intensity,

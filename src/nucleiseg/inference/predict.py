@@ -268,7 +268,7 @@ def segment_checked(model, image: np.ndarray, config: dict,
     `quantised`: uint8 probabilities (bounded memory, as predict uses) or float (evaluate).
     `max_scaled_pixels`: the image is upscaled to at most this many pixels (upscale_limit).
     """
-    from nucleiseg.algorithms.preprocess import sampled_kind
+    from nucleiseg.algorithms.preprocess import fluorescence_grey, sampled_kind
     from nucleiseg.algorithms.scale import (
         SCALE_LIMITS,
         SCALE_TOLERANCE,
@@ -284,9 +284,11 @@ def segment_checked(model, image: np.ndarray, config: dict,
 
     options, instance_options = options or PredictOptions(), instance_options or InstanceOptions()
     model = as_engine(model)
-    if model.colour is not None or instance_options.by_kind:  # judged once, used by both
+    routed = model.colour is not None
+    if routed or instance_options.by_kind:  # judged once, used by both
         kind = options.kind or sampled_kind(image)
-        # the bundled models: colour images run on the H&E one
+        if routed and kind == "fluorescence":  # the bundled models: grey on the general one,
+            image = fluorescence_grey(image)  # colour (H&E) on the H&E one
         model, instance_options = model.for_kind(kind), instance_options.for_kind(kind)
     image, options, intensity = matched(image, options, intensity)
     most = upscale_limit(image.shape[0] * image.shape[1], max_scaled_pixels)
