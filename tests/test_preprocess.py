@@ -70,6 +70,14 @@ def test_image_kind(bright, colour, expected):
     assert image_kind(image) == expected
 
 
+def test_dense_tissue_darker_than_mid_range_is_still_histology():
+    """Nuclei covering most of an H&E tile put its median below the middle of its range
+    (MoNuSeg: 122 of 70-236); it is not a dark-background composite."""
+    image = np.full((64, 64, 3), (125, 60, 150), np.uint8)  # dense purple nuclei
+    image[:16] = (240, 225, 245)  # some bright background
+    assert image_kind(image) == "histology"
+
+
 def test_fluorescence_grey_is_the_brightest_channel_of_a_composite():
     from nucleiseg.algorithms.preprocess import fluorescence_grey
 

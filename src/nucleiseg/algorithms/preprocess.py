@@ -168,9 +168,10 @@ def image_kind(image: np.ndarray) -> str:
     brightness = rgb.max(axis=-1) if is_colour else rgb[..., 0]  # a pixel's brightest channel
     low, median, high = exact_percentiles(brightness, (1, 50, 99))
     full_scale = 255.0 if image.dtype == np.uint8 else max(float(brightness.max()), 1e-6)
+    if is_colour:  # dense tissue may be darker than mid-range (median 122 of 255, MoNuSeg),
+        # a composite's background is near black
+        return "histology" if median > 0.25 * full_scale else "fluorescence"
     bright = median > (low + high) / 2 and median > 0.25 * full_scale
-    if is_colour:
-        return "histology" if bright else "fluorescence"
     return "brightfield" if bright else "fluorescence"
 
 
