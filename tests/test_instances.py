@@ -9,6 +9,7 @@ from nucleiseg.algorithms.instances import (
     labels_from_probabilities,
     measure_nuclei,
 )
+from nucleiseg.algorithms.preprocess import image_kind
 from nucleiseg.algorithms.targets import labels_to_classes
 
 
@@ -92,20 +93,23 @@ def test_tuned_postprocessing_from_the_record_and_overrides():
 def test_postprocessing_per_image_kind_and_overrides_win_for_every_kind():
     from nucleiseg.algorithms.instances import instance_options_from
 
+    def applied(options, image):  # as the pipeline applies them: for the image's kind
+        return options.for_kind(image_kind(image))
+
     record = {"postprocessing": {"min_confidence": 0.8, "by_kind": {
         "histology": {"min_confidence": 0.6, "foreground_threshold": 0.4}}}}
     tuned = instance_options_from(record)
     grey = np.zeros((64, 64), np.uint8)
     grey[20:40, 20:40] = 200
     colour = 255 - np.stack([grey // 2, grey, grey // 3], -1)  # purple on white: H&E-like
-    assert tuned.for_image(grey).min_confidence == 0.8
-    for_colour = tuned.for_image(colour)
+    assert applied(tuned, grey).min_confidence == 0.8
+    for_colour = applied(tuned, colour)
     assert (for_colour.min_confidence, for_colour.foreground_threshold) == (0.6, 0.4)
-    assert for_colour.by_kind == {} and for_colour.for_image(grey) == for_colour
+    assert for_colour.by_kind == {} and applied(for_colour, grey) == for_colour
     overridden = instance_options_from(record, min_confidence=0.1)
-    assert overridden.for_image(colour).min_confidence == 0.1
-    assert overridden.for_image(colour).foreground_threshold == 0.4
-    assert overridden.for_image(grey).min_confidence == 0.1
+    assert applied(overridden, colour).min_confidence == 0.1
+    assert applied(overridden, colour).foreground_threshold == 0.4
+    assert applied(overridden, grey).min_confidence == 0.1
     assert instance_options_from(record, min_confidence=0.1, foreground_threshold=0.5).by_kind == {}
     with pytest.raises(ValueError, match="histology: unknown \\['min_confidenc'\\]"):
         InstanceOptions(by_kind={"histology": {"min_confidenc": 0.5}})

@@ -6,8 +6,6 @@ import dataclasses
 
 import numpy as np
 
-from nucleiseg.algorithms.preprocess import sampled_kind
-
 
 @dataclasses.dataclass(frozen=True)
 class InstanceOptions:
@@ -38,12 +36,6 @@ class InstanceOptions:
     def for_kind(self, kind: str) -> InstanceOptions:
         """These options as they apply to an image of `kind` (no by_kind left)."""
         return dataclasses.replace(self, **self.by_kind.get(kind, {}), by_kind={})
-
-    def for_image(self, image: np.ndarray) -> InstanceOptions:
-        """These options as they apply to `image` (its kind judged on at most ~1 MP of it)."""
-        if not self.by_kind:
-            return self
-        return self.for_kind(sampled_kind(image))
 
 
 def instance_options_from(record: dict | None, **overrides) -> InstanceOptions:
