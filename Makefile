@@ -92,8 +92,7 @@ TNBC ?= ../shared/data/tnbc2018
 RUN ?= runs/pretrained-$(shell date +%Y%m%d-%H%M%S)
 POSTPROCESSING := {"foreground_threshold": 0.6, "marker_threshold": 0.5, "min_size": 30, \
   "fill_holes": true, "split_levels": [0.8, 0.9], "min_split_size": 80, "min_confidence": 0.8, \
-  "by_kind": {"histology": {"foreground_threshold": 0.5, "marker_threshold": 0.3, \
-  "min_confidence": 0.7}}}
+  "by_kind": {"histology": {"min_confidence": 0.75}}}
 SHIP = $(PY) scripts/ship_model.py $(RUN)/histology --weights last \
   --postprocessing '$(POSTPROCESSING)' --stain-reference $(TNBC)
 COMMON := --sampling crops --image-size 256 --target boundary --boundary-weight 2 \
