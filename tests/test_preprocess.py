@@ -76,6 +76,10 @@ def test_dense_tissue_darker_than_mid_range_is_still_histology():
     image = np.full((64, 64, 3), (125, 60, 150), np.uint8)  # dense purple nuclei
     image[:16] = (240, 225, 245)  # some bright background
     assert image_kind(image) == "histology"
+    dim = np.full((64, 64, 3), (36, 34, 37), np.uint8)  # dim H&E: the background brightest
+    dim[:, 32:] = (27, 20, 30)  # nuclei on half of it: the median midway
+    dim[20:30, 20:30] = (19, 9, 22)
+    assert image_kind(dim) == "histology"
 
 
 def test_fluorescence_grey_is_the_brightest_channel_of_a_composite():
