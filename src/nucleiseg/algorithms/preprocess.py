@@ -160,8 +160,8 @@ def has_colour(image: np.ndarray) -> bool:
 
 def image_kind(image: np.ndarray) -> str:
     """Classify an image as 'fluorescence' (dark background: grey, or a colour composite such
-    as blue DAPI), 'brightfield' (grey, bright background) or 'histology' (colour on a bright
-    background, e.g. H&E)."""
+    as blue DAPI), 'brightfield' (grey, bright background) or 'histology' (any other colour
+    image, e.g. H&E)."""
     image = np.asarray(image)
     rgb = to_rgb(image)
     is_colour = has_colour(rgb)
