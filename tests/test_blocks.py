@@ -435,6 +435,40 @@ def test_colour_images_run_on_the_colour_engine_and_a_huge_one_decides_once():
                           halo=48).options.kind == "fluorescence"
 
 
+def test_colour_images_read_whole_get_test_time_augmentation_on_the_bundled_models():
+    """H&E read whole on the bundled models (Engine.colour) averages 4 views; a huge one read
+    block by block does not; a model without a colour engine follows `tta` alone."""
+    import dataclasses
+
+    from nucleiseg.inference.blockwise import segment_blocks
+
+    seen = []
+
+    def counted(tiles):
+        seen.append(len(tiles))
+        return pointwise_logits(tiles)
+
+    routed = Engine("general", pointwise_logits, 3, colour=Engine("he", counted, 3))
+    image = he_disks()[:256, :256]
+    segment_image(routed, image, CONFIG, OPTIONS)
+    with_tta = sum(seen)
+    seen.clear()
+    segment_image(routed, image, CONFIG, dataclasses.replace(OPTIONS, colour_tta=1))
+    assert with_tta == 4 * sum(seen) > 0
+    seen.clear()
+    segment_image(Engine("he", counted, 3), image, CONFIG, OPTIONS)  # one model: no colour TTA
+    assert with_tta == 4 * sum(seen)
+
+    class WithIntensity(InMemory):
+        def intensity(self):
+            return intensity_range(self.image)
+
+    seen.clear()
+    run = segment_blocks(WithIntensity(image), routed, CONFIG, OPTIONS, None, core=256, halo=48)
+    list(run.blocks)
+    assert run.options.colour_tta == 1 and sum(seen) == with_tta // 4
+
+
 def test_colour_fluorescence_runs_on_the_general_engine_as_grey():
     """A colour composite on a dark background (blue DAPI, or with a dim second stain) is
     fluorescence: the bundled general engine gets it as grey (its brightest channel), as it

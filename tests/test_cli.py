@@ -250,6 +250,9 @@ def test_post_processing_options_reach_it_and_bad_ones_are_refused(tmp_path, cap
     assert given.split_levels == (0.8, 0.9) and given.min_split_size == 20
     assert prediction_options(parse("--split-levels", "none"), record)[1].split_levels == ()
     assert prediction_options(parse("--min-confidence", "0.8"), record)[1].min_confidence == 0.8
+    default, none = prediction_options(parse(), record)[0], prediction_options(
+        parse("--tta", "1"), record)[0]  # a --tta given is for colour images too
+    assert (default.tta, default.colour_tta, none.tta, none.colour_tta) == (1, 4, 1, 1)
     for bad in (["--split-levels", "1.5"], ["--split-levels", "high"],
                 ["--min-split-size", "0"], ["--min-confidence", "1.5"]):
         try:  # argparse refuses the malformed ones, the command the rest

@@ -56,7 +56,8 @@ def test_predict_without_model_on_mixed_sizes_and_depths(tmp_path, capsys):
     write_image(tmp_path / "in" / "rgba.png",
                 np.dstack([rgba] * 3 + [np.full(rgba.shape, 255, np.uint8)]))
     assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 0
-    assert "(colour images: the bundled H&E model)" in capsys.readouterr().out
+    assert ("(colour images: the bundled H&E model, 4 TTA views unless read block by block)"
+            in capsys.readouterr().out)
     for stem, shape in (("small", (64, 64)), ("deep", (300, 200)), ("rgba", (100, 120))):
         labels = tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif")
         assert labels.shape == shape and labels.dtype == np.uint16

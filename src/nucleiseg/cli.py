@@ -289,9 +289,10 @@ def add_prediction_options(parser) -> None:
     group.add_argument("--scale", type=float,
                        help="resize every image by this factor instead (<1 for nuclei larger, "
                        ">1 for nuclei smaller than in training); replaces --diameter")
-    group.add_argument("--tta", type=int, choices=(1, 4, 8), default=defaults.tta,
+    group.add_argument("--tta", type=int, choices=(1, 4, 8),
                        help="test-time augmentation: average over 1 (none), 4 (flips) or 8 "
-                       "(flips and rotations) views (default %(default)s)")
+                       "(flips and rotations) views (default: 1, but 4 for colour (H&E) images "
+                       "read whole on the bundled models)")
     # Post-processing: each left out falls back to the model's tuned value, else the default.
     for flag, kind, what in (
             ("--min-size", int, "remove nuclei smaller than this many pixels"),
@@ -411,8 +412,9 @@ def prediction_options(args, record: dict | None):
         raise UsageError(f"--min-split-size must be at least 1; got {args.min_split_size}")
     sizing = {"diameter": None, "scale": args.scale} if args.scale is not None else (
         {"diameter": args.diameter} if args.diameter is not None else {})
+    tta = {} if args.tta is None else {"tta": args.tta, "colour_tta": args.tta}
     return (options_for(record, stain=not args.no_stain_normalisation, tile=args.tile,
-                        overlap=args.overlap, tta=args.tta, **sizing),
+                        overlap=args.overlap, **tta, **sizing),
             instance_options_from(record, foreground_threshold=args.foreground_threshold,
                                   marker_threshold=args.marker_threshold, min_size=args.min_size,
                                   split_levels=args.split_levels,
@@ -555,9 +557,11 @@ def run_predict(args) -> int:
     if args.blockwise_pixels < 0:
         raise UsageError(f"--blockwise-pixels must not be negative; got {args.blockwise_pixels}")
     model, record = load_engine(args.model, args.engine, args.threads)
-    print(f"engine: {model.name}" + (" (colour images: the bundled H&E model)"
-                                     if model.colour is not None else ""))
     options, instance_options = prediction_options(args, record)
+    colour_tta = (f", {options.colour_tta} TTA views unless read block by block"
+                  if options.colour_tta > options.tta else "")
+    print(f"engine: {model.name}" + (f" (colour images: the bundled H&E model{colour_tta})"
+                                     if model.colour is not None else ""))
     reading, exports = read_options(args), outline_exports(args)
     if args.dask is None:
         results = predict_files(model, record, args.inputs, args.out, args.overwrite, options,

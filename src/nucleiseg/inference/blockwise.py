@@ -76,8 +76,9 @@ def fix_scale(image, model, config: dict, options, instance_options, intensity):
         return options, instance_options, intensity, None
     window = central_window(image)
     kind = sampled_kind(window)
-    if routed:  # every block runs on the engine of the window's kind (Engine.colour)
-        options = dataclasses.replace(options, kind=kind)
+    if routed:  # every block runs on the engine of the window's kind (Engine.colour), and
+        # without the TTA colour images read whole get (a slide would take 1.5-4x as long)
+        options = dataclasses.replace(options, kind=kind, colour_tta=1)
         if kind == "fluorescence" and has_colour(window):  # a colour composite: run as grey
             intensity = intensity_range(fluorescence_grey(window))
     if instance_options is not None:

@@ -203,12 +203,17 @@ def _as_image(plane) -> np.ndarray:
 
 def _segment_plane(plane, segmenter, progress, where):
     from nucleiseg.algorithms.instances import measure_nuclei
+    from nucleiseg.algorithms.preprocess import sampled_kind
+    from nucleiseg.inference.engines import as_engine
+    from nucleiseg.inference.predict import with_colour_tta
 
     image = _as_image(plane)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
-    progress.start(model_calls(image.shape, segmenter.config, segmenter.options),
-                   f"{where}tiles")
+    options = segmenter.options
+    if as_engine(segmenter.engine).colour is not None:  # the bundled models: H&E with TTA
+        options = with_colour_tta(options, sampled_kind(image))
+    progress.start(model_calls(image.shape, segmenter.config, options), f"{where}tiles")
     labels, _, check = segmenter.checked(image, engine=progress.engine(segmenter.engine))
     progress.check()
     return labels.astype(np.uint32), measure_nuclei(labels, image), check.row()

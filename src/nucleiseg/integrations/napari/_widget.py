@@ -106,7 +106,9 @@ class SegmentNuclei(Container):
                                tooltip="colour images are matched to the stain of the model's "
                                "H&E training tiles before the model (when its record has one)")
         self._tta = ComboBox(label="test-time augm.", value=1,
-                             choices=[("none", 1), ("4 flips", 4), ("8 flips + rotations", 8)])
+                             choices=[("none", 1), ("4 flips", 4), ("8 flips + rotations", 8)],
+                             tooltip="views averaged per tile; with the bundled models, colour "
+                             "(H&E) images read whole get at least 4")
         self._run = PushButton(text="Segment nuclei")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
